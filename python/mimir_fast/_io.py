@@ -1,0 +1,64 @@
+"""Atomic, code-free file writing and reading of tensors (safetensors + JSON metadata)."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                        metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``tensors`` to a safetensors file atomically (temp file in the same folder + rename).
+
+    A reader never sees a half-written file: either the old file or the complete new one.
+    ``metadata`` values are stored as JSON strings.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu"
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors file written by :func:`atomic_save_tensors`.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a readable safetensors file, or its metadata is not JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            raw_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers/data
+        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
+    try:
+        meta = {k: json.loads(v) for k, v in raw_meta.items()}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} has corrupt metadata: {e}") from e
+    return tensors, meta

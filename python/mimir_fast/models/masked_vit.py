@@ -1,0 +1,529 @@
+"""MaskedViT: one Vision Transformer that is an MAE, a denoising autoencoder and a classifier.
+
+- Masked autoencoder, with MAE's method names: ``random_masking``, ``forward_encoder``,
+  ``forward_decoder``, ``forward_loss``; ``model(x, mask_ratio=0.75)`` returns
+  ``(loss, pred, mask)``.
+- Denoising autoencoder over all tokens (NIM): ``forward_denoise(x_noisy, x_clean)``.
+- Classifier, a drop-in for timm's ``VisionTransformer``: ``model(x)`` returns logits;
+  ``forward_features`` / ``forward_head`` follow timm; :meth:`MaskedViT.from_timm` carries a
+  timm ViT's weights over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import ops
+from .._io import atomic_save_tensors, load_tensors
+from ..kernels import MASKED_VIT_TRITON_OPS, resolve_kernels
+from .layers import Block, PatchEmbed
+
+FILE_FORMAT = "mimir_fast.MaskedViT/1"
+
+
+@dataclass
+class MaskedViTConfig:
+    """Architecture of a :class:`MaskedViT`. Defaults: ViT-B/16 at 224 px with MIMIR's decoder."""
+
+    img_size: int = 224  # square input side, pixels
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768  # encoder width
+    depth: int = 12  # encoder blocks
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    decoder_embed_dim: int = 128  # MIMIR's small decoder; MAE's is 512 / 8 / 16
+    decoder_depth: int = 2
+    decoder_num_heads: int = 16
+    num_classes: int = 1000  # 0: no classifier head (features only)
+    global_pool: str = "avg"  # "avg" over patch tokens, or "token" (the class token)
+    fc_norm: bool | None = None  # norm after pooling; None: True for "avg" pooling (as timm)
+    drop_path_rate: float = 0.0  # stochastic depth of the encoder, linearly increasing
+    norm_pix_loss: bool = True  # MAE loss on per-patch normalised targets
+    learnable_pos_embed: bool = False  # fixed sin-cos by default; True for models from timm
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"MaskedViTConfig: {msg}")
+
+        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
+                     "decoder_embed_dim", "decoder_num_heads"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
+                 f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        need(self.decoder_depth >= 0, f"decoder_depth must be >= 0, got {self.decoder_depth}")
+        need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
+        need(self.img_size % self.patch_size == 0,
+             f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        need(self.embed_dim % self.num_heads == 0,
+             f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        need(self.decoder_embed_dim % self.decoder_num_heads == 0,
+             f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by "
+             f"decoder_num_heads {self.decoder_num_heads}")
+        need(self.embed_dim % 4 == 0 and self.decoder_embed_dim % 4 == 0,
+             "embed_dim and decoder_embed_dim must be divisible by 4 (sin-cos position embedding)")
+        need(self.global_pool in ("avg", "token"),
+             f"global_pool must be 'avg' or 'token', got {self.global_pool!r}")
+        need(0.0 <= self.drop_path_rate < 1.0,
+             f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @property
+    def use_fc_norm(self) -> bool:
+        return self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MaskedViTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown MaskedViTConfig fields: {unknown}")
+        return cls(**d)
+
+
+class MaskedViT(nn.Module):
+    """An MAE-style Vision Transformer with a classifier head.
+
+    Args:
+        config: the architecture; keyword ``overrides`` replace its fields.
+        kernels: "auto" (Triton on CUDA where a kernel exists, else PyTorch), "torch" or
+            "triton". ``MIMIR_FAST_KERNELS`` overrides it for the process.
+    """
+
+    def __init__(self, config: MaskedViTConfig | None = None, *, kernels: str = "auto", **overrides: Any):
+        super().__init__()
+        config = dataclasses.replace(config or MaskedViTConfig(), **overrides)
+        self.config = c = config
+        self.kernels = kernels
+        self.backend = resolve_kernels(kernels, MASKED_VIT_TRITON_OPS)
+        self.check_inputs = True  # validate shapes/dtypes/finiteness of public inputs
+        self.num_classes = c.num_classes
+        self.global_pool = c.global_pool
+        self.num_prefix_tokens = 1
+        self.embed_dim = self.num_features = c.embed_dim
+
+        # encoder
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim)
+        self.num_patches = self.patch_embed.num_patches
+        self.grid_size = self.patch_embed.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        pos = ops.sincos_pos_embed_2d(c.embed_dim, self.grid_size).unsqueeze(0)  # (1, 1+L, D)
+        if c.learnable_pos_embed:
+            self.pos_embed = nn.Parameter(pos)
+        else:
+            self.register_buffer("pos_embed", pos)
+        dpr = torch.linspace(0, c.drop_path_rate, c.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, dpr[i], c.norm_eps) for i in range(c.depth)
+        )
+        # `norm` ends the encoder (MAE latent, token pooling); `fc_norm` follows average pooling.
+        self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if c.use_fc_norm else nn.Identity()
+        self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+
+        # decoder
+        patch_dim = c.patch_size ** 2 * c.in_chans
+        self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
+        self.register_buffer(
+            "decoder_pos_embed", ops.sincos_pos_embed_2d(c.decoder_embed_dim, self.grid_size).unsqueeze(0)
+        )
+        self.decoder_blocks = nn.ModuleList(
+            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.qkv_bias, 0.0, c.norm_eps)
+            for _ in range(c.decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.norm_eps)
+        self.decoder_pred = nn.Linear(c.decoder_embed_dim, patch_dim)
+        self._init_weights()
+
+    # ------------------------------------------------------------------ setup
+    def _init_weights(self) -> None:
+        """MAE's initialisation: xavier-uniform linears (and patch projection), N(0, 0.02) tokens."""
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        self._init_head()
+
+    def _init_head(self) -> None:
+        """A near-zero head (as in MAE's finetuning): training starts from uniform predictions."""
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=2e-5)
+            nn.init.zeros_(self.head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay besides norms and biases (timm's hook)."""
+        return {"cls_token", "mask_token", "pos_embed"}
+
+    def param_groups(self, weight_decay: float = 0.05, layer_decay: float = 1.0) -> list[dict[str, Any]]:
+        """AdamW parameter groups: no decay on norms, biases and tokens; layer-wise lr decay.
+
+        The patch embedding, tokens and position embedding are layer 0, block ``i`` is layer
+        ``i + 1``, everything after the blocks (norms, head, decoder) is layer ``depth + 1``.
+        Each group carries ``lr_scale = layer_decay ** (depth + 1 - layer)``.
+        """
+        num_layers = self.config.depth + 1
+        skip = self.no_weight_decay()
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_decay = p.ndim == 1 or name in skip
+            if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+                layer = 0
+            elif name.startswith("blocks."):
+                layer = int(name.split(".")[1]) + 1
+            else:
+                layer = num_layers
+            key = (layer, no_decay)
+            if key not in groups:
+                groups[key] = {"params": [], "param_names": [], "layer": layer,
+                               "weight_decay": 0.0 if no_decay else weight_decay,
+                               "lr_scale": layer_decay ** (num_layers - layer)}
+            groups[key]["params"].append(p)
+            groups[key]["param_names"].append(name)
+        return [groups[k] for k in sorted(groups)]
+
+    # ------------------------------------------------------------------ validation
+    def _check_images(self, x: torch.Tensor, name: str = "x") -> None:
+        if not self.check_inputs:
+            return
+        c = self.config
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"{name} must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}; convert uint8 "
+                             "images with x.float() / 255")
+        if x.shape[1] != c.in_chans:
+            raise ValueError(f"{name} has {x.shape[1]} channels but the model expects in_chans={c.in_chans}")
+        if x.shape[2] != c.img_size or x.shape[3] != c.img_size:
+            raise ValueError(f"{name} is {x.shape[2]}x{x.shape[3]} but the model expects "
+                             f"{c.img_size}x{c.img_size} images; resize them or build the model "
+                             f"with img_size={x.shape[2]}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
+
+    @staticmethod
+    def _check_mask_ratio(mask_ratio: float) -> None:
+        if not isinstance(mask_ratio, (int, float)) or not (0.0 <= mask_ratio < 1.0) or math.isnan(mask_ratio):
+            raise ValueError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
+
+    def _check_ids_keep(self, ids_keep: torch.Tensor, batch: int) -> None:
+        if not self.check_inputs:
+            return
+        if ids_keep.dtype != torch.int64 or ids_keep.ndim != 2 or ids_keep.shape[0] != batch:
+            raise ValueError(f"ids_keep must be an int64 tensor of shape ({batch}, len_keep), got "
+                             f"{ids_keep.dtype} {tuple(ids_keep.shape)}")
+        if not 1 <= ids_keep.shape[1] <= self.num_patches:
+            raise ValueError(f"ids_keep keeps {ids_keep.shape[1]} patches; it must keep between 1 and "
+                             f"{self.num_patches}")
+        if ids_keep.device.type == "cpu":  # value checks would cost a host sync on a GPU
+            if ids_keep.min() < 0 or ids_keep.max() >= self.num_patches:
+                raise ValueError(f"ids_keep values must lie in [0, {self.num_patches})")
+            if (ids_keep.sort(dim=1).values.diff(dim=1) == 0).any():
+                raise ValueError("ids_keep repeats a patch index within a sample")
+
+    # ------------------------------------------------------------------ helpers
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, L, p*p*C)."""
+        return ops.patchify(images, self.config.patch_size)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, L, p*p*C) -> (N, C, H, W)."""
+        return ops.unpatchify(patches, self.config.patch_size, self.config.in_chans, self.grid_size)
+
+    def random_masking(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MAE's per-sample random masking of a token sequence.
+
+        Args:
+            x: (N, L, D) tokens. mask_ratio: fraction removed. noise: optional (N, L) scores.
+
+        Returns:
+            (x_masked (N, len_keep, D), mask (N, L) with 1 = removed, ids_restore (N, L)).
+        """
+        n, length, d = x.shape
+        ids_keep, mask, ids_restore = ops.random_masking(n, length, mask_ratio, x.device, noise)
+        x_masked = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
+        return x_masked, mask, ids_restore
+
+    # ------------------------------------------------------------------ autoencoder
+    def forward_encoder(self, x: torch.Tensor, mask_ratio: float = 0.75, ids_keep: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode the visible patches.
+
+        Args:
+            x: (N, C, H, W) images.
+            mask_ratio: fraction of patches removed at random (ignored when ``ids_keep`` is given);
+                0 keeps every patch in order.
+            ids_keep: (N, len_keep) int64 kept patch indices (e.g. from the data loader).
+
+        Returns:
+            latent (N, 1 + len_keep, D) after the final norm, mask (N, L) with 1 = removed,
+            ids_restore (N, L).
+        """
+        self._check_images(x)
+        n = x.shape[0]
+        tokens = self.patch_embed(x) + self.pos_embed[:, 1:, :]  # (N, L, D)
+        if ids_keep is not None:
+            self._check_ids_keep(ids_keep, n)
+            mask, ids_restore = ops.ids_from_keep(ids_keep, self.num_patches)
+            tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        elif mask_ratio == 0:
+            self._check_mask_ratio(mask_ratio)
+            mask = tokens.new_zeros(n, self.num_patches, dtype=torch.float32)
+            ids_restore = torch.arange(self.num_patches, device=x.device).expand(n, -1)
+        else:
+            self._check_mask_ratio(mask_ratio)
+            tokens, mask, ids_restore = self.random_masking(tokens, mask_ratio)
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)
+        tokens = torch.cat([cls, tokens], dim=1)  # (N, 1 + len_keep, D)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens), mask, ids_restore
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Predict every patch from the visible tokens' latents.
+
+        Args:
+            latent: (N, 1 + len_keep, D) from :meth:`forward_encoder`. ids_restore: (N, L).
+
+        Returns:
+            (N, L, p*p*C) predicted patches (normalised patches when ``norm_pix_loss``).
+        """
+        x = self.decoder_embed(latent)  # (N, 1 + len_keep, Dd)
+        n, t, d = x.shape
+        num_masked = ids_restore.shape[1] + 1 - t
+        patches = torch.cat([x[:, 1:, :], self.mask_token.expand(n, num_masked, -1)], dim=1)  # (N, L, Dd)
+        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))  # unshuffle
+        x = torch.cat([x[:, :1, :], patches], dim=1) + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
+
+    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """MSE between ``pred`` and the patches of ``x`` over the removed patches (all if mask is None)."""
+        return ops.masked_mse_loss(pred, self.patchify(x), mask, norm_pix=self.config.norm_pix_loss)
+
+    def forward_mae(self, x: torch.Tensor, mask_ratio: float = 0.75, ids_keep: torch.Tensor | None = None,
+                    target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masked autoencoding: returns ``(loss, pred, mask)``.
+
+        ``target`` (default ``x``) is the image to reconstruct; MIMIR encodes an adversarial
+        image and reconstructs the clean one.
+        """
+        latent, mask, ids_restore = self.forward_encoder(x, mask_ratio, ids_keep)
+        pred = self.forward_decoder(latent, ids_restore)
+        if target is not None:
+            self._check_images(target, "target")
+        return self.forward_loss(x if target is None else target, pred, mask), pred, mask
+
+    def forward_denoise(self, x_noisy: torch.Tensor, x_clean: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denoising autoencoding over all tokens (NIM): returns ``(loss, pred)``.
+
+        The encoder sees every patch of ``x_noisy``; the loss covers every patch of ``x_clean``
+        (default: ``x_noisy`` itself).
+        """
+        latent, _, ids_restore = self.forward_encoder(x_noisy, 0.0)
+        pred = self.forward_decoder(latent, ids_restore)
+        if x_clean is not None:
+            self._check_images(x_clean, "x_clean")
+        return self.forward_loss(x_noisy if x_clean is None else x_clean, pred, None), pred
+
+    def pred_to_image(self, pred: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """Turn predicted patches into an image.
+
+        With ``norm_pix_loss`` the prediction is per-patch normalised; ``reference`` supplies
+        the per-patch mean and std to undo it (for pictures of reconstructions; never feed an
+        attacker-controlled reference into a defense).
+        """
+        if self.config.norm_pix_loss:
+            if reference is None:
+                raise ValueError("this model predicts normalised patches; pass reference= images to "
+                                 "restore their per-patch mean and std")
+            target = self.patchify(reference)
+            mean = target.mean(dim=-1, keepdim=True)
+            std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+            pred = pred * std + mean
+        return self.unpatchify(pred)
+
+    # ------------------------------------------------------------------ classifier (timm API)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens through the encoder: (N, 1 + L, D). As in timm, the final ``norm`` is applied
+        here only when no ``fc_norm`` follows the pooling."""
+        self._check_images(x)
+        n = x.shape[0]
+        tokens = self.patch_embed(x) + self.pos_embed[:, 1:, :]
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)
+        tokens = torch.cat([cls, tokens], dim=1)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return tokens if self.config.use_fc_norm else self.norm(tokens)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool (average of patch tokens, or the class token), norm, then the linear head."""
+        if self.global_pool == "avg":
+            pooled = features[:, self.num_prefix_tokens:].mean(dim=1)
+        else:
+            pooled = features[:, 0]
+        pooled = self.fc_norm(pooled)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, x: torch.Tensor, mask_ratio: float | None = None, ids_keep: torch.Tensor | None = None):
+        """``model(x)`` -> logits (N, num_classes), like timm.
+
+        ``model(x, mask_ratio)`` or ``model(x, ids_keep=...)`` -> ``(loss, pred, mask)``, like MAE.
+        """
+        if mask_ratio is None and ids_keep is None:
+            return self.forward_head(self.forward_features(x))
+        return self.forward_mae(x, 0.75 if mask_ratio is None else mask_ratio, ids_keep)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head (timm's API), e.g. after pretraining."""
+        self.num_classes = self.config.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", "token"):
+                raise ValueError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
+            self.global_pool = self.config.global_pool = global_pool
+        device = self.cls_token.device
+        self.head = nn.Linear(self.embed_dim, num_classes).to(device) if num_classes > 0 else nn.Identity()
+        self._init_head()
+
+    def set_drop_path(self, rate: float) -> None:
+        """Set the encoder's stochastic depth (linearly increasing over blocks up to ``rate``)."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+        self.config.drop_path_rate = rate
+        for block, p in zip(self.blocks, torch.linspace(0, rate, len(self.blocks)).tolist()):
+            block.drop_path.drop_prob = p
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> None:
+        """Write weights and config to one safetensors file (atomically; no pickle)."""
+        atomic_save_tensors(self.state_dict(), path,
+                            metadata={"format": FILE_FORMAT, "config": self.config.to_dict()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
+             kernels: str = "auto") -> MaskedViT:
+        """Build a model from a file written by :meth:`save` (or a training checkpoint)."""
+        tensors, meta = load_tensors(path, map_location)
+        if "config" not in meta:
+            raise ValueError(f"{path} holds no MaskedViT config; was it written by MaskedViT.save?")
+        model = cls(MaskedViTConfig.from_dict(meta["config"]), kernels=kernels)
+        prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        model.load_weights(state, source=str(path))
+        return model.to(map_location)
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict", strict: bool = True) -> None:
+        """``load_state_dict`` with errors that say which tensors are missing or mis-shaped."""
+        own = self.state_dict()
+        problems = []
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if strict and missing:
+            problems.append(f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if strict and unexpected:
+            problems.append(f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+        if shapes:
+            problems.append("shape mismatch " + "; ".join(shapes[:8]))
+        if problems:
+            raise ValueError(f"{source} does not match this MaskedViT: " + " | ".join(problems))
+        self.load_state_dict(state, strict=strict)
+
+    @classmethod
+    def from_timm(cls, vit: nn.Module, kernels: str = "auto", **overrides: Any) -> MaskedViT:
+        """A MaskedViT carrying the weights of a timm ``VisionTransformer``.
+
+        The position embedding becomes learnable (timm's is learned); the decoder is freshly
+        initialised. Supported: class token, no register tokens, plain pre-norm blocks (no
+        layer scale, no q/k norm), GELU MLPs, ``global_pool`` "avg" or "token".
+        """
+        def need(cond: bool, what: str) -> None:
+            if not cond:
+                raise ValueError(f"from_timm: {what} is not supported")
+
+        need(hasattr(vit, "patch_embed") and hasattr(vit, "blocks"), "a model that is not a timm VisionTransformer")
+        need(getattr(vit, "cls_token", None) is not None, "a ViT without a class token")
+        need(getattr(vit, "reg_token", None) is None, "register tokens")
+        need(not getattr(vit, "no_embed_class", False), "no_embed_class=True")
+        need(getattr(vit, "pos_embed", None) is not None, "a ViT without position embedding")
+        need(getattr(vit, "attn_pool", None) is None, "attention pooling")
+        need(vit.global_pool in ("avg", "token"), f"global_pool={vit.global_pool!r}")
+        for name in ("norm_pre", "patch_drop"):
+            need(isinstance(getattr(vit, name, nn.Identity()), nn.Identity), name)
+        need(isinstance(getattr(vit.patch_embed, "norm", nn.Identity()), nn.Identity), "a patch-embed norm")
+        block0 = vit.blocks[0]
+        for name in ("ls1", "ls2"):
+            need(isinstance(getattr(block0, name, nn.Identity()), nn.Identity), "layer scale")
+        for name in ("q_norm", "k_norm", "norm"):
+            need(isinstance(getattr(block0.attn, name, nn.Identity()), nn.Identity), f"attention {name}")
+        act = getattr(block0.mlp, "act", None)
+        need(isinstance(act, nn.GELU) and act.approximate == "none", "an MLP activation other than exact GELU")
+        need(isinstance(getattr(block0.mlp, "norm", nn.Identity()), nn.Identity), "an MLP norm")
+        proj = vit.patch_embed.proj
+        img = vit.patch_embed.img_size
+        need(img[0] == img[1] and proj.kernel_size[0] == proj.kernel_size[1] == proj.stride[0],
+             "non-square images or overlapping patches")
+        embed_dim = proj.out_channels
+        use_fc_norm = isinstance(vit.fc_norm, nn.LayerNorm)
+        norm_layer = vit.fc_norm if use_fc_norm else vit.norm
+        config = MaskedViTConfig(
+            img_size=img[0], patch_size=proj.kernel_size[0], in_chans=proj.in_channels,
+            embed_dim=embed_dim, depth=len(vit.blocks), num_heads=block0.attn.num_heads,
+            mlp_ratio=block0.mlp.fc1.out_features / embed_dim,
+            qkv_bias=block0.attn.qkv.bias is not None,
+            norm_eps=norm_layer.eps if isinstance(norm_layer, nn.LayerNorm) else 1e-6,
+            num_classes=vit.num_classes, global_pool=vit.global_pool, fc_norm=use_fc_norm,
+            learnable_pos_embed=True,
+        )
+        config = dataclasses.replace(config, **overrides)
+        model = cls(config, kernels=kernels)
+        theirs = vit.state_dict()
+        state = model.state_dict()
+        for name in state:
+            if name in theirs and not name.startswith(("decoder", "mask_token")):
+                state[name] = theirs[name]
+        model.load_weights(state, source="timm model")
+        return model
+
+
+def create_model(name: str, **overrides: Any) -> MaskedViT:
+    """Build a preset by name (see :func:`list_models`); keyword overrides replace config fields."""
+    from .presets import PRESETS
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
+    kernels = overrides.pop("kernels", "auto")
+    return MaskedViT(dataclasses.replace(PRESETS[name], **overrides), kernels=kernels)

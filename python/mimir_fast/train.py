@@ -1,0 +1,428 @@
+"""``mimir_fast.train``: one loop for pretraining and finetuning every method.
+
+The loop owns data order, AdamW with no-decay groups and layer-wise lr decay, per-iteration
+warmup + cosine, AMP (bf16 on CUDA), gradient clipping, logging, atomic checkpoints and
+resume; a :class:`~mimir_fast.methods.Method` owns the per-step loss.
+
+Determinism: every step reseeds torch from ``(seed, step)`` and every epoch shuffles from
+``(seed, epoch)``, so a resumed run sees the same batches, masks and augmentations as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from ._io import atomic_save_tensors, load_tensors
+from .data import build_dataset
+from .data.batch_augment import crop_with_padding_and_flip
+from .methods import Batch, Method, get_method
+from .models import MaskedViT, create_model
+
+CHECKPOINT_FORMAT = "mimir_fast.checkpoint/1"
+CHECKPOINT_NAME = "checkpoint-last.safetensors"
+MODEL_NAME = "model.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Every field is also a ``mimir-fast`` CLI flag."""
+
+    method: str = "mae"  # "mae" (pretraining) or "finetune"
+    model: str = "vit_tiny_patch4_32"  # preset name (see mimir_fast.list_models())
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # MaskedViTConfig fields to change
+    pretrained: str | None = None  # MaskedViT file or checkpoint to start from (finetuning)
+    data: str = "digits"  # "digits", "cifar:PATH", "imagefolder:PATH" or "npy:IMAGES[,LABELS]"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = None  # peak learning rate; None: blr * batch_size / 256
+    blr: float = 1.5e-4  # base learning rate (MAE's linear scaling rule)
+    min_lr: float = 0.0  # floor of the cosine schedule
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    layer_decay: float = 1.0  # layer-wise lr decay (0.65 is MIMIR's finetuning value)
+    clip_grad: float | None = None  # max gradient norm; None disables clipping
+    mask_ratio: float = 0.75  # fraction of patches removed (MAE)
+    drop_path: float = 0.0  # stochastic depth while finetuning
+    label_smoothing: float = 0.0
+    augment: str = "crop_flip"  # "crop_flip" (random crop with 4 px padding + flip), "flip" or "none"
+    amp: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    kernels: str = "auto"  # MaskedViT fast path: "auto", "torch" or "triton"
+    seed: int = 0
+    num_workers: int = 0  # DataLoader worker processes
+    out_dir: str = "runs/mae"
+    log_every: int = 10  # steps between metric records
+    eval_every: int = 1  # epochs between held-out evaluations (0: only at the end)
+    checkpoint_every: int = 1  # epochs between checkpoints (0: only at the end)
+    checkpoint_steps: int = 0  # also checkpoint every this many steps (0: off)
+    resume: str | None = None  # checkpoint path, or "auto" for OUT_DIR/checkpoint-last.safetensors
+    max_steps: int | None = None  # stop after this many steps (the schedule still spans all epochs)
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON/TOML give lists
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if not self.blr > 0:
+            problems.append(f"blr must be > 0, got {self.blr}")
+        if self.min_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            problems.append("min_lr, weight_decay and warmup_epochs must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 < self.layer_decay <= 1:
+            problems.append(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            problems.append(f"clip_grad must be > 0 or None, got {self.clip_grad}")
+        if not 0 <= self.mask_ratio < 1:
+            problems.append(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if not 0 <= self.drop_path < 1:
+            problems.append(f"drop_path must be in [0, 1), got {self.drop_path}")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.augment not in ("crop_flip", "flip", "none"):
+            problems.append(f"augment must be 'crop_flip', 'flip' or 'none', got {self.augment!r}")
+        if self.amp not in ("auto", "bf16", "off"):
+            problems.append(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+        if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0 or self.checkpoint_steps < 0:
+            problems.append("log_every must be >= 1; eval_every, checkpoint_every, checkpoint_steps >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.num_workers < 0:
+            problems.append(f"num_workers must be >= 0, got {self.num_workers}")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    model: MaskedViT
+    history: list[dict[str, Any]]  # every record written to metrics.jsonl
+    final_metrics: dict[str, float]  # held-out metrics at the end
+    out_dir: Path
+    steps: int
+
+
+# ---------------------------------------------------------------------- schedule
+def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float) -> float:
+    """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then half-cosine down to ``floor``."""
+    if step < warmup_steps:
+        return peak * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The torch seed used for step ``step`` of a run seeded ``seed``."""
+    return (seed * 1_000_003 + step) % (2**63 - 1)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, model: MaskedViT, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                    step: int, epoch: int) -> Path:
+    """Write model + optimizer state + progress to one safetensors file, atomically."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+    return atomic_save_tensors(tensors, path, metadata={
+        "format": CHECKPOINT_FORMAT, "config": model.config.to_dict(), "train_config": config.to_dict(),
+        "step": step, "epoch": epoch, "optimizer_groups": groups,
+    })
+
+
+def load_checkpoint(path: str | os.PathLike, model: MaskedViT, optimizer: torch.optim.Optimizer,
+                    config: TrainConfig) -> int:
+    """Restore model and optimizer from ``path``; returns the step to continue from.
+
+    Raises:
+        ValueError: the file is corrupt, or was written by a run with another method, model
+            architecture or optimizer layout.
+    """
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a mimir-fast training checkpoint (format {meta.get('format')!r})")
+    saved = meta["train_config"]
+    for key in ("method", "batch_size", "epochs"):
+        if saved.get(key) != getattr(config, key):
+            raise ValueError(f"checkpoint {path} was written with {key}={saved.get(key)!r} but this run has "
+                             f"{key}={getattr(config, key)!r}; resume with the same settings or start afresh")
+    if meta["config"] != model.config.to_dict():
+        diff = {k: (v, model.config.to_dict().get(k)) for k, v in meta["config"].items()
+                if model.config.to_dict().get(k) != v}
+        raise ValueError(f"checkpoint {path} holds a different model architecture: {diff} (file vs run)")
+    model.load_weights({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source=str(path))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    groups = meta["optimizer_groups"]
+    current = optimizer.state_dict()["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
+        raise ValueError(f"checkpoint {path} has an optimizer layout that does not match this model")
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return int(meta["step"])
+
+
+# ---------------------------------------------------------------------- data
+def _collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.stack([s[0] for s in samples])
+    labels = torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
+    return images, labels
+
+
+def _epoch_batches(dataset, batch_size: int, seed: int, epoch: int, skip: int, num_workers: int,
+                   shuffle: bool = True, drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of one epoch in an order fixed by (seed, epoch), starting after ``skip`` batches."""
+    n = len(dataset)
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+    else:
+        order = list(range(n))
+    stop = n - n % batch_size if drop_last else n
+    batches = [order[i:i + batch_size] for i in range(0, stop, batch_size)][skip:]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                         collate_fn=_collate)
+    yield from loader
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for but CUDA is not available; use device='cpu'")
+    return device
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def build_model(config: TrainConfig, dataset) -> MaskedViT:
+    """The model a run starts from: a pretrained file if given, else a fresh preset sized to the data."""
+    if config.pretrained:
+        model = MaskedViT.load(config.pretrained, kernels=config.kernels)
+        if config.model_overrides:
+            raise ValueError("model_overrides cannot change a pretrained model's architecture")
+    else:
+        overrides = {"in_chans": dataset.in_chans, "num_classes": dataset.num_classes, **config.model_overrides}
+        model = create_model(config.model, kernels=config.kernels, **overrides)
+    c = model.config
+    if c.in_chans != dataset.in_chans or c.img_size != dataset.image_size:
+        raise ValueError(f"the data has {dataset.in_chans}-channel {dataset.image_size}px images but the model "
+                         f"expects {c.in_chans}-channel {c.img_size}px ones")
+    return model
+
+
+def _model_image_size(config: TrainConfig, model: MaskedViT | None) -> int | None:
+    """The image size the run's model expects, read without building it."""
+    from .models.presets import PRESETS
+
+    if model is not None:
+        return model.config.img_size
+    if config.pretrained:
+        return load_tensors(config.pretrained)[1].get("config", {}).get("img_size")
+    if config.model in PRESETS:
+        return config.model_overrides.get("img_size", PRESETS[config.model].img_size)
+    return None
+
+
+def _write_csv(records: list[dict[str, Any]], path: Path) -> None:
+    columns: list[str] = []
+    for r in records:
+        columns += [k for k in r if k not in columns]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
+    os.replace(tmp, path)
+
+
+def _read_log(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    """Records of an earlier run up to ``up_to_step`` (later ones are redone after a resume)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if record.get("step", 0) <= up_to_step:
+            records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------------- the loop
+def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = None, train_data=None,
+          test_data=None, **overrides: Any) -> TrainResult:
+    """Pretrain or finetune a MaskedViT.
+
+    Args:
+        config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields, so
+            ``train(method="mae", epochs=5)`` works without building one.
+        model: a preset name (sets ``config.model``), or a MaskedViT instance to train instead of
+            ``config.model`` / ``config.pretrained``.
+        train_data, test_data: datasets to use instead of ``config.data`` (``(image, label)``
+            items with ``num_classes``, ``in_chans`` and ``image_size`` attributes).
+
+    Returns:
+        A :class:`TrainResult` with the trained model, the metric history and held-out metrics.
+        ``OUT_DIR`` holds ``metrics.jsonl``, ``metrics.csv``, ``checkpoint-last.safetensors``,
+        ``model.safetensors`` and ``summary.json``.
+    """
+    if isinstance(model, str):
+        overrides["model"], model = model, None
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    method: Method = get_method(config.method)(config)
+    device = _resolve_device(config.device)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if train_data is None:
+        image_size = _model_image_size(config, model)
+        train_data = build_dataset(config.data, "train", image_size=image_size)
+        test_data = build_dataset(config.data, "test", image_size=image_size) if test_data is None else test_data
+    if model is None:
+        model = build_model(config, train_data)
+    model = method.prepare_model(model, train_data.num_classes).to(device)
+
+    steps_per_epoch = len(train_data) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(train_data)} images)")
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    peak_lr = config.lr if config.lr is not None else config.blr * config.batch_size / 256
+    groups = model.param_groups(config.weight_decay, config.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=config.betas)
+
+    start_step = 0
+    resume = config.resume
+    if resume == "auto":
+        resume = str(out_dir / CHECKPOINT_NAME) if (out_dir / CHECKPOINT_NAME).exists() else None
+    if resume:
+        start_step = load_checkpoint(resume, model, optimizer, config)
+    log_path = out_dir / "metrics.jsonl"
+    history = _read_log(log_path, start_step) if start_step else []
+    with open(log_path, "w") as f:  # rewrite: drop records past the checkpoint we resumed from
+        f.writelines(json.dumps(r) + "\n" for r in history)
+    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+    end_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
+    step = start_step
+    augment_images = config.augment != "none"
+
+    def log(record: dict[str, Any]) -> None:
+        history.append(record)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        model.eval()
+        torch.manual_seed(step_seed(config.seed, 2**40))  # same held-out masks at every evaluation
+        batches = (Batch(x.to(device), y.to(device)) for x, y in
+                   _epoch_batches(test_data, config.batch_size, config.seed, 0, 0, config.num_workers,
+                                  shuffle=False, drop_last=False))
+        with torch.no_grad(), _autocast(config, device):
+            metrics = method.evaluate(model, batches)
+        model.train()
+        log({"step": step, "epoch": epoch, "split": "test", **metrics})
+        return metrics
+
+    def checkpoint(epoch: int) -> None:
+        save_checkpoint(out_dir / CHECKPOINT_NAME, model, optimizer, config, step, epoch)
+
+    model.train()
+    bar = tqdm(total=end_step, initial=start_step, disable=not config.progress, desc=f"{config.method}",
+               unit="step", dynamic_ncols=True)
+    started = time.perf_counter()
+    final_metrics: dict[str, float] = {}
+    epoch = start_step // steps_per_epoch
+    while step < end_step:
+        skip = step - epoch * steps_per_epoch
+        for images, labels in _epoch_batches(train_data, config.batch_size, config.seed, epoch, skip,
+                                             config.num_workers):
+            torch.manual_seed(step_seed(config.seed, step))
+            images = images.to(device, non_blocking=True)
+            if augment_images:
+                images = crop_with_padding_and_flip(images, padding=4 if config.augment == "crop_flip" else 0)
+            batch = Batch(images, labels.to(device, non_blocking=True))
+            lr = learning_rate(step, total_steps, warmup_steps, peak_lr, config.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            with _autocast(config, device):
+                out = method.training_step(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if config.clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == end_step:
+                values = {k: float(v) for k, v in out.metrics.items()}
+                if not math.isfinite(values.get("loss", 0.0)):
+                    raise FloatingPointError(f"loss became {values['loss']} at step {step}; lower the "
+                                             "learning rate or enable clip_grad")
+                log({"step": step, "epoch": epoch, "split": "train", "lr": lr,
+                     "images_per_s": round(config.batch_size * (step - start_step) /
+                                           (time.perf_counter() - started), 2), **values})
+                bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
+            if config.checkpoint_steps and step % config.checkpoint_steps == 0:
+                checkpoint(epoch)
+            if step >= end_step:
+                break
+        else:  # the epoch ran to its end
+            epoch += 1
+            if config.eval_every and epoch % config.eval_every == 0 and step < end_step:
+                evaluate(epoch)
+            if config.checkpoint_every and epoch % config.checkpoint_every == 0:
+                checkpoint(epoch)
+            _write_csv(history, out_dir / "metrics.csv")
+    bar.close()
+    final_metrics = evaluate(epoch)
+    checkpoint(epoch)
+    model.save(out_dir / MODEL_NAME)
+    _write_csv(history, out_dir / "metrics.csv")
+    summary = {"method": config.method, "steps": step, "epochs_done": step / steps_per_epoch,
+               "train_images": len(train_data), "test_images": len(test_data),
+               "seconds": round(time.perf_counter() - started, 2), "test": final_metrics,
+               "device": str(device)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return TrainResult(model, history, final_metrics, out_dir, step)
