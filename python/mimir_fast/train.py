@@ -34,6 +34,7 @@ from .models import MaskedViT, create_model
 CHECKPOINT_FORMAT = "mimir_fast.checkpoint/1"
 CHECKPOINT_NAME = "checkpoint-last.safetensors"
 MODEL_NAME = "model.safetensors"
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
 
 
 @dataclass
@@ -58,7 +59,7 @@ class TrainConfig:
     mask_ratio: float = 0.75  # fraction of patches removed (MAE)
     drop_path: float = 0.0  # stochastic depth while finetuning
     label_smoothing: float = 0.0
-    augment: str = "crop_flip"  # "crop_flip" (random crop with 4 px padding + flip), "flip" or "none"
+    augment: str = "crop_flip"  # "crop_flip" (random crop, 4 px padding, + h-flip), "crop", "flip", "none"
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     kernels: str = "auto"  # MaskedViT fast path: "auto", "torch" or "triton"
@@ -98,8 +99,8 @@ class TrainConfig:
             problems.append(f"drop_path must be in [0, 1), got {self.drop_path}")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.augment not in ("crop_flip", "flip", "none"):
-            problems.append(f"augment must be 'crop_flip', 'flip' or 'none', got {self.augment!r}")
+        if self.augment not in AUGMENTATIONS:
+            problems.append(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.amp not in ("auto", "bf16", "off"):
             problems.append(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0 or self.checkpoint_steps < 0:
@@ -242,11 +243,14 @@ def build_model(config: TrainConfig, dataset) -> MaskedViT:
     else:
         overrides = {"in_chans": dataset.in_chans, "num_classes": dataset.num_classes, **config.model_overrides}
         model = create_model(config.model, kernels=config.kernels, **overrides)
+    return model
+
+
+def _check_fits(model: MaskedViT, dataset) -> None:
     c = model.config
     if c.in_chans != dataset.in_chans or c.img_size != dataset.image_size:
         raise ValueError(f"the data has {dataset.in_chans}-channel {dataset.image_size}px images but the model "
                          f"expects {c.in_chans}-channel {c.img_size}px ones")
-    return model
 
 
 def _model_image_size(config: TrainConfig, model: MaskedViT | None) -> int | None:
@@ -319,8 +323,13 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
         image_size = _model_image_size(config, model)
         train_data = build_dataset(config.data, "train", image_size=image_size)
         test_data = build_dataset(config.data, "test", image_size=image_size) if test_data is None else test_data
+    elif test_data is None:
+        raise ValueError("train_data was given without test_data: pass a held-out dataset as test_data")
     if model is None:
+        torch.manual_seed(config.seed)  # the initial weights depend on the seed only
         model = build_model(config, train_data)
+    _check_fits(model, train_data)
+    _check_fits(model, test_data)
     model = method.prepare_model(model, train_data.num_classes).to(device)
 
     steps_per_epoch = len(train_data) // config.batch_size
@@ -346,7 +355,6 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
 
     end_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
     step = start_step
-    augment_images = config.augment != "none"
 
     def log(record: dict[str, Any]) -> None:
         history.append(record)
@@ -380,8 +388,9 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
                                              config.num_workers):
             torch.manual_seed(step_seed(config.seed, step))
             images = images.to(device, non_blocking=True)
-            if augment_images:
-                images = crop_with_padding_and_flip(images, padding=4 if config.augment == "crop_flip" else 0)
+            if config.augment != "none":
+                images = crop_with_padding_and_flip(images, padding=0 if config.augment == "flip" else 4,
+                                                    flip=config.augment != "crop")
             batch = Batch(images, labels.to(device, non_blocking=True))
             lr = learning_rate(step, total_steps, warmup_steps, peak_lr, config.min_lr)
             for group in optimizer.param_groups:

@@ -36,9 +36,11 @@ def resolve_kernels(choice: str, triton_ops: tuple[str, ...]) -> str:
     Raises:
         ValueError: for an unknown choice, or "triton" where no kernel exists or Triton cannot run.
     """
-    choice = os.environ.get("MIMIR_FAST_KERNELS", choice)
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {choice!r}")
+    choice = os.environ.get("MIMIR_FAST_KERNELS", choice)
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"MIMIR_FAST_KERNELS must be one of {KERNEL_CHOICES}, got {choice!r}")
     if choice == "torch":
         return "torch"
     usable = bool(triton_ops) and triton_available()

@@ -407,7 +407,8 @@ class MaskedViT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head (timm's API), e.g. after pretraining."""
+        """Replace the head (timm's API), e.g. after pretraining. The norm layout stays as built."""
+        self.config.fc_norm = isinstance(self.fc_norm, nn.LayerNorm)
         self.num_classes = self.config.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("avg", "token"):
