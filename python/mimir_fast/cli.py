@@ -488,7 +488,17 @@ def resolve_config(command: str, args: argparse.Namespace) -> Any:
     values.setdefault("method", _DEFAULT_METHOD[command])
     values.setdefault("out_dir", f"runs/{values['method']}")
     _check_method(command, values["method"])
+    _check_model_overrides(values.get("model_overrides") or {})
     return TrainConfig.from_dict(values)
+
+
+def _check_model_overrides(overrides: dict[str, Any]) -> None:
+    from .models import MaskedViTConfig
+
+    known = {f.name for f in dataclasses.fields(MaskedViTConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise CLIError(f"unknown model_overrides keys {unknown}; MaskedViTConfig fields: {', '.join(sorted(known))}")
 
 
 def _check_method(command: str, method: str) -> None:
@@ -610,6 +620,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         return _error(str(e))
+    except FloatingPointError as e:  # the loss diverged: a training outcome, not a usage error
+        if debug:
+            raise
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (a training run continues with --resume auto)", file=sys.stderr)
         return 130

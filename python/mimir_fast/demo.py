@@ -19,22 +19,23 @@ from .train import TrainConfig, train
 
 # A small ViT for 32x32 single-channel digits: patch 4 -> 64 tokens, 16 visible at mask ratio 0.75.
 DEMO_MODEL = "vit_tiny_patch4_32"
+# The decoder is smaller than MIMIR's (128 wide, 2 deep) to keep the demo within minutes.
 DEMO_MODEL_OVERRIDES = {"embed_dim": 128, "depth": 4, "num_heads": 4,
-                        "decoder_embed_dim": 128, "decoder_depth": 2, "decoder_num_heads": 4}
+                        "decoder_embed_dim": 64, "decoder_depth": 1, "decoder_num_heads": 4}
 
 
 def demo_configs(out_dir: Path, quick: bool = False) -> tuple[TrainConfig, TrainConfig]:
     """The pretraining and finetuning settings of the demo (``quick``: a smoke-test version)."""
     pretrain = TrainConfig(
         method="mae", model=DEMO_MODEL, model_overrides=DEMO_MODEL_OVERRIDES, data="digits",
-        epochs=2 if quick else 30, batch_size=64, blr=1.5e-3, warmup_epochs=1 if quick else 3,
+        epochs=2 if quick else 20, batch_size=64, blr=1.5e-3, warmup_epochs=1 if quick else 3,
         weight_decay=0.05, mask_ratio=0.75, augment="crop",
         out_dir=str(out_dir / "pretrain"), log_every=5, eval_every=5, checkpoint_every=5,
     )
     finetune = TrainConfig(
         method="finetune", pretrained=str(out_dir / "pretrain" / "model.safetensors"), data="digits",
-        epochs=2 if quick else 15, batch_size=64, blr=2e-3, warmup_epochs=1 if quick else 2,
-        weight_decay=0.05, layer_decay=0.75, drop_path=0.1, label_smoothing=0.1, augment="crop",
+        epochs=2 if quick else 15, batch_size=64, blr=3e-3, warmup_epochs=1 if quick else 2,
+        weight_decay=0.05, layer_decay=0.85, drop_path=0.1, label_smoothing=0.1, augment="crop",
         out_dir=str(out_dir / "finetune"), log_every=5, eval_every=1, checkpoint_every=5,
     )
     return pretrain, finetune

@@ -46,26 +46,26 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)  # MaskedViTConfig fields to change
     pretrained: str | None = None  # MaskedViT file or checkpoint to start from (finetuning)
     data: str = "digits"  # "digits", "cifar:PATH", "imagefolder:PATH" or "npy:IMAGES[,LABELS]"
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int = 10  # passes over the training set
+    batch_size: int = 64  # images per optimizer step
     lr: float | None = None  # peak learning rate; None: blr * batch_size / 256
     blr: float = 1.5e-4  # base learning rate (MAE's linear scaling rule)
     min_lr: float = 0.0  # floor of the cosine schedule
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = 1.0  # linear lr warmup length, in epochs (may be fractional)
+    weight_decay: float = 0.05  # AdamW decay (none on norms, biases, tokens)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (MAE's)
     layer_decay: float = 1.0  # layer-wise lr decay (0.65 is MIMIR's finetuning value)
     clip_grad: float | None = None  # max gradient norm; None disables clipping
     mask_ratio: float = 0.75  # fraction of patches removed (MAE)
     drop_path: float = 0.0  # stochastic depth while finetuning
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # cross-entropy label smoothing while finetuning
     augment: str = "crop_flip"  # "crop_flip" (random crop, 4 px padding, + h-flip), "crop", "flip", "none"
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     kernels: str = "auto"  # MaskedViT fast path: "auto", "torch" or "triton"
-    seed: int = 0
+    seed: int = 0  # seeds weights, data order, masks and augmentation
     num_workers: int = 0  # DataLoader worker processes
-    out_dir: str = "runs/mae"
+    out_dir: str = "runs/mae"  # folder for metrics, checkpoints and the final model
     log_every: int = 10  # steps between metric records
     eval_every: int = 1  # epochs between held-out evaluations (0: only at the end)
     checkpoint_every: int = 1  # epochs between checkpoints (0: only at the end)
@@ -425,6 +425,7 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
                 checkpoint(epoch)
             _write_csv(history, out_dir / "metrics.csv")
     bar.close()
+    epoch = step // steps_per_epoch  # epochs completed
     final_metrics = evaluate(epoch)
     checkpoint(epoch)
     model.save(out_dir / MODEL_NAME)

@@ -103,6 +103,9 @@ class MaskedViT(nn.Module):
 
     def __init__(self, config: MaskedViTConfig | None = None, *, kernels: str = "auto", **overrides: Any):
         super().__init__()
+        known = {f.name for f in dataclasses.fields(MaskedViTConfig)}
+        if set(overrides) - known:
+            raise ValueError(f"unknown MaskedViTConfig fields: {sorted(set(overrides) - known)}")
         config = dataclasses.replace(config or MaskedViTConfig(), **overrides)
         self.config = c = config
         self.kernels = kernels
@@ -527,4 +530,4 @@ def create_model(name: str, **overrides: Any) -> MaskedViT:
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
     kernels = overrides.pop("kernels", "auto")
-    return MaskedViT(dataclasses.replace(PRESETS[name], **overrides), kernels=kernels)
+    return MaskedViT(PRESETS[name], kernels=kernels, **overrides)
