@@ -4,6 +4,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,21 +12,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                        metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``tensors`` to a safetensors file atomically (temp file in the same folder + rename).
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it onto ``path``.
 
     A reader never sees a half-written file: either the old file or the complete new one.
-    ``metadata`` values are stored as JSON strings.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,6 +35,14 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLik
     finally:
         os.close(dir_fd)
     return path
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                        metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``tensors`` to a safetensors file atomically; ``metadata`` values are stored as JSON."""
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu"

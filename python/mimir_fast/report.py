@@ -19,12 +19,13 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._io import atomic_write
 
 __all__ = ["format_table", "load_records", "plot_loss_curves", "save_reconstruction_grid", "write_json"]
 
@@ -33,23 +34,6 @@ Records = Sequence[Mapping[str, Any]]
 
 
 # ---------------------------------------------------------------------- files
-def _atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file next to ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
@@ -77,14 +61,14 @@ def write_json(obj: Any, path: PathLike) -> Path:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def _save_figure(fig: Any, out_png: PathLike, dpi: int) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)  # attaches itself to the figure
-    return _atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    return atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 # ---------------------------------------------------------------------- tables

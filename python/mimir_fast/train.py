@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from ._io import atomic_save_tensors, load_tensors
+from ._io import atomic_save_tensors, atomic_write, load_tensors
 from .data import build_dataset
 from .data.batch_augment import crop_with_padding_and_flip
 from .methods import Batch, Method, get_method
@@ -270,12 +270,14 @@ def _write_csv(records: list[dict[str, Any]], path: Path) -> None:
     columns: list[str] = []
     for r in records:
         columns += [k for k in r if k not in columns]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(records)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(records)
+
+    atomic_write(path, write)
 
 
 def _read_log(path: Path, up_to_step: int) -> list[dict[str, Any]]:
