@@ -30,6 +30,7 @@ from .data import build_dataset
 from .data.batch_augment import crop_with_padding_and_flip
 from .methods import Batch, Method, get_method
 from .models import MaskedViT, create_model
+from .noise import parse_sigma_spec
 
 CHECKPOINT_FORMAT = "mimir_fast.checkpoint/1"
 CHECKPOINT_NAME = "checkpoint-last.safetensors"
@@ -41,7 +42,7 @@ AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
 class TrainConfig:
     """Everything a training run needs. Every field is also a ``mimir-fast`` CLI flag."""
 
-    method: str = "mae"  # "mae" (pretraining) or "finetune"
+    method: str = "mae"  # "mae" or "nim" (pretraining), "finetune"
     model: str = "vit_tiny_patch4_32"  # preset name (see mimir_fast.list_models())
     model_overrides: dict[str, Any] = field(default_factory=dict)  # MaskedViTConfig fields to change
     pretrained: str | None = None  # MaskedViT file or checkpoint to start from (finetuning)
@@ -57,6 +58,7 @@ class TrainConfig:
     layer_decay: float = 1.0  # layer-wise lr decay (0.65 is MIMIR's finetuning value)
     clip_grad: float | None = None  # max gradient norm; None disables clipping
     mask_ratio: float = 0.75  # fraction of patches removed (MAE)
+    noise: str = "gamma:25,3"  # NIM sigma per image, 0..255 scale: "gamma:K,THETA", "uniform:A,B", "constant:V"
     drop_path: float = 0.0  # stochastic depth while finetuning
     label_smoothing: float = 0.0  # cross-entropy label smoothing while finetuning
     augment: str = "crop_flip"  # "crop_flip" (random crop, 4 px padding, + h-flip), "crop", "flip", "none"
@@ -95,6 +97,10 @@ class TrainConfig:
             problems.append(f"clip_grad must be > 0 or None, got {self.clip_grad}")
         if not 0 <= self.mask_ratio < 1:
             problems.append(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        try:
+            parse_sigma_spec(self.noise)
+        except ValueError as e:
+            problems.append(str(e))
         if not 0 <= self.drop_path < 1:
             problems.append(f"drop_path must be in [0, 1), got {self.drop_path}")
         if not 0 <= self.label_smoothing < 1:

@@ -3,6 +3,7 @@
 from .base import METHODS, Batch, Method, StepOutput, get_method, register_method
 from .finetune import Finetuning
 from .mae import MAEPretraining
+from .nim import NIMPretraining
 
-__all__ = ["METHODS", "Batch", "Finetuning", "MAEPretraining", "Method", "StepOutput", "get_method",
+__all__ = ["METHODS", "Batch", "Finetuning", "MAEPretraining", "Method", "NIMPretraining", "StepOutput", "get_method",
            "register_method"]

@@ -1,0 +1,53 @@
+"""Per-image noise levels: parsing ``"gamma:25,3"``-style specs and drawing sigmas on the device.
+
+Sigmas are on the 0..255 pixel scale (as in NIM); images live in [0, 1], so the noise added
+is ``sigma / 255 * N(0, 1)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SIGMA_KINDS = {"gamma": 2, "uniform": 2, "constant": 1}
+NIM_DEFAULT = ("gamma", 25.0, 3.0)  # mean 75, NIM's best pretraining distribution
+
+
+def parse_sigma_spec(spec: str | tuple) -> tuple:
+    """``"gamma:K,THETA"`` | ``"uniform:A,B"`` | ``"constant:V"`` (or the tuple) -> ``(kind, *params)``."""
+    if isinstance(spec, str):
+        kind, _, params = spec.partition(":")
+        try:
+            values = tuple(float(p) for p in params.split(",")) if params else ()
+        except ValueError:
+            raise ValueError(f"noise spec {spec!r}: parameters must be numbers") from None
+    else:
+        kind, *rest = spec
+        values = tuple(float(v) for v in rest)
+    if kind not in SIGMA_KINDS or len(values) != SIGMA_KINDS[kind]:
+        raise ValueError(f"noise spec must be 'gamma:K,THETA', 'uniform:A,B' or 'constant:V', got {spec!r}")
+    if kind == "gamma" and not (values[0] > 0 and values[1] > 0):
+        raise ValueError(f"gamma noise needs K > 0 and THETA > 0, got {values}")
+    if kind == "uniform" and not 0 <= values[0] <= values[1]:
+        raise ValueError(f"uniform noise needs 0 <= A <= B, got {values}")
+    if kind == "constant" and values[0] < 0:
+        raise ValueError(f"constant noise needs V >= 0, got {values[0]}")
+    return (kind, *values)
+
+
+def sample_sigma(spec: str | tuple, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Draw ``n`` sigmas (0..255 scale) from ``spec`` with torch's RNG, on ``device``; (n,) float32."""
+    kind, *p = parse_sigma_spec(spec)
+    if kind == "gamma":
+        k = torch.full((n,), p[0], device=device)
+        return torch.distributions.Gamma(k, 1.0 / p[1]).sample()  # rate = 1 / theta
+    if kind == "uniform":
+        return torch.empty(n, device=device).uniform_(p[0], p[1])
+    return torch.full((n,), p[0], device=device)
+
+
+def add_noise(images: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """``images + sigma / 255 * N(0, 1)``, sigma per image (N,) or one number; no clamping."""
+    sigma = torch.as_tensor(sigma, dtype=images.dtype, device=images.device)
+    if sigma.ndim == 1:
+        sigma = sigma.view(-1, *([1] * (images.ndim - 1)))
+    return images + sigma / 255.0 * torch.randn_like(images)
