@@ -8,7 +8,8 @@ Estimators (``K``, ``L`` are Gaussian Gram matrices of the two inputs, ``m`` the
 - ``"unbiased"``: Song et al. 2012, on Gram matrices with zeroed diagonals (needs m >= 4).
 - ``"cka"``: normalised HSIC, ``HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` (biased form).
 
-Everything stays on the device in fp32 (also under autocast), with no host synchronisation:
+Everything stays on the device, Gram matrices in fp32 and the m x m algebra in float64 (also
+under autocast), with no host synchronisation:
 a non-finite value is replaced by zero with tensor ops, so a training step never syncs.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .kernels import KERNEL_CHOICES, resolve_kernels
 from .ops.hsic import center_gram, gaussian_gram, pairwise_sq_dists
 
 ESTIMATORS = ("nocca", "biased", "unbiased", "cka")
@@ -35,26 +37,37 @@ def median_sigma(a: torch.Tensor) -> torch.Tensor:
     return med.clamp_min(1e-12).sqrt()[..., None, None]
 
 
-def _gram(a: torch.Tensor, sigma: float, bandwidth: str) -> torch.Tensor:
-    if bandwidth == "median":
-        return gaussian_gram(a, median_sigma(a), scale_by_dim=False)
-    return gaussian_gram(a, sigma, scale_by_dim=True)
+def _gram(a: torch.Tensor, sigma: float, bandwidth: str, kernels: str = "auto") -> torch.Tensor:
+    """(m, d) -> (m, m) Gram matrix, on the fused kernel where ``kernels`` resolves to Triton."""
+    if bandwidth == "median":  # the bandwidth is a data-derived constant: no gradient through it
+        sigma, scale_by_dim = median_sigma(a.detach()), False
+    else:
+        scale_by_dim = True
+    if resolve_kernels(kernels, ("gaussian_gram",), a.device.type) == "triton":
+        from .kernels.gaussian_gram import gaussian_gram_triton
+
+        return gaussian_gram_triton(a, sigma, scale_by_dim=scale_by_dim)
+    return gaussian_gram(a, sigma, scale_by_dim=scale_by_dim)
 
 
 def hsic_from_grams(kx: torch.Tensor, ky: torch.Tensor, estimator: str = "nocca", eps: float = 1e-5) -> torch.Tensor:
-    """HSIC between two (batches of) (m, m) Gram matrices; returns shape (...)."""
+    """HSIC between two (batches of) (m, m) Gram matrices; returns fp32 of shape (...).
+
+    The m x m algebra runs in float64: Gram matrices of wide inputs are close to constant, and
+    centring them in fp32 would leave few significant digits (m <= a few thousand: cheap).
+    """
     m = kx.shape[-1]
+    kx, ky = kx.double(), ky.double()
     if estimator == "nocca":
-        # Kc is rank-deficient and the ridge eps*m is tiny: solve in float64 (m x m, cheap)
         eye = torch.eye(m, dtype=torch.float64, device=kx.device)
 
         def r(k: torch.Tensor) -> torch.Tensor:
-            kc = (k - k.mean(dim=-1, keepdim=True)).double()  # K H
+            kc = k - k.mean(dim=-1, keepdim=True)  # K H
             return torch.linalg.solve(kc + eps * m * eye, kc, left=False)  # Kc (Kc + eps m I)^-1
 
-        return (r(kx) * r(ky).mT).sum(dim=(-2, -1)).to(kx.dtype)
+        return (r(kx) * r(ky).mT).sum(dim=(-2, -1)).float()
     if estimator == "biased":
-        return (center_gram(kx) * ky).sum(dim=(-2, -1)) / (m - 1) ** 2
+        return ((center_gram(kx) * ky).sum(dim=(-2, -1)) / (m - 1) ** 2).float()
     if estimator == "unbiased":
         if m < 4:
             raise ValueError(f"the unbiased HSIC estimator needs a batch of at least 4, got {m}")
@@ -63,17 +76,18 @@ def hsic_from_grams(kx: torch.Tensor, ky: torch.Tensor, estimator: str = "nocca"
         trace = (kt * lt.mT).sum(dim=(-2, -1))
         sums = kt.sum(dim=(-2, -1)) * lt.sum(dim=(-2, -1)) / ((m - 1) * (m - 2))
         cross = (kt.sum(dim=-2) * lt.sum(dim=-1)).sum(dim=-1) * 2.0 / (m - 2)  # 1^T K L 1
-        return (trace + sums - cross) / (m * (m - 3))
+        return ((trace + sums - cross) / (m * (m - 3))).float()
     if estimator == "cka":
         xy = hsic_from_grams(kx, ky, "biased")
         xx = hsic_from_grams(kx, kx, "biased")
         yy = hsic_from_grams(ky, ky, "biased")
-        return xy / (xx * yy).clamp_min(1e-24).sqrt()
+        return (xy.double() / (xx.double() * yy.double()).clamp_min(1e-300).sqrt()).float()
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
 
 
 def hsic(x: torch.Tensor, y: torch.Tensor, estimator: str = "nocca", sigma: float = 5.0,
-         bandwidth: str = "mimir", eps: float = 1e-5, zero_if_nonfinite: bool = True) -> torch.Tensor:
+         bandwidth: str = "mimir", eps: float = 1e-5, zero_if_nonfinite: bool = True,
+         kernels: str = "auto") -> torch.Tensor:
     """HSIC between two batches, each flattened per sample.
 
     Args:
@@ -83,6 +97,7 @@ def hsic(x: torch.Tensor, y: torch.Tensor, estimator: str = "nocca", sigma: floa
         bandwidth: "mimir" or "median" (median heuristic, no ``d`` scaling).
         eps: ridge of the "nocca" form (MIMIR: 1e-5).
         zero_if_nonfinite: return 0 instead of NaN/inf, without a host sync.
+        kernels: Gram matrices on the fused Triton kernel ("auto": on CUDA), or "torch".
 
     Returns:
         A scalar fp32 tensor.
@@ -96,8 +111,8 @@ def hsic(x: torch.Tensor, y: torch.Tensor, estimator: str = "nocca", sigma: floa
     if x.shape[0] < 2:
         raise ValueError("HSIC needs a batch of at least 2 samples")
     with torch.autocast(device_type=x.device.type, enabled=False):
-        kx = _gram(x.reshape(x.shape[0], -1).float(), sigma, bandwidth)
-        ky = _gram(y.reshape(y.shape[0], -1).float(), sigma, bandwidth)
+        kx = _gram(x.reshape(x.shape[0], -1).float(), sigma, bandwidth, kernels)
+        ky = _gram(y.reshape(y.shape[0], -1).float(), sigma, bandwidth, kernels)
         value = hsic_from_grams(kx, ky, estimator, eps)
     if zero_if_nonfinite:
         value = torch.where(torch.isfinite(value), value, torch.zeros_like(value))
@@ -110,13 +125,17 @@ class HSIC(nn.Module):
     Returns a tensor of shape (number of others,); the Gram matrix of ``x`` is computed once.
     """
 
-    def __init__(self, estimator: str = "nocca", sigma: float = 5.0, bandwidth: str = "mimir", eps: float = 1e-5):
+    def __init__(self, estimator: str = "nocca", sigma: float = 5.0, bandwidth: str = "mimir", eps: float = 1e-5,
+                 kernels: str = "auto"):
         super().__init__()
+        if kernels not in KERNEL_CHOICES:
+            raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if bandwidth not in BANDWIDTHS:
             raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {bandwidth!r}")
         self.estimator, self.sigma, self.bandwidth, self.eps = estimator, sigma, bandwidth, eps
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
         if not others:
@@ -126,9 +145,9 @@ class HSIC(nn.Module):
             if o.shape[0] != m:
                 raise ValueError(f"tensor {i} has batch size {o.shape[0]}, x has {m}")
         with torch.autocast(device_type=x.device.type, enabled=False):
-            kx = _gram(x.reshape(m, -1).float(), self.sigma, self.bandwidth)
+            kx = _gram(x.reshape(m, -1).float(), self.sigma, self.bandwidth, self.kernels)
             values = torch.stack([
-                hsic_from_grams(kx, _gram(o.reshape(m, -1).float(), self.sigma, self.bandwidth),
+                hsic_from_grams(kx, _gram(o.reshape(m, -1).float(), self.sigma, self.bandwidth, self.kernels),
                                 self.estimator, self.eps)
                 for o in others
             ])
