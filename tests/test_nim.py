@@ -103,3 +103,26 @@ def test_defense_refuses_norm_pix_autoencoders():
         NIMDefense(mf.MaskedViT(img_size=16, patch_size=4, in_chans=1, norm_pix_loss=True, **TINY))
     with pytest.raises(ValueError, match="sigma"):
         NIMDefense(mf.MaskedViT(img_size=16, patch_size=4, in_chans=1, norm_pix_loss=False, **TINY), -1.0)
+
+
+def test_finetuning_on_denoised_images(nim_model, test_images, tmp_path):
+    nim_model.save(tmp_path / "nim.safetensors")
+    cfg = mf.TrainConfig(method="finetune", model="vit_tiny_patch4_32", model_overrides=TINY, epochs=1,
+                         batch_size=32, blr=3e-3, denoiser=str(tmp_path / "nim.safetensors"),
+                         out_dir=str(tmp_path / "fin"), progress=False, log_every=1, max_steps=12)
+    method = mf.methods.get_method("finetune")(cfg)
+    torch.manual_seed(5)
+    seen = method.inputs(test_images[:16])
+    torch.manual_seed(5)
+    sigma = torch.empty(16).uniform_(0, 30)  # the same draws: Uniform(0, 30) per image
+    want = NIMDefense(nim_model, 0.0).denoise(add_noise(test_images[:16], sigma))
+    torch.testing.assert_close(seen, want)
+    assert not torch.equal(seen, test_images[:16])
+    result = mf.train(cfg)
+    losses = [r["loss"] for r in result.history if r["split"] == "train"]
+    assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
+    pixel_model = mf.MaskedViT(img_size=32, patch_size=4, in_chans=1, norm_pix_loss=True, **TINY)
+    pixel_model.save(tmp_path / "normpix.safetensors")
+    with pytest.raises(ValueError, match="pixels"):
+        mf.train(method="finetune", epochs=1, denoiser=str(tmp_path / "normpix.safetensors"),
+                 out_dir=str(tmp_path / "bad"), progress=False)

@@ -61,6 +61,8 @@ class TrainConfig:
     noise: str = "gamma:25,3"  # NIM sigma per image, 0..255 scale: "gamma:K,THETA", "uniform:A,B", "constant:V"
     drop_path: float = 0.0  # stochastic depth while finetuning
     label_smoothing: float = 0.0  # cross-entropy label smoothing while finetuning
+    denoiser: str | None = None  # NIM autoencoder file: finetune on its denoised images (NIM's recipe)
+    denoise_noise: str = "uniform:0,30"  # sigma of the noise added before denoising, while finetuning
     augment: str = "crop_flip"  # "crop_flip" (random crop, 4 px padding, + h-flip), "crop", "flip", "none"
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -97,10 +99,11 @@ class TrainConfig:
             problems.append(f"clip_grad must be > 0 or None, got {self.clip_grad}")
         if not 0 <= self.mask_ratio < 1:
             problems.append(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        try:
-            parse_sigma_spec(self.noise)
-        except ValueError as e:
-            problems.append(str(e))
+        for spec in (self.noise, self.denoise_noise):
+            try:
+                parse_sigma_spec(spec)
+            except ValueError as e:
+                problems.append(str(e))
         if not 0 <= self.drop_path < 1:
             problems.append(f"drop_path must be in [0, 1), got {self.drop_path}")
         if not 0 <= self.label_smoothing < 1:
