@@ -9,9 +9,8 @@ import os
 
 KERNEL_CHOICES = ("auto", "torch", "triton")
 
-# Ops that have a Triton implementation in this package. MaskedViT's ops are reference-only
-# for now, so "auto" resolves to "torch" for them everywhere.
-MASKED_VIT_TRITON_OPS: tuple[str, ...] = ()
+# MaskedViT's ops that have a Triton implementation in this package (kernels/<op>.py).
+MASKED_VIT_TRITON_OPS: tuple[str, ...] = ("masked_patch_embed", "decoder_scatter", "attention", "norm_pix_loss")
 
 
 def triton_available() -> bool:

@@ -98,7 +98,13 @@ class MaskedViT(nn.Module):
     Args:
         config: the architecture; keyword ``overrides`` replace its fields.
         kernels: "auto" (Triton on CUDA where a kernel exists, else PyTorch), "torch" or
-            "triton". ``MIMIR_FAST_KERNELS`` overrides it for the process.
+            "triton". ``MIMIR_FAST_KERNELS`` overrides it for the process. The Triton path fuses
+            the masked patch embedding, the decoder's unshuffle + mask token + position add, the
+            attention of every block (except at shapes listed in
+            ``kernels.attention.SDPA_PREFERRED``) and the norm-pix loss; each kernel is a
+            ``torch.library`` custom op, so the model also runs under ``torch.compile``. It runs
+            on CUDA tensors (or on the CPU under ``TRITON_INTERPRET=1``); other tensors take
+            the PyTorch path.
     """
 
     def __init__(self, config: MaskedViTConfig | None = None, *, kernels: str = "auto", **overrides: Any):
@@ -148,6 +154,8 @@ class MaskedViT(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.norm_eps)
         self.decoder_pred = nn.Linear(c.decoder_embed_dim, patch_dim)
+        for block in (*self.blocks, *self.decoder_blocks):
+            block.attn.backend = self.backend
         self._init_weights()
 
     # ------------------------------------------------------------------ setup
@@ -251,6 +259,11 @@ class MaskedViT(nn.Module):
                 raise ValueError("ids_keep repeats a patch index within a sample")
 
     # ------------------------------------------------------------------ helpers
+    def _fast(self, t: torch.Tensor) -> bool:
+        """Whether the fused Triton kernels run for a tensor on ``t``'s device: backend "triton" and
+        a CUDA tensor (or the CPU interpreter, TRITON_INTERPRET=1)."""
+        return self.backend == "triton" and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, L, p*p*C)."""
         return ops.patchify(images, self.config.patch_size)
@@ -291,6 +304,20 @@ class MaskedViT(nn.Module):
         """
         self._check_images(x)
         n = x.shape[0]
+        if self._fast(x):
+            tokens, mask, ids_restore = self._embed_kept_fused(x, mask_ratio, ids_keep)
+        else:
+            tokens, mask, ids_restore = self._embed_kept(x, mask_ratio, ids_keep)
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)
+        tokens = torch.cat([cls, tokens], dim=1)  # (N, 1 + len_keep, D)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens), mask, ids_restore
+
+    def _embed_kept(self, x: torch.Tensor, mask_ratio: float, ids_keep: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reference path: embed every patch, add position, then keep ``ids_keep`` (or a random mask)."""
+        n = x.shape[0]
         tokens = self.patch_embed(x) + self.pos_embed[:, 1:, :]  # (N, L, D)
         if ids_keep is not None:
             self._check_ids_keep(ids_keep, n)
@@ -303,11 +330,29 @@ class MaskedViT(nn.Module):
         else:
             self._check_mask_ratio(mask_ratio)
             tokens, mask, ids_restore = self.random_masking(tokens, mask_ratio)
-        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)
-        tokens = torch.cat([cls, tokens], dim=1)  # (N, 1 + len_keep, D)
-        for block in self.blocks:
-            tokens = block(tokens)
-        return self.norm(tokens), mask, ids_restore
+        return tokens, mask, ids_restore
+
+    def _embed_kept_fused(self, x: torch.Tensor, mask_ratio: float, ids_keep: torch.Tensor | None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fused path: embed only the kept patches (kernels/masked_patch_embed.py). Draws the same
+        random mask as the reference path (same generator calls, in the same order)."""
+        n, length = x.shape[0], self.num_patches
+        if ids_keep is not None:
+            self._check_ids_keep(ids_keep, n)
+            mask, ids_restore = ops.ids_from_keep(ids_keep, length)
+        elif mask_ratio == 0:
+            self._check_mask_ratio(mask_ratio)
+            mask = x.new_zeros(n, length, dtype=torch.float32)
+            ids_restore = torch.arange(length, device=x.device).expand(n, -1)
+            ids_keep = ids_restore
+        else:
+            self._check_mask_ratio(mask_ratio)
+            ids_keep, mask, ids_restore = ops.random_masking(n, length, mask_ratio, x.device)
+        from ..kernels.masked_patch_embed import masked_patch_embed_triton
+
+        proj = self.patch_embed.proj
+        tokens = masked_patch_embed_triton(x, ids_keep, proj.weight, proj.bias, self.pos_embed[0, 1:, :])
+        return tokens, mask, ids_restore  # (N, len_keep, D)
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Predict every patch from the visible tokens' latents.
@@ -320,16 +365,25 @@ class MaskedViT(nn.Module):
         """
         x = self.decoder_embed(latent)  # (N, 1 + len_keep, Dd)
         n, t, d = x.shape
-        num_masked = ids_restore.shape[1] + 1 - t
-        patches = torch.cat([x[:, 1:, :], self.mask_token.expand(n, num_masked, -1)], dim=1)  # (N, L, Dd)
-        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))  # unshuffle
-        x = torch.cat([x[:, :1, :], patches], dim=1) + self.decoder_pos_embed
+        if self._fast(x):
+            from ..kernels.decoder_scatter import decoder_scatter_triton
+
+            x = decoder_scatter_triton(x, ids_restore, self.mask_token, self.decoder_pos_embed[0])  # (N, 1 + L, Dd)
+        else:
+            num_masked = ids_restore.shape[1] + 1 - t
+            patches = torch.cat([x[:, 1:, :], self.mask_token.expand(n, num_masked, -1)], dim=1)  # (N, L, Dd)
+            patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))  # unshuffle
+            x = torch.cat([x[:, :1, :], patches], dim=1) + self.decoder_pos_embed
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
 
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """MSE between ``pred`` and the patches of ``x`` over the removed patches (all if mask is None)."""
+        if self._fast(pred):
+            from ..kernels.norm_pix_loss import norm_pix_loss_triton
+
+            return norm_pix_loss_triton(x, pred, mask, self.config.patch_size, self.config.norm_pix_loss)
         return ops.masked_mse_loss(pred, self.patchify(x), mask, norm_pix=self.config.norm_pix_loss)
 
     def forward_mae(self, x: torch.Tensor, mask_ratio: float = 0.75, ids_keep: torch.Tensor | None = None,

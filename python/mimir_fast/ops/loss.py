@@ -40,3 +40,17 @@ def masked_mse_loss(
     mask = mask.float()
     # clamp_min keeps a fully visible batch (mask all 0) finite without a host sync
     return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def image_mse_loss(image: torch.Tensor, pred: torch.Tensor, mask: "torch.Tensor | None", patch_size: int,
+                   norm_pix: bool = True) -> torch.Tensor:
+    """:func:`masked_mse_loss` against the patches of ``image``: the reference of the fused
+    :mod:`mimir_fast.kernels.norm_pix_loss` kernel.
+
+    Args:
+        image: (N, C, H, W) target. pred: (N, L, p*p*C). mask: (N, L) 1 = counts, or None.
+        patch_size: p. norm_pix: normalise each target patch first.
+    """
+    from .patch import patchify
+
+    return masked_mse_loss(pred, patchify(image, patch_size), mask, norm_pix=norm_pix)
