@@ -3,11 +3,22 @@
 
 use pyo3::prelude::*;
 
+mod augment;
 mod build;
+mod decode;
+mod loader;
+mod masking;
+mod noise;
+mod py_loader;
+mod rng;
+mod source;
 
 #[pymodule]
 mod _native {
     use super::*;
+
+    #[pymodule_export]
+    use crate::py_loader::{NativeIter, NativeLoader};
 
     /// Version of the native module (equals the Python package version).
     #[pymodule_export]
