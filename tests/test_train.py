@@ -71,11 +71,10 @@ def test_mae_run_writes_everything_and_learns(tmp_path):
 
 
 @register_method
-class CrashingMAE(Method):
+class CrashingMAE(mimir_fast.methods.MAEPretraining):
     """MAE whose 10th step raises, as a process killed mid-epoch would stop."""
 
     name = "test-crashing-mae"
-    task = "pretrain"
     crash_at = 10
     calls = 0
 
@@ -83,11 +82,7 @@ class CrashingMAE(Method):
         type(self).calls += 1
         if type(self).calls == self.crash_at:
             raise KeyboardInterrupt("simulated kill")
-        loss, _, _ = model.forward_mae(batch.images, self.config.mask_ratio)
-        return StepOutput(loss, {"loss": loss.detach()})
-
-    def evaluate(self, model, batches):
-        return mimir_fast.methods.MAEPretraining.evaluate(self, model, batches)
+        return super().training_step(model, batch)
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
@@ -116,9 +111,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     assert len([r for r in resumed.history if r["split"] == "train"]) == 3 * steps_per_epoch
 
 
-def test_max_steps_then_resume_continues_the_schedule(tmp_path):
-    full = run(tiny_config(tmp_path / "full", epochs=2))
-    cfg = tiny_config(tmp_path / "part", epochs=2)
+@pytest.mark.parametrize("loader", ["native", "torch"])
+def test_max_steps_then_resume_continues_the_schedule(tmp_path, loader):
+    full = run(tiny_config(tmp_path / "full", epochs=2, loader=loader))
+    cfg = tiny_config(tmp_path / "part", epochs=2, loader=loader)
     first = run(cfg, max_steps=5)
     assert first.steps == 5
     second = run(cfg, resume=str(tmp_path / "part" / CHECKPOINT_NAME))
@@ -261,3 +257,33 @@ def test_batch_augmentation_matches_per_sample_slicing():
         assert torch.equal(out[i], crop), i
     same = crop_with_padding_and_flip(images, padding=0, flip=False)
     assert torch.equal(same, images)
+
+
+def test_native_loader_feeds_masks_and_sigmas_to_methods(tmp_path):
+    seen = {}
+
+    @register_method
+    class Probe(mimir_fast.methods.MAEPretraining):
+        name = "test-probe-loader"
+        loader_masks = 2
+        loader_sigma = True
+
+        def training_step(self, model, batch):
+            seen.setdefault("extras", {k: v.clone() for k, v in batch.extras.items()})
+            seen.setdefault("images", batch.images.clone())
+            return super().training_step(model, batch)
+
+    run(tiny_config(tmp_path, method="test-probe-loader", epochs=1, max_steps=1, noise="constant:30"))
+    extras = seen["extras"]
+    len_keep = int(16 * (1 - 0.75))  # 16x16 images, patch 4: 16 patches
+    assert extras["ids_keep"].shape == extras["ids_keep_1"].shape == (8, len_keep)
+    assert not torch.equal(extras["ids_keep"], extras["ids_keep_1"])  # independent masks
+    assert torch.equal(extras["sigma"], torch.full((8,), 30.0))
+    assert seen["images"].dtype == torch.float32 and 0 <= seen["images"].min() and seen["images"].max() <= 1
+
+
+def test_loader_choice_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="loader"):
+        tiny_config(tmp_path, loader="dali")
+    with pytest.raises(ValueError, match="rrc_flip"):
+        run(tiny_config(tmp_path, loader="torch", augment="rrc_flip"))

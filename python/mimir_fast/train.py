@@ -35,7 +35,8 @@ from .noise import parse_sigma_spec
 CHECKPOINT_FORMAT = "mimir_fast.checkpoint/1"
 CHECKPOINT_NAME = "checkpoint-last.safetensors"
 MODEL_NAME = "model.safetensors"
-AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "rrc_flip", "none")  # rrc_flip: random-resized-crop, native only
+LOADERS = ("auto", "native", "torch")
 
 
 @dataclass
@@ -63,7 +64,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing while finetuning
     denoiser: str | None = None  # NIM autoencoder file: finetune on its denoised images (NIM's recipe)
     denoise_noise: str = "uniform:0,30"  # sigma of the noise added before denoising, while finetuning
-    augment: str = "crop_flip"  # "crop_flip" (random crop, 4 px padding, + h-flip), "crop", "flip", "none"
+    augment: str = "crop_flip"  # "crop_flip" (random crop, 4 px padding, + h-flip), "crop", "flip", "rrc_flip", "none"
+    loader: str = "auto"  # "native" (the Rust loader), "torch" (plain PyTorch), "auto": native where the data allows
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     kernels: str = "auto"  # MaskedViT fast path: "auto", "torch" or "triton"
@@ -110,6 +112,8 @@ class TrainConfig:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.augment not in AUGMENTATIONS:
             problems.append(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        if self.loader not in LOADERS:
+            problems.append(f"loader must be one of {LOADERS}, got {self.loader!r}")
         if self.amp not in ("auto", "bf16", "off"):
             problems.append(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0 or self.checkpoint_steps < 0:
@@ -226,6 +230,49 @@ def _epoch_batches(dataset, batch_size: int, seed: int, epoch: int, skip: int, n
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                                          collate_fn=_collate)
     yield from loader
+
+
+def _native_loader(dataset, config: TrainConfig, method: Method, model: MaskedViT, device: torch.device):
+    """The Rust loader for ``dataset``, or None where the plain PyTorch path must serve."""
+    from .data import ArrayDataset, ImageFolder
+    from .data.loader import Loader
+
+    native_ok = isinstance(dataset, (ArrayDataset, ImageFolder))
+    if config.loader == "torch" or (config.loader == "auto" and not native_ok):
+        if config.augment == "rrc_flip":
+            raise ValueError("augment='rrc_flip' needs the native loader (loader='native' or 'auto' with "
+                             "array or image-folder data)")
+        return None
+    if not native_ok:
+        raise ValueError(f"loader='native' reads arrays (ArrayDataset, CIFAR, digits, .npy) and image folders, "
+                         f"not {type(dataset).__name__}; use loader='torch'")
+    sigma = parse_sigma_spec(config.noise) if method.loader_sigma else None
+    return Loader.from_dataset(
+        dataset, batch_size=config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
+        augment=config.augment, num_masks=method.loader_masks, mask_ratio=config.mask_ratio,
+        patch_size=model.config.patch_size, sigma=sigma, output="uint8" if device.type == "cuda" else "float",
+        pin_memory=device.type == "cuda", num_threads=config.num_workers or None,
+    )
+
+
+def _train_batches(loader, dataset, config: TrainConfig, epoch: int, skip: int, device: torch.device
+                   ) -> Iterator[Batch]:
+    """The training batches of ``epoch`` after the first ``skip``, on ``device``, augmented."""
+    if loader is not None:
+        loader.set_epoch(epoch, start_batch=skip)
+        for b in loader:
+            images = b.images.to(device, non_blocking=True)
+            if images.dtype == torch.uint8:
+                images = images.float().div_(255.0)
+            extras = {}
+            for i, (ids_keep, _, _) in enumerate(b.masks):  # masks for the method: ids_keep, ids_keep_1, ...
+                extras["ids_keep" if i == 0 else f"ids_keep_{i}"] = ids_keep.to(device, non_blocking=True)
+            if b.sigma is not None:
+                extras["sigma"] = b.sigma.to(device, non_blocking=True)
+            yield Batch(images, b.labels.to(device, non_blocking=True), extras)
+        return
+    for images, labels in _epoch_batches(dataset, config.batch_size, config.seed, epoch, skip, config.num_workers):
+        yield Batch(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -387,6 +434,7 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
     def checkpoint(epoch: int) -> None:
         save_checkpoint(out_dir / CHECKPOINT_NAME, model, optimizer, config, step, epoch)
 
+    loader = _native_loader(train_data, config, method, model, device)
     model.train()
     bar = tqdm(total=end_step, initial=start_step, disable=not config.progress, desc=f"{config.method}",
                unit="step", dynamic_ncols=True)
@@ -395,14 +443,11 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
     epoch = start_step // steps_per_epoch
     while step < end_step:
         skip = step - epoch * steps_per_epoch
-        for images, labels in _epoch_batches(train_data, config.batch_size, config.seed, epoch, skip,
-                                             config.num_workers):
+        for batch in _train_batches(loader, train_data, config, epoch, skip, device):
             torch.manual_seed(step_seed(config.seed, step))
-            images = images.to(device, non_blocking=True)
-            if config.augment != "none":
-                images = crop_with_padding_and_flip(images, padding=0 if config.augment == "flip" else 4,
-                                                    flip=config.augment != "crop")
-            batch = Batch(images, labels.to(device, non_blocking=True))
+            if loader is None and config.augment != "none":  # the native loader augments by itself
+                batch.images = crop_with_padding_and_flip(batch.images, padding=0 if config.augment == "flip" else 4,
+                                                          flip=config.augment != "crop")
             lr = learning_rate(step, total_steps, warmup_steps, peak_lr, config.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
@@ -436,6 +481,8 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
                 checkpoint(epoch)
             _write_csv(history, out_dir / "metrics.csv")
     bar.close()
+    if loader is not None:
+        loader.close()
     epoch = step // steps_per_epoch  # epochs completed
     final_metrics = evaluate(epoch)
     checkpoint(epoch)

@@ -1,4 +1,4 @@
-"""Plain PyTorch data path: datasets, spec strings and torch-only transforms."""
+"""Data: datasets and spec strings, the native (Rust) Loader, and torch-only transforms."""
 
 from mimir_fast.data.datasets import (
     CIFAR,
@@ -8,6 +8,7 @@ from mimir_fast.data.datasets import (
     load_digits,
     load_npy,
 )
+from mimir_fast.data.loader import Loader, LoaderBatch
 from mimir_fast.data.transforms import (
     Compose,
     RandomCropWithPadding,
@@ -21,6 +22,8 @@ __all__ = [
     "CIFAR",
     "Compose",
     "ImageFolder",
+    "Loader",
+    "LoaderBatch",
     "RandomCropWithPadding",
     "RandomHorizontalFlip",
     "RandomResizedCrop",

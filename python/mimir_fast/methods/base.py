@@ -40,6 +40,10 @@ class Method(ABC):
     task: ClassVar[str]  # "pretrain" (self-supervised) or "finetune" (uses labels)
     # the metric the trainer reports as the method's headline, and whether higher is better
     headline: ClassVar[tuple[str, bool]] = ("loss", False)
+    # what the data loader should prepare per sample: independent patch masks (delivered as
+    # batch.extras["ids_keep"], ["ids_keep_1"], ...) and a noise level (batch.extras["sigma"])
+    loader_masks: ClassVar[int] = 0
+    loader_sigma: ClassVar[bool] = False
 
     def __init__(self, config: TrainConfig):
         self.config = config

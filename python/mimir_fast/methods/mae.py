@@ -14,6 +14,7 @@ class MAEPretraining(Method):
 
     name = "mae"
     task = "pretrain"
+    loader_masks = 1
 
     def training_step(self, model, batch: Batch) -> StepOutput:
         loss, _, _ = model.forward_mae(batch.images, self.config.mask_ratio, batch.extras.get("ids_keep"))

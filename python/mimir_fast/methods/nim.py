@@ -18,6 +18,7 @@ class NIMPretraining(Method):
 
     name = "nim"
     task = "pretrain"
+    loader_sigma = True
 
     def prepare_model(self, model, num_classes):
         model.config.norm_pix_loss = False
