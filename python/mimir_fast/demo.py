@@ -1,8 +1,10 @@
-"""The end-to-end demo: MAE pretraining, then finetuning, on the embedded digits data.
+"""The end-to-end demo: MAE pretraining, finetuning and a robustness evaluation, on the
+embedded digits data.
 
 Runs offline in a few minutes on 2 CPU cores and writes a report folder:
-``pretrain/`` and ``finetune/`` run folders (metrics, checkpoints, models),
-``reconstructions.png``, ``loss_curves.png``, ``summary.json`` and ``summary.md``.
+``pretrain/`` and ``finetune/`` run folders (metrics, checkpoints, models), ``robustness/``
+(evaluation JSON, markdown and robust-accuracy-versus-eps plot), ``reconstructions.png``,
+``loss_curves.png``, ``summary.json`` and ``summary.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 
 from .data import load_digits
+from .evaluate import evaluate
 from .report import format_table, plot_loss_curves, save_reconstruction_grid, write_json
 from .train import TrainConfig, train
 
@@ -22,6 +25,11 @@ DEMO_MODEL = "vit_tiny_patch4_32"
 # The decoder is smaller than MIMIR's (128 wide, 2 deep) to keep the demo within minutes.
 DEMO_MODEL_OVERRIDES = {"embed_dim": 128, "depth": 4, "num_heads": 4,
                         "decoder_embed_dim": 64, "decoder_depth": 1, "decoder_num_heads": 4}
+
+
+# The robustness check: L-inf radii and how many held-out digits are attacked.
+ROBUSTNESS_EPS = (2 / 255, 4 / 255, 8 / 255)
+ROBUSTNESS_IMAGES = 256
 
 
 def demo_configs(out_dir: Path, quick: bool = False) -> tuple[TrainConfig, TrainConfig]:
@@ -49,10 +57,19 @@ def run_demo(out_dir: str | Path = "mimir-fast-demo", quick: bool = False, progr
     pretrain_cfg.progress = finetune_cfg.progress = progress
     started = time.perf_counter()
 
-    print(f"[1/2] MAE pretraining on digits ({pretrain_cfg.epochs} epochs) -> {pretrain_cfg.out_dir}")
+    print(f"[1/3] MAE pretraining on digits ({pretrain_cfg.epochs} epochs) -> {pretrain_cfg.out_dir}")
     pre = train(pretrain_cfg)
-    print(f"[2/2] finetuning the pretrained encoder ({finetune_cfg.epochs} epochs) -> {finetune_cfg.out_dir}")
+    print(f"[2/3] finetuning the pretrained encoder ({finetune_cfg.epochs} epochs) -> {finetune_cfg.out_dir}")
     fin = train(finetune_cfg)
+
+    print("[3/3] robustness of the finetuned classifier: clean vs PGD-10 vs the AutoAttack-style ensemble")
+    robust = evaluate(
+        fin.model.cpu(), load_digits("test"),
+        attacks=[{"name": "pgd", "steps": 10, "label": "PGD-10"},
+                 {"name": "autoattack", "steps": 5 if quick else 20, "n_target_classes": 3,
+                  "n_queries": 100 if quick else 500, "label": "ensemble (APGD-CE, APGD-T, Square)"}],
+        eps=ROBUSTNESS_EPS, max_images=64 if quick else ROBUSTNESS_IMAGES, out_dir=out_dir / "robustness",
+        progress=progress, seed=0)
 
     test_images = torch.stack([load_digits("test")[i][0] for i in range(8)])
     save_reconstruction_grid(pre.model.cpu(), test_images, out_dir / "reconstructions.png",
@@ -65,9 +82,15 @@ def run_demo(out_dir: str | Path = "mimir-fast-demo", quick: bool = False, progr
         {"stage": "finetuning", "epochs": finetune_cfg.epochs,
          "held-out masked-patch loss": "-", "held-out accuracy": f"{100 * fin.final_metrics['accuracy']:.1f}%"},
     ]
+    for name, accs in robust["robust_accuracy"].items():
+        rows.append({"stage": f"robust accuracy: {name}", "epochs": "-", "held-out masked-patch loss": "-",
+                     "held-out accuracy": ", ".join(f"{100 * acc:.1f}% at {float(eps) * 255:.0f}/255"
+                                                   for eps, acc in accs.items())})
     summary = {
         "pretrain": pre.final_metrics, "finetune": fin.final_metrics,
         "test_accuracy": fin.final_metrics["accuracy"], "chance_accuracy": 0.1,
+        "robustness": {"images": robust["n_images"], "clean": robust["clean_accuracy"],
+                       "robust_accuracy": robust["robust_accuracy"], "warnings": robust["warnings"]},
         "seconds": round(time.perf_counter() - started, 1), "quick": quick,
         "settings": {"model": DEMO_MODEL, "model_overrides": DEMO_MODEL_OVERRIDES,
                      "pretrain": pretrain_cfg.to_dict(), "finetune": finetune_cfg.to_dict()},

@@ -1,0 +1,67 @@
+"""Adversarial attacks with torchattacks' call convention: ``x_adv = atk(x, y)``.
+
+Gradient attacks (:class:`FGSM`, :class:`PGD`, :class:`MIFGSM`, :class:`APGD`, :class:`APGDT`)
+share :class:`~mimir_fast.attacks.base.Attack`; :class:`Square` is score-based black-box;
+:class:`Ensemble` / :class:`AutoAttack` chain attacks on the points still robust. Objectives
+other than classification live in :mod:`mimir_fast.attacks.objectives`; defended pipelines
+(EOT, BPDA, gray-/black-box) in :mod:`mimir_fast.attacks.defended`.
+"""
+
+from .apgd import APGD, APGDT, apgd_checkpoints
+from .base import Attack, attack_mode, pgd_step
+from .defended import (
+    BPDA,
+    EOT,
+    Defended,
+    GaussianNoise,
+    MAEPurifier,
+    Quantize,
+    RandomPatchMask,
+    gray_box_target,
+)
+from .ensemble import AutoAttack, Ensemble
+from .objectives import (
+    DLR,
+    CallableObjective,
+    CrossEntropy,
+    FeatureDistance,
+    Margin,
+    MaskedReconstruction,
+    Objective,
+    TargetedDLR,
+    get_objective,
+)
+from .pgd import FGSM, MIFGSM, PGD
+from .square import Square
+
+__all__ = [
+    "APGD",
+    "APGDT",
+    "BPDA",
+    "DLR",
+    "EOT",
+    "FGSM",
+    "MIFGSM",
+    "PGD",
+    "Attack",
+    "AutoAttack",
+    "CallableObjective",
+    "CrossEntropy",
+    "Defended",
+    "Ensemble",
+    "FeatureDistance",
+    "GaussianNoise",
+    "MAEPurifier",
+    "Margin",
+    "MaskedReconstruction",
+    "Objective",
+    "Quantize",
+    "RandomPatchMask",
+    "Square",
+    "TargetedDLR",
+    "apgd_checkpoints",
+    "attack_mode",
+    "get_objective",
+    "gray_box_target",
+    "pgd_step",
+]

@@ -1,0 +1,236 @@
+"""The :class:`Attack` base class, the dispatching :func:`pgd_step`, and shared helpers.
+
+Every attack is called as ``x_adv = atk(x, y)`` (torchattacks' convention). During the call
+the model is in eval mode, its parameters do not require gradients (so none are computed or
+leak into ``.grad``), and MaskedViT's per-forward input checks are off (the attack validates
+its inputs once; its iterates stay in [0, 1] by construction). All of it is restored after.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..kernels import resolve_kernels
+from ..ops.pgd_step import NORMS
+from ..ops.pgd_step import pgd_step as pgd_step_reference
+from .objectives import Objective, get_objective
+
+PGD_STEP_TRITON_OPS = ("pgd_step",)
+
+
+def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x0: torch.Tensor, alpha: float | torch.Tensor,
+             eps: float | torch.Tensor, norm: str = "linf", kernels: str = "auto") -> torch.Tensor:
+    """One projected-gradient step: move along ``grad`` (sign step for L-inf, normalised for L2),
+    project onto the eps-ball around ``x0``, clamp to [0, 1]; returns a new tensor.
+
+    ``kernels="auto"`` uses the fused Triton kernel on CUDA and the PyTorch reference
+    (:func:`mimir_fast.ops.pgd_step.pgd_step`) elsewhere; "torch" / "triton" force one.
+    """
+    path = resolve_kernels(kernels, PGD_STEP_TRITON_OPS, device=x_adv.device.type)
+    if path == "triton":
+        from ..kernels.pgd_step import pgd_step_triton
+
+        return pgd_step_triton(x_adv, grad, x0, alpha, eps, norm)
+    return pgd_step_reference(x_adv, grad, x0, alpha, eps, norm)
+
+
+@contextmanager
+def attack_mode(model: Any) -> Iterator[None]:
+    """Eval mode, frozen parameters and no per-forward input checks; everything restored after."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modules = list(model.modules())
+    training = [m.training for m in modules]
+    params = list(model.parameters())
+    requires = [p.requires_grad for p in params]
+    checked = [m for m in modules if getattr(m, "check_inputs", None) is True]
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    for m in checked:
+        m.check_inputs = False
+    try:
+        yield
+    finally:
+        for m, t in zip(modules, training):
+            m.training = t
+        for p, r in zip(params, requires):
+            p.requires_grad_(r)
+        for m in checked:
+            m.check_inputs = True
+
+
+def num_classes_of(model: Any) -> int | None:
+    """The model's number of classes, when it says (``num_classes`` attribute, also on a Defended)."""
+    for obj in (model, getattr(model, "classifier", None)):
+        n = getattr(obj, "num_classes", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def check_images(x: Any, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")  # noqa: TRY004 (bad input is a ValueError throughout)
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor of images in [0, 1], got {x.dtype}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty batch (N, C, H, W), got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{name} must lie in [0, 1] (attacks clamp to that range), got values in "
+                         f"[{lo:.4g}, {hi:.4g}]; undo any normalisation and move it into the model")
+
+
+def check_labels(y: Any, n: int, num_classes: int | None, name: str = "y") -> torch.Tensor:
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")  # noqa: TRY004 (bad input is a ValueError throughout)
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class indices, got {y.dtype}")
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match the batch of images, got {tuple(y.shape)}")
+    if n and int(y.min()) < 0:
+        raise ValueError(f"{name} has a negative label {int(y.min())}")
+    if num_classes is not None and n and int(y.max()) >= num_classes:
+        raise ValueError(f"{name} has label {int(y.max())} but the model has {num_classes} classes")
+    return y.long()
+
+
+def check_positive(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_count(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+    """A uniform point of the eps-ball around ``x`` (L-inf box or L2 ball), clamped to [0, 1]."""
+    if norm == "linf":
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        delta = (2 * noise - 1) * eps
+    else:
+        n = x.shape[0]
+        d = x[0].numel()
+        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        direction = direction / torch.linalg.vector_norm(direction.reshape(n, -1), dim=1).clamp_min(1e-12
+                                                                                                 ).reshape(-1, *[1] * (x.ndim - 1))
+        radius = eps * torch.rand(n, generator=generator, device=x.device) ** (1.0 / d)
+        delta = direction * radius.reshape(-1, *[1] * (x.ndim - 1))
+    return (x.float() + delta).clamp(0.0, 1.0).to(x.dtype)
+
+
+class Attack:
+    """Base class: validation, model state, EOT gradients, success test.
+
+    Args:
+        model: a classifier ``model(x) -> logits`` (an ``nn.Module`` or any callable), e.g. a
+            MaskedViT or a :class:`~mimir_fast.attacks.Defended` pipeline.
+        eps: radius of the threat model (L-inf or L2), > 0.
+        norm: "linf" or "l2".
+        loss: what to maximise: "ce", "dlr", "margin", "mim", "feature", an
+            :class:`~mimir_fast.attacks.objectives.Objective` or a callable ``loss(model, x_adv, x, y)``.
+        targeted: ``y`` holds target labels, which the attack tries to reach.
+        eot_iter: gradients averaged over this many forward/backward passes per step
+            (Expectation over Transformation, for randomised models); default: the model's
+            ``eot_samples`` attribute (a Defended sets it), else 1.
+        seed: seeds the attack's randomness at every call (None: the global RNG).
+        kernels: projected-step path: "auto" (Triton on CUDA), "torch" or "triton".
+    """
+
+    name = "attack"
+    uses_gradients = True
+
+    def __init__(self, model: Any, eps: float, norm: str = "linf", loss: str | Objective | Callable = "ce",
+                 targeted: bool = False, eot_iter: int | None = None, seed: int | None = None,
+                 kernels: str = "auto"):
+        if not callable(model):
+            raise ValueError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")  # noqa: TRY004 (bad input is a ValueError throughout)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.model = model
+        self.eps = check_positive(eps, "eps")
+        self.norm = norm
+        self.targeted = bool(targeted)
+        self.objective = get_objective(loss, targeted=self.targeted)
+        if eot_iter is None:
+            eot_iter = int(getattr(model, "eot_samples", 1))
+        self.eot_iter = check_count(eot_iter, "eot_iter")
+        self.seed = seed
+        self.kernels = kernels
+        resolve_kernels(kernels, PGD_STEP_TRITON_OPS, device="cpu")  # validates the choice
+        self.last_queries: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ public call
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Return adversarial examples for images ``x`` (N, C, H, W) in [0, 1] and labels ``y`` (N,)."""
+        check_images(x)
+        if y is None:
+            if self.objective.classification:
+                raise ValueError("y (labels) is required for a classification attack")
+            y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        y = check_labels(y, x.shape[0], num_classes_of(self.model) if self.objective.classification else None)
+        y = y.to(x.device)
+        with attack_mode(self.model):
+            x_adv = self.perturb(x.detach(), y)
+        return x_adv.detach()
+
+    forward = __call__
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps:.4g}, norm={self.norm!r}, loss={self.objective!r})"
+
+    # ------------------------------------------------------------------ helpers
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        return torch.Generator(device=device).manual_seed(int(self.seed))
+
+    def _step(self, x_adv, grad, x0, alpha, eps=None):
+        return pgd_step(x_adv, grad, x0, alpha, self.eps if eps is None else eps, self.norm, self.kernels)
+
+    def _loss_grad(self, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, objective: Objective | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Per-sample loss, logits (last EOT draw) and the gradient averaged over ``eot_iter`` draws."""
+        objective = objective or self.objective
+        loss_sum = grad_sum = logits = None
+        for _ in range(self.eot_iter):
+            xa = x_adv.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss, logits = objective(self.model, xa, x, y)
+                (grad,) = torch.autograd.grad(loss.sum(), xa)
+            loss = loss.detach()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            grad_sum = grad if grad_sum is None else grad_sum + grad
+        if self.eot_iter > 1:
+            loss_sum, grad_sum = loss_sum / self.eot_iter, grad_sum / self.eot_iter
+        return loss_sum, (None if logits is None else logits.detach()), grad_sum
+
+    @torch.no_grad()
+    def _loss(self, x_adv, x, y, objective: Objective | None = None):
+        """Per-sample loss and logits at ``x_adv`` without gradients."""
+        loss, logits = (objective or self.objective)(self.model, x_adv, x, y)
+        return loss.detach().float(), (None if logits is None else logits.detach())
+
+    def _fooled(self, logits: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor | None:
+        """Which samples reached the attack's goal (None for non-classification objectives)."""
+        if logits is None:
+            return None
+        pred = logits.argmax(dim=1)
+        return pred == y if self.targeted else pred != y
