@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import pickle
@@ -446,24 +447,25 @@ def test_epoch_shuffle_is_a_permutation():
 
 
 def test_break_early_then_new_epoch():
+    gc.collect()  # loaders of earlier tests may still be shutting their threads down
     loader = Loader(_images(2000, 16), batch_size=16, num_masks=1, patch_size=4, prefetch=2)
-    base = _threads()
+    base = _threads()  # "<= base" below: a thread of an earlier test may finish meanwhile
     for k, _ in enumerate(loader):
         if k == 2:
             break
     loader.set_epoch(1)  # stops the abandoned producer
-    assert _threads() == base
+    assert _threads() <= base
     assert sum(len(b) for b in loader) == 2000
     it = iter(loader)
     next(it)
     del it  # dropping the iterator joins its producer
-    assert _threads() == base
+    assert _threads() <= base
     it = iter(loader)
     next(it)
     it2 = iter(loader)  # a new iteration closes the previous one
     with pytest.raises(StopIteration):
         next(it)
-    assert len(list(it2)) == len(loader) and _threads() == base
+    assert len(list(it2)) == len(loader) and _threads() <= base
 
 
 @pytest.mark.parametrize("how", ["abandon", "raise"])

@@ -9,17 +9,67 @@ pub struct Decoded {
     pub w: usize,
 }
 
+/// Per-thread buffers reused from one file to the next.
+#[derive(Default)]
+pub struct DecodeScratch {
+    /// The file's bytes.
+    file: Vec<u8>,
+    /// The decoded `(h, w, 3)` pixels (only the first `h * w * 3` bytes are meaningful).
+    pub pixels: Vec<u8>,
+}
+
 /// Read and decode one file; every failure message starts with the path.
 pub fn decode_file(path: &Path) -> Result<Decoded, String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
-    decode_bytes(&bytes).map_err(|e| format!("cannot decode image {}: {e}", path.display()))
+    let mut scratch = DecodeScratch::default();
+    let (h, w) = decode_file_into(path, &mut scratch)?;
+    scratch.pixels.truncate(h * w * 3);
+    Ok(Decoded {
+        data: scratch.pixels,
+        h,
+        w,
+    })
+}
+
+/// Read and decode one file into `scratch.pixels` (RGB), reusing its buffers; returns
+/// `(h, w)`. Every failure message starts with the path.
+pub fn decode_file_into(
+    path: &Path,
+    scratch: &mut DecodeScratch,
+) -> Result<(usize, usize), String> {
+    read_into(path, &mut scratch.file)
+        .map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
+    decode_bytes_into(&scratch.file, &mut scratch.pixels)
+        .map_err(|e| format!("cannot decode image {}: {e}", path.display()))
+}
+
+fn read_into(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    buf.clear();
+    if let Ok(m) = f.metadata() {
+        buf.reserve(usize::try_from(m.len()).unwrap_or(0).saturating_add(1));
+    }
+    f.read_to_end(buf)?;
+    Ok(())
 }
 
 /// Decode JPEG or PNG bytes (format from the magic bytes) to RGB.
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn decode_bytes(bytes: &[u8]) -> Result<Decoded, String> {
+    let mut data = Vec::new();
+    let (h, w) = decode_bytes_into(bytes, &mut data)?;
+    data.truncate(h * w * 3);
+    Ok(Decoded { data, h, w })
+}
+
+/// Decode JPEG or PNG bytes to RGB into `out` (grown as needed, never shrunk); returns
+/// `(h, w)`: the pixels are `out[..h * w * 3]`.
+pub fn decode_bytes_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<(usize, usize), String> {
     let format = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         check_jpeg_complete(bytes)?;
+        if let Some(hw) = decode_jpeg_rgb_into(bytes, out)? {
+            return Ok(hw);
+        }
         image::ImageFormat::Jpeg
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         check_png_complete(bytes)?;
@@ -35,11 +85,44 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<Decoded, String> {
     if w == 0 || h == 0 {
         return Err("image has zero width or height".into());
     }
-    Ok(Decoded {
-        data: rgb.into_raw(),
-        h,
-        w,
-    })
+    *out = rgb.into_raw();
+    Ok((h, w))
+}
+
+/// Decode a colour JPEG straight into `out` with zune-jpeg (the decoder the `image` crate
+/// wraps, with the same options), skipping the `image` crate's copies of the input and its
+/// zero-filled output. `Ok(None)` for gray or alpha JPEGs, which take the `image` path.
+fn decode_jpeg_rgb_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<Option<(usize, usize)>, String> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let options = DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    dec.decode_headers().map_err(|e| e.to_string())?;
+    let Some(cs) = dec.input_colorspace() else {
+        return Ok(None);
+    };
+    if matches!(cs, ColorSpace::Luma | ColorSpace::LumaA | ColorSpace::RGBA) {
+        return Ok(None);
+    }
+    let (Some((w, h)), Some(n)) = (dec.dimensions(), dec.output_buffer_size()) else {
+        return Ok(None);
+    };
+    if w == 0 || h == 0 {
+        return Err("image has zero width or height".into());
+    }
+    if n != h * w * 3 {
+        return Ok(None);
+    }
+    if out.len() < n {
+        out.resize(n, 0);
+    }
+    dec.decode_into(&mut out[..n]).map_err(|e| e.to_string())?;
+    Ok(Some((h, w)))
 }
 
 /// Walk the PNG chunks and require the IEND chunk (a truncated file lacks it).
@@ -61,6 +144,26 @@ pub fn check_png_complete(b: &[u8]) -> Result<(), String> {
         i = end;
     }
     Err("truncated PNG (no IEND chunk)".into())
+}
+
+/// The index of the first 0xFF byte of `b` at or after `from` (`b.len()` when none), eight
+/// bytes at a time: scan data is most of a JPEG file.
+fn find_ff(b: &[u8], from: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut i = from.min(b.len());
+    for chunk in b[i..].chunks_exact(8) {
+        // A byte of `!v` is zero exactly where `v` has 0xFF (the classic has-zero-byte test).
+        let v = !u64::from_le_bytes(chunk.try_into().unwrap());
+        if v.wrapping_sub(LO) & !v & HI != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < b.len() && b[i] != 0xFF {
+        i += 1;
+    }
+    i
 }
 
 /// Walk the JPEG marker segments and require an EOI marker after the last scan.
@@ -100,9 +203,7 @@ pub fn check_jpeg_complete(b: &[u8]) -> Result<(), String> {
         if marker == 0xDA {
             // Scan data: find the next marker that is not a stuffed byte or RSTn.
             loop {
-                while i < n && b[i] != 0xFF {
-                    i += 1;
-                }
+                i = find_ff(b, i);
                 if i + 1 >= n {
                     return Err("truncated JPEG (scan data cut off before end-of-image)".into());
                 }
@@ -165,6 +266,23 @@ mod tests {
             *b ^= 0x5A;
         }
         assert!(decode_bytes(&png).is_err());
+    }
+
+    #[test]
+    fn find_ff_matches_a_plain_scan() {
+        let mut b: Vec<u8> = (0..300u32).map(|v| (v * 7 % 255) as u8).collect();
+        for pos in [0usize, 1, 7, 8, 9, 63, 64, 150, 298, 299] {
+            let mut c = b.clone();
+            c[pos] = 0xFF;
+            for from in [0usize, 1, 5, 8, 100, 299, 300, 400] {
+                let want = (from.min(c.len())..c.len())
+                    .find(|&k| c[k] == 0xFF)
+                    .unwrap_or(c.len());
+                assert_eq!(find_ff(&c, from), want, "pos {pos} from {from}");
+            }
+        }
+        b.retain(|&v| v != 0xFF);
+        assert_eq!(find_ff(&b, 0), b.len());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use crate::decode::decode_file;
+use crate::decode::{decode_file, decode_file_into, DecodeScratch};
 
 /// A read-only byte buffer that stays valid while the source lives.
 pub enum Bytes {
@@ -229,15 +229,7 @@ impl Source {
     /// Sample `i` (borrowed for arrays, decoded for files).
     pub fn get(&self, i: usize) -> Result<SampleImage<'_>, String> {
         match self {
-            Source::Array { bytes, h, w, c, .. } => {
-                let sz = h * w * c;
-                Ok(SampleImage {
-                    data: Cow::Borrowed(&bytes.as_slice()[i * sz..(i + 1) * sz]),
-                    h: *h,
-                    w: *w,
-                    c: *c,
-                })
-            }
+            Source::Array { .. } => self.array_sample(i),
             Source::Files { paths } => {
                 let d = decode_file(&paths[i])?;
                 Ok(SampleImage {
@@ -247,6 +239,42 @@ impl Source {
                     c: 3,
                 })
             }
+        }
+    }
+
+    /// Sample `i` like [`Source::get`], but files are decoded into `scratch` (reused across
+    /// calls on one thread) and borrowed from it.
+    pub fn get_with<'a>(
+        &'a self,
+        i: usize,
+        scratch: &'a mut DecodeScratch,
+    ) -> Result<SampleImage<'a>, String> {
+        match self {
+            Source::Array { .. } => self.array_sample(i),
+            Source::Files { paths } => {
+                let (h, w) = decode_file_into(&paths[i], scratch)?;
+                Ok(SampleImage {
+                    data: Cow::Borrowed(&scratch.pixels[..h * w * 3]),
+                    h,
+                    w,
+                    c: 3,
+                })
+            }
+        }
+    }
+
+    fn array_sample(&self, i: usize) -> Result<SampleImage<'_>, String> {
+        match self {
+            Source::Array { bytes, h, w, c, .. } => {
+                let sz = h * w * c;
+                Ok(SampleImage {
+                    data: Cow::Borrowed(&bytes.as_slice()[i * sz..(i + 1) * sz]),
+                    h: *h,
+                    w: *w,
+                    c: *c,
+                })
+            }
+            Source::Files { .. } => Err("internal error: not an array source".into()),
         }
     }
 }
