@@ -9,6 +9,7 @@ its inputs once; its iterates stay in [0, 1] by construction). All of it is rest
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -133,7 +134,7 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Genera
     return (x.float() + delta).clamp(0.0, 1.0).to(x.dtype)
 
 
-class Attack:
+class Attack(ABC):
     """Base class: validation, model state, EOT gradients, success test.
 
     Args:
@@ -190,8 +191,9 @@ class Attack:
 
     forward = __call__
 
+    @abstractmethod
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Adversarial examples for validated inputs (the model is already in attack mode)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps:.4g}, norm={self.norm!r}, loss={self.objective!r})"

@@ -13,6 +13,7 @@ Classification objectives: :class:`CrossEntropy`, :class:`DLR`, :class:`Targeted
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -35,15 +36,16 @@ __all__ = [
 ]
 
 
-class Objective:
+class Objective(ABC):
     """Base class. ``classification`` says whether ``y`` are labels and logits come back."""
 
     classification = True
     name = "objective"
 
+    @abstractmethod
     def __call__(self, model: Any, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        raise NotImplementedError
+        """Per-sample loss (N,) to maximise, and the logits at ``x_adv`` (or None)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
