@@ -43,7 +43,15 @@ def _same(a: LoaderBatch, b: LoaderBatch) -> bool:
 
 
 def _threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+    """Live loader producer threads of this process (other libraries may start threads of their own)."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return sum(name.startswith("mimir-loader-p") for name in names)
 
 
 # --- masks ----------------------------------------------------------------------------------
@@ -451,6 +459,7 @@ def test_break_early_then_new_epoch():
     loader = Loader(_images(2000, 16), batch_size=16, num_masks=1, patch_size=4, prefetch=2)
     base = _threads()  # "<= base" below: a thread of an earlier test may finish meanwhile
     for k, _ in enumerate(loader):
+        assert _threads() == base + 1  # this epoch's producer
         if k == 2:
             break
     loader.set_epoch(1)  # stops the abandoned producer
