@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ._io import atomic_save_tensors, atomic_write, load_tensors
 from .data import build_dataset
 from .data.batch_augment import crop_with_padding_and_flip
+from .hsic import ESTIMATORS as HSIC_ESTIMATORS
 from .methods import Batch, Method, get_method
 from .models import MaskedViT, create_model
 from .noise import parse_sigma_spec
@@ -37,13 +38,14 @@ CHECKPOINT_NAME = "checkpoint-last.safetensors"
 MODEL_NAME = "model.safetensors"
 AUGMENTATIONS = ("crop_flip", "crop", "flip", "rrc_flip", "none")  # rrc_flip: random-resized-crop, native only
 LOADERS = ("auto", "native", "torch")
+ADVERSARIAL = ("none", "pgd", "trades")
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs. Every field is also a ``mimir-fast`` CLI flag."""
 
-    method: str = "mae"  # "mae" or "nim" (pretraining), "finetune"
+    method: str = "mae"  # "mae", "mimir" or "nim" (pretraining), "finetune", "impure" (purifier training)
     model: str = "vit_tiny_patch4_32"  # preset name (see mimir_fast.list_models())
     model_overrides: dict[str, Any] = field(default_factory=dict)  # MaskedViTConfig fields to change
     pretrained: str | None = None  # MaskedViT file or checkpoint to start from (finetuning)
@@ -64,6 +66,16 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing while finetuning
     denoiser: str | None = None  # NIM autoencoder file: finetune on its denoised images (NIM's recipe)
     denoise_noise: str = "uniform:0,30"  # sigma of the noise added before denoising, while finetuning
+    adversarial: str = "none"  # finetuning on adversarial examples: "none", "pgd" (PGD-AT, Madry) or "trades" (TRADES)
+    attack_eps: float = 8 / 255  # L-inf budget of the training-time attack (MIMIR, PGD-AT, TRADES, IMPure)
+    attack_step: float | None = None  # its step size; None: the method's default (MIMIR 10/255, others 2/255)
+    attack_steps: int | None = None  # its iterations; None: the method's default (MIMIR 1, others 10)
+    trades_beta: float = 6.0  # TRADES weight of the KL(clean || adversarial) term
+    hsic_weight: float = 1e-5  # MIMIR's lambda on HSIC(x_adv, latent); 0 disables the term
+    hsic_estimator: str = "nocca"  # "nocca" (MIMIR's), "biased", "unbiased" or "cka"
+    hsic_gather: bool = False  # distributed: HSIC over the batch gathered from all ranks (default: per rank, as MIMIR)
+    classifier: str | None = None  # IMPure: the classifier (MaskedViT file) whose adversarial examples train the purifier
+    impure_groups: int = 4  # IMPure: patch groups k of the regional intersection
     augment: str = "crop_flip"  # "crop_flip" (random crop, 4 px padding, + h-flip), "crop", "flip", "rrc_flip", "none"
     loader: str = "auto"  # "native" (the Rust loader), "torch" (plain PyTorch), "auto": native where the data allows
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
@@ -110,6 +122,20 @@ class TrainConfig:
             problems.append(f"drop_path must be in [0, 1), got {self.drop_path}")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.adversarial not in ADVERSARIAL:
+            problems.append(f"adversarial must be one of {ADVERSARIAL}, got {self.adversarial!r}")
+        if not 0 <= self.attack_eps <= 1:
+            problems.append(f"attack_eps must be in [0, 1] (images are in [0, 1]), got {self.attack_eps}")
+        if self.attack_step is not None and not 0 < self.attack_step <= 1:
+            problems.append(f"attack_step must be in (0, 1] or None, got {self.attack_step}")
+        if self.attack_steps is not None and self.attack_steps < 1:
+            problems.append(f"attack_steps must be >= 1 or None, got {self.attack_steps}")
+        if not self.trades_beta >= 0 or not self.hsic_weight >= 0:
+            problems.append(f"trades_beta and hsic_weight must be >= 0, got {self.trades_beta}, {self.hsic_weight}")
+        if self.hsic_estimator not in HSIC_ESTIMATORS:
+            problems.append(f"hsic_estimator must be one of {HSIC_ESTIMATORS}, got {self.hsic_estimator!r}")
+        if self.impure_groups < 2:
+            problems.append(f"impure_groups must be >= 2, got {self.impure_groups}")
         if self.augment not in AUGMENTATIONS:
             problems.append(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.loader not in LOADERS:
