@@ -2,6 +2,7 @@
 
 from .base import METHODS, Batch, Method, StepOutput, get_method, register_method
 from .finetune import Finetuning
+from .impure import ImpureTraining
 from .mae import MAEPretraining
 from .nim import NIMPretraining
 
