@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._io import atomic_save_tensors, atomic_write, load_tensors
 from .data import build_dataset
 from .data.batch_augment import crop_with_padding_and_flip
@@ -51,8 +52,8 @@ class TrainConfig:
     pretrained: str | None = None  # MaskedViT file or checkpoint to start from (finetuning)
     data: str = "digits"  # "digits", "cifar:PATH", "imagefolder:PATH" or "npy:IMAGES[,LABELS]"
     epochs: int = 10  # passes over the training set
-    batch_size: int = 64  # images per optimizer step
-    lr: float | None = None  # peak learning rate; None: blr * batch_size / 256
+    batch_size: int = 64  # images per optimizer step on each process (torchrun: the global batch is N times this)
+    lr: float | None = None  # peak learning rate; None: blr * global batch size / 256
     blr: float = 1.5e-4  # base learning rate (MAE's linear scaling rule)
     min_lr: float = 0.0  # floor of the cosine schedule
     warmup_epochs: float = 1.0  # linear lr warmup length, in epochs (may be fractional)
@@ -181,9 +182,9 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, f
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def step_seed(seed: int, step: int) -> int:
-    """The torch seed used for step ``step`` of a run seeded ``seed``."""
-    return (seed * 1_000_003 + step) % (2**63 - 1)
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The torch seed used for step ``step`` of a run seeded ``seed``, on process ``rank``."""
+    return (seed * 1_000_003 + step + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -244,13 +245,21 @@ def _collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, tor
 
 
 def _epoch_batches(dataset, batch_size: int, seed: int, epoch: int, skip: int, num_workers: int,
-                   shuffle: bool = True, drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of one epoch in an order fixed by (seed, epoch), starting after ``skip`` batches."""
+                   shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of one epoch in an order fixed by (seed, epoch), starting after ``skip`` batches.
+
+    With ``world_size > 1`` rank ``r`` takes every ``world_size``-th sample of the order: equal
+    shards of ``n // world_size`` when training (``drop_last``), all samples when evaluating.
+    """
     n = len(dataset)
     if shuffle:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
     else:
         order = list(range(n))
+    if world_size > 1:
+        order = order[:n - n % world_size if drop_last else n][rank::world_size]
+        n = len(order)
     stop = n - n % batch_size if drop_last else n
     batches = [order[i:i + batch_size] for i in range(0, stop, batch_size)][skip:]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
@@ -258,7 +267,8 @@ def _epoch_batches(dataset, batch_size: int, seed: int, epoch: int, skip: int, n
     yield from loader
 
 
-def _native_loader(dataset, config: TrainConfig, method: Method, model: MaskedViT, device: torch.device):
+def _native_loader(dataset, config: TrainConfig, method: Method, model: MaskedViT, device: torch.device,
+                   ctx: distributed.DistContext):
     """The Rust loader for ``dataset``, or None where the plain PyTorch path must serve."""
     from .data import ArrayDataset, ImageFolder
     from .data.loader import Loader
@@ -273,16 +283,19 @@ def _native_loader(dataset, config: TrainConfig, method: Method, model: MaskedVi
         raise ValueError(f"loader='native' reads arrays (ArrayDataset, CIFAR, digits, .npy) and image folders, "
                          f"not {type(dataset).__name__}; use loader='torch'")
     sigma = parse_sigma_spec(config.noise) if method.loader_sigma else None
+    threads = config.num_workers or None
+    if threads is None and ctx.enabled:  # share the cores between the processes of this node
+        threads = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))))
     return Loader.from_dataset(
         dataset, batch_size=config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
         augment=config.augment, num_masks=method.loader_masks, mask_ratio=config.mask_ratio,
         patch_size=model.config.patch_size, sigma=sigma, output="uint8" if device.type == "cuda" else "float",
-        pin_memory=device.type == "cuda", num_threads=config.num_workers or None,
+        pin_memory=device.type == "cuda", num_threads=threads, rank=ctx.rank, world_size=ctx.world_size,
     )
 
 
-def _train_batches(loader, dataset, config: TrainConfig, epoch: int, skip: int, device: torch.device
-                   ) -> Iterator[Batch]:
+def _train_batches(loader, dataset, config: TrainConfig, epoch: int, skip: int, device: torch.device,
+                   ctx: distributed.DistContext) -> Iterator[Batch]:
     """The training batches of ``epoch`` after the first ``skip``, on ``device``, augmented."""
     if loader is not None:
         loader.set_epoch(epoch, start_batch=skip)
@@ -297,7 +310,8 @@ def _train_batches(loader, dataset, config: TrainConfig, epoch: int, skip: int, 
                 extras["sigma"] = b.sigma.to(device, non_blocking=True)
             yield Batch(images, b.labels.to(device, non_blocking=True), extras)
         return
-    for images, labels in _epoch_batches(dataset, config.batch_size, config.seed, epoch, skip, config.num_workers):
+    for images, labels in _epoch_batches(dataset, config.batch_size, config.seed, epoch, skip, config.num_workers,
+                                         rank=ctx.rank, world_size=ctx.world_size):
         yield Batch(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
 
 
@@ -390,6 +404,11 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
         train_data, test_data: datasets to use instead of ``config.data`` (``(image, label)``
             items with ``num_classes``, ``in_chans`` and ``image_size`` attributes).
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process trains a DistributedDataParallel copy
+    on its own shard of each epoch (``batch_size`` images per process and step), the learning
+    rate follows the global batch, held-out metrics are averaged over all ranks, and rank 0
+    alone writes logs, checkpoints and the model.
+
     Returns:
         A :class:`TrainResult` with the trained model, the metric history and held-out metrics.
         ``OUT_DIR`` holds ``metrics.jsonl``, ``metrics.csv``, ``checkpoint-last.safetensors``,
@@ -399,7 +418,28 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
         overrides["model"], model = model, None
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     method: Method = get_method(config.method)(config)
-    device = _resolve_device(config.device)
+    ctx, device = distributed.setup(_resolve_device(config.device))
+    try:
+        return _run(config, method, ctx, device, model, train_data, test_data)
+    finally:
+        distributed.teardown(ctx)
+
+
+class _TrainingStep(torch.nn.Module):
+    """``method.training_step`` as a module's forward, so DistributedDataParallel can wrap the
+    whole step (methods call ``forward_mae``, ``forward_encoder``... rather than ``forward``)."""
+
+    def __init__(self, method: Method, model: MaskedViT):
+        super().__init__()
+        self.method, self.model = method, model
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, extras: dict[str, torch.Tensor]):
+        out = self.method.training_step(self.model, Batch(images, labels, extras))
+        return out.loss, out.metrics
+
+
+def _run(config: TrainConfig, method: Method, ctx: distributed.DistContext, device: torch.device,
+         model: MaskedViT | None, train_data, test_data) -> TrainResult:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -416,12 +456,13 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
     _check_fits(model, test_data)
     model = method.prepare_model(model, train_data.num_classes).to(device)
 
-    steps_per_epoch = len(train_data) // config.batch_size
+    steps_per_epoch = len(train_data) // ctx.world_size // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(train_data)} images)")
+        raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(train_data)} images"
+                         + (f" over {ctx.world_size} processes)" if ctx.enabled else ")"))
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
-    peak_lr = config.lr if config.lr is not None else config.blr * config.batch_size / 256
+    peak_lr = config.lr if config.lr is not None else config.blr * config.batch_size * ctx.world_size / 256
     groups = model.param_groups(config.weight_decay, config.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=config.betas)
 
@@ -431,46 +472,65 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
         resume = str(out_dir / CHECKPOINT_NAME) if (out_dir / CHECKPOINT_NAME).exists() else None
     if resume:
         start_step = load_checkpoint(resume, model, optimizer, config)
+    distributed.barrier(ctx)  # every rank has read the checkpoint before rank 0 may overwrite it
     log_path = out_dir / "metrics.jsonl"
     history = _read_log(log_path, start_step) if start_step else []
-    with open(log_path, "w") as f:  # rewrite: drop records past the checkpoint we resumed from
-        f.writelines(json.dumps(r) + "\n" for r in history)
-    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if ctx.is_main:
+        with open(log_path, "w") as f:  # rewrite: drop records past the checkpoint we resumed from
+            f.writelines(json.dumps(r) + "\n" for r in history)
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     end_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
     step = start_step
 
     def log(record: dict[str, Any]) -> None:
         history.append(record)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if ctx.is_main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def evaluate(epoch: int) -> dict[str, float]:
         model.eval()
-        torch.manual_seed(step_seed(config.seed, 2**40))  # same held-out masks at every evaluation
-        batches = (Batch(x.to(device), y.to(device)) for x, y in
-                   _epoch_batches(test_data, config.batch_size, config.seed, 0, 0, config.num_workers,
-                                  shuffle=False, drop_last=False))
+        torch.manual_seed(step_seed(config.seed, 2**40, ctx.rank))  # same held-out masks at every evaluation
+        shard = _epoch_batches(test_data, config.batch_size, config.seed, 0, 0, config.num_workers,
+                               shuffle=False, drop_last=False, rank=ctx.rank, world_size=ctx.world_size)
+        count = 0
+
+        def batches() -> Iterator[Batch]:
+            nonlocal count
+            for x, y in shard:
+                count += x.shape[0]
+                yield Batch(x.to(device), y.to(device))
+
         with torch.no_grad(), _autocast(config, device):
-            metrics = method.evaluate(model, batches)
+            metrics = method.evaluate(model, batches())
+        metrics = distributed.mean_over_ranks(ctx, metrics, count)
         model.train()
         log({"step": step, "epoch": epoch, "split": "test", **metrics})
         return metrics
 
     def checkpoint(epoch: int) -> None:
-        save_checkpoint(out_dir / CHECKPOINT_NAME, model, optimizer, config, step, epoch)
+        if ctx.is_main:
+            save_checkpoint(out_dir / CHECKPOINT_NAME, model, optimizer, config, step, epoch)
 
-    loader = _native_loader(train_data, config, method, model, device)
+    loader = _native_loader(train_data, config, method, model, device, ctx)
+    run_step: torch.nn.Module = _TrainingStep(method, model)
+    if ctx.enabled:  # gradients are averaged over the ranks inside backward()
+        run_step = torch.nn.parallel.DistributedDataParallel(
+            run_step, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # pretraining leaves the head unused, finetuning the decoder
     model.train()
-    bar = tqdm(total=end_step, initial=start_step, disable=not config.progress, desc=f"{config.method}",
-               unit="step", dynamic_ncols=True)
+    checks = model.check_inputs
+    model.check_inputs = device.type != "cuda"  # loader data is checked already; on CUDA the check would sync
+    bar = tqdm(total=end_step, initial=start_step, disable=not config.progress or not ctx.is_main,
+               desc=f"{config.method}", unit="step", dynamic_ncols=True)
     started = time.perf_counter()
     final_metrics: dict[str, float] = {}
     epoch = start_step // steps_per_epoch
     while step < end_step:
         skip = step - epoch * steps_per_epoch
-        for batch in _train_batches(loader, train_data, config, epoch, skip, device):
-            torch.manual_seed(step_seed(config.seed, step))
+        for batch in _train_batches(loader, train_data, config, epoch, skip, device, ctx):
+            torch.manual_seed(step_seed(config.seed, step, ctx.rank))
             if loader is None and config.augment != "none":  # the native loader augments by itself
                 batch.images = crop_with_padding_and_flip(batch.images, padding=0 if config.augment == "flip" else 4,
                                                           flip=config.augment != "crop")
@@ -478,21 +538,22 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             with _autocast(config, device):
-                out = method.training_step(model, batch)
+                loss, step_metrics = run_step(batch.images, batch.labels, batch.extras)
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             if config.clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
             optimizer.step()
             step += 1
             bar.update(1)
             if step % config.log_every == 0 or step == end_step:
-                values = {k: float(v) for k, v in out.metrics.items()}
+                values = {k: float(v) for k, v in step_metrics.items()}
+                values = distributed.mean_over_ranks(ctx, values, batch.images.shape[0])
                 if not math.isfinite(values.get("loss", 0.0)):
                     raise FloatingPointError(f"loss became {values['loss']} at step {step}; lower the "
                                              "learning rate or enable clip_grad")
                 log({"step": step, "epoch": epoch, "split": "train", "lr": lr,
-                     "images_per_s": round(config.batch_size * (step - start_step) /
+                     "images_per_s": round(config.batch_size * ctx.world_size * (step - start_step) /
                                            (time.perf_counter() - started), 2), **values})
                 bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
             if config.checkpoint_steps and step % config.checkpoint_steps == 0:
@@ -505,18 +566,21 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
                 evaluate(epoch)
             if config.checkpoint_every and epoch % config.checkpoint_every == 0:
                 checkpoint(epoch)
-            _write_csv(history, out_dir / "metrics.csv")
+            if ctx.is_main:
+                _write_csv(history, out_dir / "metrics.csv")
     bar.close()
+    model.check_inputs = checks
     if loader is not None:
         loader.close()
     epoch = step // steps_per_epoch  # epochs completed
     final_metrics = evaluate(epoch)
     checkpoint(epoch)
-    model.save(out_dir / MODEL_NAME)
-    _write_csv(history, out_dir / "metrics.csv")
-    summary = {"method": config.method, "steps": step, "epochs_done": step / steps_per_epoch,
-               "train_images": len(train_data), "test_images": len(test_data),
-               "seconds": round(time.perf_counter() - started, 2), "test": final_metrics,
-               "device": str(device)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if ctx.is_main:
+        model.save(out_dir / MODEL_NAME)
+        _write_csv(history, out_dir / "metrics.csv")
+        summary = {"method": config.method, "steps": step, "epochs_done": step / steps_per_epoch,
+                   "train_images": len(train_data), "test_images": len(test_data),
+                   "seconds": round(time.perf_counter() - started, 2), "test": final_metrics,
+                   "device": str(device), "world_size": ctx.world_size}
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(model, history, final_metrics, out_dir, step)
