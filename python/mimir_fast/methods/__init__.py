@@ -4,6 +4,7 @@ from .base import METHODS, Batch, Method, StepOutput, get_method, register_metho
 from .finetune import Finetuning
 from .impure import ImpureTraining
 from .mae import MAEPretraining
+from .mimir import MIMIRPretraining, mimir_attack
 from .nim import NIMPretraining
 
 __all__ = ["METHODS", "Batch", "Finetuning", "MAEPretraining", "Method", "NIMPretraining", "StepOutput", "get_method",
