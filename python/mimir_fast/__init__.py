@@ -26,12 +26,13 @@ from .data import Loader
 from .defenses import IMPurePurifier, NIMDefense
 from .evaluate import evaluate
 from .hsic import HSIC, hsic
-from .methods import Batch, Method, StepOutput, register_method
+from .methods import Batch, Method, StepOutput, mimir_attack, register_method
 from .metrics import psnr, ssim
 from .models import MaskedViT, MaskedViTConfig, create_model, list_models
 from .train import TrainConfig, TrainResult, train
 
 __all__ = [
+    "mimir_attack",
     "APGD",
     "APGDT",
     "AutoAttack",

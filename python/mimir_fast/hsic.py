@@ -63,7 +63,8 @@ def hsic_from_grams(kx: torch.Tensor, ky: torch.Tensor, estimator: str = "nocca"
 
         def r(k: torch.Tensor) -> torch.Tensor:
             kc = k - k.mean(dim=-1, keepdim=True)  # K H
-            return torch.linalg.solve(kc + eps * m * eye, kc, left=False)  # Kc (Kc + eps m I)^-1
+            # solve_ex: no error check, so no host sync (a singular system gives non-finite values)
+            return torch.linalg.solve_ex(kc + eps * m * eye, kc, left=False)[0]  # Kc (Kc + eps m I)^-1
 
         return (r(kx) * r(ky).mT).sum(dim=(-2, -1)).float()
     if estimator == "biased":
