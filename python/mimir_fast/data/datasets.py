@@ -151,13 +151,44 @@ def _check_float_range(images: np.ndarray) -> None:
             )
 
 
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a ``.npy`` header, checked against the file's size (nothing else is
+    read, so a header claiming a huge array cannot make the reader allocate it).
+
+    Raises:
+        ValueError: naming the file: not a ``.npy`` file, a corrupt header, or truncated data.
+    """
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+            offset = f.tell()
+    except Exception as e:  # numpy's header parser raises many types (ValueError, TokenError, ...)
+        why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"cannot read {path} as a .npy array: {why}") from None
+    if not dtype.hasobject:
+        need = math.prod(shape) * dtype.itemsize
+        have = path.stat().st_size - offset
+        if have < need:
+            raise ValueError(f"{path} is truncated: its header says {dtype} {shape} ({need} bytes) but it "
+                             f"holds {have} bytes of data")
+    return tuple(shape), dtype
+
+
 def _load_npy_file(path: PathLike, mmap: bool) -> np.ndarray:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"npy file not found: {path}")
+    _npy_header(path)
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
+    except (OSError, ValueError, EOFError, OverflowError, MemoryError, pickle.UnpicklingError) as e:
         raise ValueError(f"cannot read {path} as a .npy array: {e}") from e
     if not isinstance(arr, np.ndarray):
         if hasattr(arr, "close"):
@@ -183,7 +214,11 @@ def load_npy(
     """
     images = _load_npy_file(images_path, mmap)
     labels = None if labels_path is None else np.asarray(_load_npy_file(labels_path, mmap=False))
-    return ArrayDataset(images, labels, **kw)
+    try:
+        return ArrayDataset(images, labels, **kw)
+    except ValueError as e:
+        files = str(images_path) if labels_path is None else f"{images_path}, {labels_path}"
+        raise ValueError(f"{files}: {e}") from e
 
 
 @functools.lru_cache(maxsize=4)
@@ -442,8 +477,10 @@ class ImageFolder(Dataset):
             with Image.open(path) as im:
                 im.load()
                 return im.convert("RGB")
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise ValueError(f"cannot decode image {path}: {e}") from e
+        except Exception as e:  # PIL's plugins raise many other types for corrupt data
+            raise ValueError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
 
     def _resize_center_crop(self, im):
         from PIL import Image

@@ -41,6 +41,11 @@ SigmaArg = tuple | str | None
 
 _AUGMENTS = ("crop_flip", "crop", "flip", "rrc_flip", "rrc", "none")
 _NIM_GAMMA = (25.0, 3.0)  # NIM's default noise-level distribution, Gamma(k=25, theta=3)
+# Upper bounds of options whose absurd values would make the native side allocate without end.
+_MAX_IMAGE_SIZE = 1 << 16
+_MAX_NUM_MASKS = 1024
+_MAX_PREFETCH = 1024
+_MAX_THREADS = 1024
 
 
 @dataclass
@@ -86,13 +91,15 @@ class LoaderBatch:
         )
 
 
-def _check_int(name: str, v: Any, lo: int, allow_none: bool = False) -> int | None:
+def _check_int(name: str, v: Any, lo: int, allow_none: bool = False, hi: int | None = None) -> int | None:
     if v is None and allow_none:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ValueError(f"{name} must be an int, got {v!r}")
     if v < lo:
         raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {v}")
     return int(v)
 
 
@@ -117,7 +124,10 @@ def _parse_sigma(sigma: SigmaArg) -> tuple[str, float, float] | None:
             "sigma must be None, ('gamma', k, theta), ('uniform', a, b) or ('constant', v), "
             f"got {sigma!r}"
         )
-    kind, args = sigma[0].lower(), [float(a) for a in sigma[1:]]
+    try:
+        kind, args = sigma[0].lower(), [float(a) for a in sigma[1:]]
+    except (TypeError, ValueError):
+        raise ValueError(f"sigma parameters must be numbers, got {sigma!r}") from None
     if kind == "gamma" and not args:
         args = list(_NIM_GAMMA)
     want = {"gamma": 2, "uniform": 2, "constant": 1}
@@ -180,15 +190,15 @@ def _make_config(
         "padding": _check_int("padding", padding, 0),
         "rrc_scale": scale,
         "rrc_ratio": _check_pair("rrc_ratio", rrc_ratio),
-        "image_size": _check_int("image_size", image_size, 1, allow_none=True),
-        "num_masks": _check_int("num_masks", num_masks, 0),
+        "image_size": _check_int("image_size", image_size, 1, allow_none=True, hi=_MAX_IMAGE_SIZE),
+        "num_masks": _check_int("num_masks", num_masks, 0, hi=_MAX_NUM_MASKS),
         "mask_ratio": float(mask_ratio),
-        "patch_size": _check_int("patch_size", patch_size, 1, allow_none=True),
+        "patch_size": _check_int("patch_size", patch_size, 1, allow_none=True, hi=_MAX_IMAGE_SIZE),
         "sigma": _parse_sigma(sigma),
         "noisy": bool(noisy),
         "output": output,
-        "num_threads": _check_int("num_threads", num_threads, 1, allow_none=True),
-        "prefetch": _check_int("prefetch", prefetch, 0),
+        "num_threads": _check_int("num_threads", num_threads, 1, allow_none=True, hi=_MAX_THREADS),
+        "prefetch": _check_int("prefetch", prefetch, 0, hi=_MAX_PREFETCH),
         "skip_corrupt": bool(skip_corrupt),
     }
     return cfg, bool(pin_memory)
@@ -218,8 +228,50 @@ def _uint8_images(images: Any) -> np.ndarray:
     if arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"unsupported image dtype {arr.dtype}; use uint8 or float in [0, 1]")
+        if arr.size:
+            from mimir_fast.data.datasets import _check_float_range
+
+            _check_float_range(arr)  # NaN, inf or values outside [0, 1] raise (they were clipped silently)
         arr = np.rint(np.clip(np.asarray(arr, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
     return np.ascontiguousarray(arr)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not available on this platform
+        return None
+
+
+def _check_batch_memory(native: Any, cfg: dict) -> None:
+    """Raise ValueError when one batch could not fit in this machine's memory (instead of the
+    native side failing to allocate it)."""
+    limit = _physical_memory()
+    if limit is None:
+        return
+    n = min(cfg["batch_size"], native.samples_per_rank)
+    pixels = n * native.channels * native.image_size ** 2
+    need = pixels * (1 if cfg["output"] == "uint8" else 4) + (4 * pixels if cfg["noisy"] else 0)
+    need += cfg["num_masks"] * n * (8 * native.len_keep + 12 * native.num_patches)
+    if need > limit:
+        raise ValueError(
+            f"one batch would need {need / 2**30:.1f} GiB ({n} images of {native.channels}x{native.image_size}x"
+            f"{native.image_size}) but this machine has {limit / 2**30:.1f} GiB; lower batch_size or image_size"
+        )
+
+
+def _check_npy_file(path: Path) -> None:
+    """Check a ``.npy`` file's header, dtype and size before the native side maps it.
+
+    Raises:
+        ValueError: naming the file.
+    """
+    from mimir_fast.data.datasets import _npy_header
+
+    _, dtype = _npy_header(path)
+    if dtype != np.uint8:
+        raise ValueError(f"{path}: only uint8 .npy images are supported, got dtype {dtype}; convert with "
+                         "(x * 255).round().astype(np.uint8)")
 
 
 class _EpochIterator(Iterator[LoaderBatch]):
@@ -294,7 +346,10 @@ class Loader:
             count them in ``skipped``, instead of raising ``ValueError``.
 
     Raises:
-        ValueError: A bad configuration, or shapes/dtypes the loader does not support.
+        ValueError: A bad configuration (integer options have upper bounds: ``image_size`` and
+            ``patch_size`` 65536, ``num_masks``, ``num_threads`` and ``prefetch`` 1024), a batch
+            larger than the machine's memory, float images with NaN or values outside [0, 1], or
+            shapes/dtypes the loader does not support.
     """
 
     def __init__(self, images: Any, labels: Any = None, **kw: Any):
@@ -323,12 +378,15 @@ class Loader:
         path = Path(images_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"npy file not found: {path}")
+        _check_npy_file(path)
         labels = None
         if labels_path is not None:
             lp = Path(labels_path).expanduser()
             if not lp.is_file():
                 raise FileNotFoundError(f"npy file not found: {lp}")
-            labels = _labels_array(np.load(lp, allow_pickle=False), f"labels in {lp}")
+            from mimir_fast.data.datasets import _load_npy_file
+
+            labels = _labels_array(np.asarray(_load_npy_file(lp, mmap=False)), f"labels in {lp}")
         return cls._from_native(_native.NativeLoader.from_npy(str(path), labels, cfg), cfg, pin)
 
     @classmethod
@@ -371,6 +429,7 @@ class Loader:
     # --- state ----------------------------------------------------------------------------
 
     def _setup(self, native: Any, cfg: dict, pin: bool) -> None:
+        _check_batch_memory(native, cfg)
         self._native = native
         self._cfg = cfg
         self._pin = pin and torch.cuda.is_available()  # pinning needs CUDA; no-op otherwise

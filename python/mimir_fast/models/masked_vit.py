@@ -56,12 +56,28 @@ class MaskedViTConfig:
             if not cond:
                 raise ValueError(f"MaskedViTConfig: {msg}")
 
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_real(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
         for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
                      "decoder_embed_dim", "decoder_num_heads"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
+            need(is_int(getattr(self, name)) and getattr(self, name) > 0,
                  f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        need(self.decoder_depth >= 0, f"decoder_depth must be >= 0, got {self.decoder_depth}")
-        need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
+        for name in ("decoder_depth", "num_classes"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 0,
+                 f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        for name in ("mlp_ratio", "norm_eps"):
+            need(is_real(getattr(self, name)) and getattr(self, name) > 0,
+                 f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        for name in ("qkv_bias", "norm_pix_loss", "learnable_pos_embed"):
+            need(isinstance(getattr(self, name), bool), f"{name} must be True or False, got {getattr(self, name)!r}")
+        need(self.fc_norm is None or isinstance(self.fc_norm, bool),
+             f"fc_norm must be None, True or False, got {self.fc_norm!r}")
+        need(round(self.embed_dim * self.mlp_ratio) >= 1 and round(self.decoder_embed_dim * self.mlp_ratio) >= 1,
+             f"mlp_ratio {self.mlp_ratio} leaves an MLP without hidden units")
         need(self.img_size % self.patch_size == 0,
              f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         need(self.embed_dim % self.num_heads == 0,
@@ -73,8 +89,8 @@ class MaskedViTConfig:
              "embed_dim and decoder_embed_dim must be divisible by 4 (sin-cos position embedding)")
         need(self.global_pool in ("avg", "token"),
              f"global_pool must be 'avg' or 'token', got {self.global_pool!r}")
-        need(0.0 <= self.drop_path_rate < 1.0,
-             f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        need(is_real(self.drop_path_rate) and 0.0 <= self.drop_path_rate < 1.0,
+             f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}")
 
     @property
     def use_fc_norm(self) -> bool:
@@ -85,6 +101,8 @@ class MaskedViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MaskedViTConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"a MaskedViTConfig is built from a dict of its fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -496,11 +514,47 @@ class MaskedViT(nn.Module):
         tensors, meta = load_tensors(path, map_location)
         if "config" not in meta:
             raise ValueError(f"{path} holds no MaskedViT config; was it written by MaskedViT.save?")
-        model = cls(MaskedViTConfig.from_dict(meta["config"]), kernels=kernels)
+        try:
+            config = MaskedViTConfig.from_dict(meta["config"])
+        except ValueError as e:
+            raise ValueError(f"{path} holds an invalid MaskedViT config: {e}") from None
         prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        cls._check_layout(config, state, str(path))  # before allocating a model of the file's size
+        model = cls(config, kernels=kernels)
         model.load_weights(state, source=str(path))
         return model.to(map_location)
+
+    @classmethod
+    def _check_layout(cls, config: MaskedViTConfig, state: dict[str, torch.Tensor], source: str) -> None:
+        """Raise ValueError when ``state`` cannot be the weights of a model built from ``config``.
+
+        Compares the block counts and the tensors that fix every width, before the model is built:
+        a file whose config was altered cannot make the loader build a model far larger than
+        the file (``load_weights`` then checks every tensor).
+        """
+        for name, depth in (("blocks", config.depth), ("decoder_blocks", config.decoder_depth)):
+            found = {k.split(".")[1] for k in state if k.startswith(name + ".")}
+            if len(found) != depth:
+                raise ValueError(f"{source} does not match its config: it holds {len(found)} {name} but the "
+                                 f"config says {depth}")
+        c = config
+        p, d, dd = c.patch_size, c.embed_dim, c.decoder_embed_dim
+        tokens = 1 + (c.img_size // p) ** 2
+        expected = {
+            "patch_embed.proj.weight": (d, c.in_chans, p, p), "pos_embed": (1, tokens, d),
+            "decoder_pos_embed": (1, tokens, dd), "decoder_pred.weight": (p * p * c.in_chans, dd),
+        }
+        if c.num_classes > 0:
+            expected["head.weight"] = (c.num_classes, d)
+        if c.depth:
+            expected["blocks.0.mlp.fc1.weight"] = (round(d * c.mlp_ratio), d)
+        if c.decoder_depth:
+            expected["decoder_blocks.0.mlp.fc1.weight"] = (round(dd * c.mlp_ratio), dd)
+        problems = [f"{k}: file {tuple(state[k].shape) if k in state else 'none'} vs config {shape}"
+                    for k, shape in expected.items() if k not in state or tuple(state[k].shape) != shape]
+        if problems:
+            raise ValueError(f"{source} does not match its config: " + "; ".join(problems))
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict", strict: bool = True) -> None:
         """``load_state_dict`` with errors that say which tensors are missing or mis-shaped."""
