@@ -2,9 +2,10 @@
 
 import json
 import os
+import socket
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,14 +13,43 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 
+def _temp_prefix(path: Path) -> str:
+    """``.NAME.HOST.PID.``: temp files name their writer, so a dead writer's can be removed."""
+    return f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Delete temp files of ``path`` left by writers on this host that no longer run (a process
+    killed while writing); other hosts' files and live writers' files are left alone."""
+    head, host = f".{path.name}.", socket.gethostname()
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(head) and name.endswith(".tmp")):
+            continue
+        writer_host, _, rest = name[len(head):-len(".tmp")].rpartition(".")[0].rpartition(".")
+        if writer_host != host or not rest.isdigit() or int(rest) == os.getpid():
+            continue
+        try:
+            os.kill(int(rest), 0)
+        except ProcessLookupError:  # the writer is gone: its file can never be completed
+            (path.parent / name).unlink(missing_ok=True)
+        except OSError:  # alive but not ours (PermissionError), or unknown: keep it
+            pass
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it onto ``path``.
 
     A reader never sees a half-written file: either the old file or the complete new one.
+    Temp files of ``path`` left by a writer that was killed are removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
