@@ -1027,6 +1027,43 @@ def test_model_file_with_altered_config_is_rejected_before_building(tmp_path, ch
     assert time.perf_counter() - started < 5
 
 
+@pytest.mark.parametrize("spec,fragment", [
+    ("uniform:0,inf", "finite"), ("constant:inf", "finite"), ("gamma:1e400,1", "finite"),
+    (("gamma", "a", 1), "must be numbers"), (5, "noise spec must be"), (None, "noise spec must be"),
+    ((), "noise spec must be"),
+])
+def test_noise_specs_are_finite_numbers(spec, fragment):
+    from mimir_fast.noise import parse_sigma_spec, sample_sigma
+
+    with pytest.raises(ValueError, match=fragment):  # inf used to pass; the others were TypeErrors
+        parse_sigma_spec(spec)
+    with pytest.raises(ValueError, match="n must be an integer"):
+        sample_sigma("gamma:25,3", -1)
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    (dict(data_range=0), "data_range"), (dict(data_range=-1.0), "data_range"),
+    (dict(data_range=float("nan")), "data_range"), (dict(sigma=0), "sigma"), (dict(sigma=float("inf")), "sigma"),
+    (dict(k1=-0.01), "k1"), (dict(k2=0), "k2"),
+])
+def test_metric_arguments_are_checked(kw, fragment):
+    """psnr gave -inf or wrong values and ssim NaN, a RuntimeError or an OverflowError before."""
+    import torch
+
+    from mimir_fast.metrics import psnr, ssim
+
+    x, y = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=fragment):
+        ssim(x, y, **kw)
+    if "data_range" in kw:
+        with pytest.raises(ValueError, match=fragment):
+            psnr(x, y, **kw)
+    with pytest.raises(ValueError, match="floating-point"):
+        psnr((x * 255).to(torch.uint8), (y * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match="non-empty"):
+        psnr(x[:0], y[:0], reduction="mean")
+
+
 # ================================================================= known gaps (strict xfail)
 # Found by the fuzzing above in code this file does not cover with fixes; each test flips to
 # XPASS (and fails, being strict) once the gap is closed, so its marker can go.

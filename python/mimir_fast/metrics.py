@@ -9,6 +9,8 @@ averaged.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +23,16 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.ndim != 4:
         raise ValueError(f"images must be batches (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("images must be a non-empty batch")
+    if not x.is_floating_point() or not y.is_floating_point():
+        raise ValueError(f"images must be floating-point tensors, got {x.dtype} and {y.dtype}")
+
+
+def _check_positive(**values: float) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
 
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "none":
@@ -38,6 +50,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, reduction: s
         reduction: "none" -> (N,), "mean" -> scalar. Identical images give ``inf``.
     """
     _check_pair(x, y)
+    _check_positive(data_range=data_range)
     mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
     return _reduce((10.0 * torch.log10(data_range ** 2 / mse)).float(), reduction)
 
@@ -60,6 +73,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, sigma: float
         reduction: "none" -> (N,), "mean" -> scalar.
     """
     _check_pair(x, y)
+    _check_positive(data_range=data_range, sigma=sigma, k1=k1, k2=k2)
     _n, c, h, w = x.shape
     win = gaussian_window(sigma, device=x.device)
     size = win.numel()

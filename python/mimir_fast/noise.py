@@ -6,6 +6,8 @@ is ``sigma / 255 * N(0, 1)``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 SIGMA_KINDS = {"gamma": 2, "uniform": 2, "constant": 1}
@@ -14,17 +16,22 @@ NIM_DEFAULT = ("gamma", 25.0, 3.0)  # mean 75, NIM's best pretraining distributi
 
 def parse_sigma_spec(spec: str | tuple) -> tuple:
     """``"gamma:K,THETA"`` | ``"uniform:A,B"`` | ``"constant:V"`` (or the tuple) -> ``(kind, *params)``."""
+    forms = "'gamma:K,THETA', 'uniform:A,B' or 'constant:V'"
     if isinstance(spec, str):
         kind, _, params = spec.partition(":")
-        try:
-            values = tuple(float(p) for p in params.split(",")) if params else ()
-        except ValueError:
-            raise ValueError(f"noise spec {spec!r}: parameters must be numbers") from None
+        params = params.split(",") if params else []
+    elif isinstance(spec, (tuple, list)) and spec:
+        kind, *params = spec
     else:
-        kind, *rest = spec
-        values = tuple(float(v) for v in rest)
+        raise ValueError(f"noise spec must be {forms} (or such a tuple), got {spec!r}")
+    try:
+        values = tuple(float(v) for v in params)
+    except (TypeError, ValueError):
+        raise ValueError(f"noise spec {spec!r}: parameters must be numbers") from None
     if kind not in SIGMA_KINDS or len(values) != SIGMA_KINDS[kind]:
-        raise ValueError(f"noise spec must be 'gamma:K,THETA', 'uniform:A,B' or 'constant:V', got {spec!r}")
+        raise ValueError(f"noise spec must be {forms}, got {spec!r}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"noise spec {spec!r}: parameters must be finite")
     if kind == "gamma" and not (values[0] > 0 and values[1] > 0):
         raise ValueError(f"gamma noise needs K > 0 and THETA > 0, got {values}")
     if kind == "uniform" and not 0 <= values[0] <= values[1]:
@@ -37,6 +44,8 @@ def parse_sigma_spec(spec: str | tuple) -> tuple:
 def sample_sigma(spec: str | tuple, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Draw ``n`` sigmas (0..255 scale) from ``spec`` with torch's RNG, on ``device``; (n,) float32."""
     kind, *p = parse_sigma_spec(spec)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an integer >= 0, got {n!r}")
     if kind == "gamma":
         k = torch.full((n,), p[0], device=device)
         return torch.distributions.Gamma(k, 1.0 / p[1]).sample()  # rate = 1 / theta
