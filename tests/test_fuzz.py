@@ -709,7 +709,8 @@ def _report(request, line: str) -> None:
 def _format(result: dict) -> str:
     return (f"fuzz {result['part']:<12s} cases {result['cases']:5d}  checks {result.get('checks', 0):5d}  "
             f"ok {result['ok']:5d}  clean errors {result['clean_error']:5d}  unclear {result['unclear']}  "
-            f"panics {result['panic']}  wrong {result['wrong']}  crashes {result.get('crashes', 0)}  hangs {result.get('hangs', 0)}"
+            f"panics {result['panic']}  wrong {result['wrong']}  crashes {result.get('crashes', 0)}  "
+            f"hangs {result.get('hangs', 0)}"
             + (f"  ({result['seconds']} s)" if "seconds" in result else ""))
 
 
@@ -1104,8 +1105,9 @@ def _native_probe(tmp_path, path: Path, augment: str) -> subprocess.CompletedPro
                           env={**os.environ, "RUST_BACKTRACE": "0"})
 
 
-@pytest.mark.xfail(strict=True, reason="rust/src/decode.rs sizes the output from the JPEG header without a "
-                                       "limit (set_max_width/height(usize::MAX)): the allocation aborts")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="rust/src/decode.rs sizes the output from the JPEG header without a "
+                          "limit (set_max_width/height(usize::MAX)): the allocation aborts")
 def test_jpeg_header_with_huge_dimensions_is_a_clean_error(tmp_path):
     from PIL import Image
 
@@ -1121,8 +1123,9 @@ def test_jpeg_header_with_huge_dimensions_is_a_clean_error(tmp_path):
         f"status {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}"
 
 
-@pytest.mark.xfail(strict=True, reason="rust/src/source.rs checks the .npy size with an unchecked h * w * c: "
-                                       "an overflowing shape passes, then panics or aborts")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="rust/src/source.rs checks the .npy size with an unchecked h * w * c: "
+                          "an overflowing shape passes, then panics or aborts")
 @pytest.mark.parametrize("augment", ["none", "rrc"])
 def test_native_npy_with_overflowing_shape_is_a_clean_error(tmp_path, augment):
     header = "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 4294967296, 4294967296), }"
@@ -1144,8 +1147,9 @@ def test_loader_from_npy_guards_the_overflowing_shape(tmp_path):
         Loader.from_npy(path, batch_size=1, augment="rrc", image_size=8)
 
 
-@pytest.mark.xfail(strict=True, reason="TrainConfig.__post_init__ (train.py) compares values without checking "
-                                       "their types")
+@pytest.mark.xfail(strict=True, raises=(TypeError, pytest.fail.Exception),
+                   reason="TrainConfig.__post_init__ (train.py) compares values without checking "
+                          "their types")
 @pytest.mark.parametrize("field,value", [
     ("epochs", None), ("epochs", 2.5), ("epochs", float("nan")), ("batch_size", 2.5), ("lr", float("inf")),
     ("warmup_epochs", float("nan")), ("min_lr", float("nan")), ("checkpoint_steps", "2"), ("betas", 5),
@@ -1158,7 +1162,7 @@ def test_train_config_rejects_values_of_the_wrong_type(field, value):
         TrainConfig.from_dict({field: value})
 
 
-@pytest.mark.xfail(strict=True, reason="train.load_checkpoint indexes the metadata directly: KeyError")
+@pytest.mark.xfail(strict=True, raises=KeyError, reason="train.load_checkpoint indexes the metadata directly: KeyError")
 @pytest.mark.parametrize("drop", ["train_config", "step", "optimizer_groups"])
 def test_checkpoint_with_missing_metadata_is_a_clean_error(tmp_path, drop):
     import torch
@@ -1178,6 +1182,29 @@ def test_checkpoint_with_missing_metadata_is_a_clean_error(tmp_path, drop):
     atomic_save_tensors(tensors, path, metadata=meta)
     with pytest.raises(ValueError, match="ckpt.safetensors"):
         train_module.load_checkpoint(path, model, optimizer, config)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="train._resolve_device lets torch.device's RuntimeError through (the CLI "
+                          "then prints a traceback)")
+def test_unknown_device_is_a_value_error(tmp_path):
+    import mimir_fast
+
+    with pytest.raises(ValueError, match="device"):  # fails before any data or model is built
+        mimir_fast.train(device="gpu", out_dir=str(tmp_path), progress=False)
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                   reason="evaluate() does not check max_images: -1 silently drops the last image")
+def test_evaluate_rejects_a_negative_max_images():
+    import torch
+
+    from mimir_fast.evaluate import evaluate
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match="max_images"):
+        evaluate(model, (x, y), attacks="fgsm", eps=0.1, max_images=-1, sanity_checks=False, progress=False)
 
 
 # ================================================================= the native parts' verdicts
