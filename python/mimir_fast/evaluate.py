@@ -84,6 +84,9 @@ def build_attack(name: str, model: Any, eps: float, norm: str = "linf", seed: in
 
 # ---------------------------------------------------------------------- inputs
 def _load_data(data: Any, max_images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int)
+                                   or max_images < 1):
+        raise ValueError(f"max_images must be an integer >= 1 or None, got {max_images!r}")
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
     elif isinstance(data, torch.utils.data.DataLoader):

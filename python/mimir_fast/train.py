@@ -94,6 +94,7 @@ class TrainConfig:
     progress: bool = True  # show a progress bar
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         self.betas = tuple(self.betas)  # JSON/TOML give lists
         problems = []
         if self.epochs < 1:
@@ -164,6 +165,31 @@ class TrainConfig:
         return cls(**d)
 
 
+def _check_field_types(config: TrainConfig) -> None:
+    """Every field holds a value of its annotated type (ints are accepted for floats; no NaN/inf)."""
+    kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+             "tuple": (tuple, list)}
+    problems = []
+    for f in dataclasses.fields(config):
+        value, annotation = getattr(config, f.name), str(f.type)
+        optional = annotation.endswith("| None")
+        head = annotation.removesuffix("| None").strip().split("[")[0]
+        if value is None and optional:
+            continue
+        allowed = kinds.get(head)
+        if allowed is None:
+            continue
+        ok = isinstance(value, allowed) and (head == "bool" or not isinstance(value, bool))
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            ok = False
+        if ok and head == "tuple":
+            ok = len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not ok:
+            problems.append(f"{f.name} must be {annotation.replace('|', 'or')}, got {value!r}")
+    if problems:
+        raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+
 @dataclass
 class TrainResult:
     model: MaskedViT
@@ -214,6 +240,10 @@ def load_checkpoint(path: str | os.PathLike, model: MaskedViT, optimizer: torch.
     tensors, meta = load_tensors(path)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a mimir-fast training checkpoint (format {meta.get('format')!r})")
+    missing = [k for k in ("train_config", "config", "step", "optimizer_groups") if k not in meta]
+    if missing or not isinstance(meta["train_config"], dict) or not isinstance(meta["optimizer_groups"], list) \
+            or not all(isinstance(g, dict) and "params" in g for g in meta["optimizer_groups"]):
+        raise ValueError(f"checkpoint {path} is damaged: its metadata lacks {missing or 'a valid optimizer layout'}")
     saved = meta["train_config"]
     for key in ("method", "batch_size", "epochs"):
         if saved.get(key) != getattr(config, key):
@@ -318,7 +348,11 @@ def _train_batches(loader, dataset, config: TrainConfig, epoch: int, skip: int, 
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or another torch device, got {name!r} ({e})"
+                         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} was asked for but CUDA is not available; use device='cpu'")
     return device
