@@ -1073,9 +1073,7 @@ def test_metric_arguments_are_checked(kw, fragment):
         psnr(x[:0], y[:0], reduction="mean")
 
 
-# ================================================================= known gaps (strict xfail)
-# Found by the fuzzing above in code this file does not cover with fixes; each test flips to
-# XPASS (and fails, being strict) once the gap is closed, so its marker can go.
+# ================================================================= gaps the fuzzing found, now closed
 
 _NATIVE_PROBE = r"""
 import glob, importlib.util, io, os, resource, struct, sys
@@ -1113,9 +1111,6 @@ def _native_probe(tmp_path, path: Path, augment: str) -> subprocess.CompletedPro
                           env={**os.environ, "RUST_BACKTRACE": "0"})
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="rust/src/decode.rs sizes the output from the JPEG header without a "
-                          "limit (set_max_width/height(usize::MAX)): the allocation aborts")
 def test_jpeg_header_with_huge_dimensions_is_a_clean_error(tmp_path):
     from PIL import Image
 
@@ -1131,9 +1126,6 @@ def test_jpeg_header_with_huge_dimensions_is_a_clean_error(tmp_path):
         f"status {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="rust/src/source.rs checks the .npy size with an unchecked h * w * c: "
-                          "an overflowing shape passes, then panics or aborts")
 @pytest.mark.parametrize("augment", ["none", "rrc"])
 def test_native_npy_with_overflowing_shape_is_a_clean_error(tmp_path, augment):
     header = "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 4294967296, 4294967296), }"
@@ -1155,9 +1147,6 @@ def test_loader_from_npy_guards_the_overflowing_shape(tmp_path):
         Loader.from_npy(path, batch_size=1, augment="rrc", image_size=8)
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, pytest.fail.Exception),
-                   reason="TrainConfig.__post_init__ (train.py) compares values without checking "
-                          "their types")
 @pytest.mark.parametrize("field,value", [
     ("epochs", None), ("epochs", 2.5), ("epochs", float("nan")), ("batch_size", 2.5), ("lr", float("inf")),
     ("warmup_epochs", float("nan")), ("min_lr", float("nan")), ("checkpoint_steps", "2"), ("betas", 5),
@@ -1170,7 +1159,6 @@ def test_train_config_rejects_values_of_the_wrong_type(field, value):
         TrainConfig.from_dict({field: value})
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="train.load_checkpoint indexes the metadata directly: KeyError")
 @pytest.mark.parametrize("drop", ["train_config", "step", "optimizer_groups"])
 def test_checkpoint_with_missing_metadata_is_a_clean_error(tmp_path, drop):
     import torch
@@ -1192,9 +1180,6 @@ def test_checkpoint_with_missing_metadata_is_a_clean_error(tmp_path, drop):
         train_module.load_checkpoint(path, model, optimizer, config)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="train._resolve_device lets torch.device's RuntimeError through (the CLI "
-                          "then prints a traceback)")
 def test_unknown_device_is_a_value_error(tmp_path):
     import mimir_fast
 
@@ -1202,8 +1187,6 @@ def test_unknown_device_is_a_value_error(tmp_path):
         mimir_fast.train(device="gpu", out_dir=str(tmp_path), progress=False)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="evaluate() does not check max_images: -1 silently drops the last image")
 def test_evaluate_rejects_a_negative_max_images():
     import torch
 

@@ -84,3 +84,15 @@ def test_bad_configuration():
     for k in (1, 3, 2.0):
         with pytest.raises(ValueError, match="num_groups"):
             IMPurePurifier(mf.MaskedViT(**TINY), num_groups=k)
+
+
+def test_unclamped_output_is_the_raw_prediction():
+    torch.manual_seed(0)
+    ae = mf.MaskedViT(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2,
+                   decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, norm_pix_loss=False)
+    purifier = IMPurePurifier(ae, 4)
+    x = torch.rand(3, 1, 16, 16)
+    order = purifier.group_order(3, x.device)
+    raw = purifier(x, order, clamp=False)
+    assert torch.equal(raw.clamp(0, 1), purifier(x, order))
+    assert ((raw < 0) | (raw > 1)).any()  # an untrained decoder leaves [0, 1]: training must see that

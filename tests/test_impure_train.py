@@ -85,8 +85,8 @@ def test_loss_equals_an_independent_recomputation():
     clean = batch.images
     x_adv = manual_pgd(classifier, clean, batch.labels)
     purifier = IMPurePurifier(model, 4)
-    purified = purifier(x_adv)
-    purified2 = purifier(purifier.random_combination(x_adv, purified.detach()))  # pasted as a new input
+    purified = purifier(x_adv, clamp=False)  # the loss sees raw predictions (clamping stops gradients)
+    purified2 = purifier(purifier.random_combination(x_adv, purified.detach().clamp(0, 1)), clamp=False)
     with torch.no_grad():
         features_clean = classifier.forward_features(clean)
     parts = [(p - clean).abs().mean() + (classifier.forward_features(p) - features_clean).abs().mean()

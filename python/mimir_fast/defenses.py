@@ -79,8 +79,11 @@ class IMPurePurifier(nn.Module):
         """A random patch order per sample, (N, L): group ``g`` is the ``g``-th block of L/k."""
         return torch.argsort(torch.rand(n, self.autoencoder.num_patches, device=device), dim=1)
 
-    def forward(self, x: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
-        """Purify ``x`` (N, C, H, W) -> (N, C, H, W) in [0, 1]; ``order`` (N, L) fixes the groups."""
+    def forward(self, x: torch.Tensor, order: torch.Tensor | None = None, clamp: bool = True) -> torch.Tensor:
+        """Purify ``x`` (N, C, H, W) -> (N, C, H, W) in [0, 1]; ``order`` (N, L) fixes the groups.
+
+        ``clamp=False`` returns the raw prediction (training: a clamped pixel has no gradient).
+        """
         ae, k = self.autoencoder, self.num_groups
         n, length = x.shape[0], ae.num_patches
         order = self.group_order(n, x.device) if order is None else order
@@ -97,7 +100,8 @@ class IMPurePurifier(nn.Module):
         group_of.scatter_(1, order, torch.arange(length, device=x.device).div(size, rounding_mode="floor")
                           .expand(n, -1))
         patches = torch.gather(pred, 1, group_of[:, None, :, None].expand(-1, 1, -1, pred.shape[-1])).squeeze(1)
-        return ae.unpatchify(patches).clamp(0.0, 1.0)
+        out = ae.unpatchify(patches)
+        return out.clamp(0.0, 1.0) if clamp else out
 
     def random_combination(self, x_adv: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
         """IMPure's random combination module (training only): paste a random contiguous

@@ -299,6 +299,17 @@ def save_reconstruction_grid(model: Any, images: torch.Tensor, out_png: PathLike
     rows = [("original", original), ("masked", masked), ("reconstruction", reconstruction),
             ("prediction", prediction)]
 
+    return save_image_grid(rows, out_png, title=f"mask ratio {mask_ratio:g}, loss {float(loss):.4g}")
+
+
+def save_image_grid(rows: Sequence[tuple[str, torch.Tensor]], out_png: PathLike, title: str | None = None
+                    ) -> Path:
+    """Draw named rows of images, ``[(name, (N, C, H, W) in [0, 1]), ...]``, one column per image."""
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise ValueError("save_image_grid needs at least one row")
+    n = min(r[1].shape[0] for r in rows)
     # a fixed layout: constrained layout costs seconds on a grid of 32 images
     cell, left, top = 1.2, 1.0, 0.4
     width, height = left + cell * n + 0.1, top + cell * len(rows) + 0.1
@@ -307,6 +318,7 @@ def save_reconstruction_grid(model: Any, images: torch.Tensor, out_png: PathLike
                         wspace=0.06, hspace=0.06)
     axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (name, batch) in enumerate(rows):
+        batch = batch.detach().float().cpu().clamp(0, 1)
         for c in range(n):
             ax = axes[r][c]
             array, cmap = _to_display(batch[c])
@@ -315,5 +327,6 @@ def save_reconstruction_grid(model: Any, images: torch.Tensor, out_png: PathLike
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(name, fontsize="small")
-    fig.suptitle(f"mask ratio {mask_ratio:g}, loss {float(loss):.4g}", fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize="small")
     return _save_figure(fig, out_png, dpi=100)

@@ -2,6 +2,10 @@
 
 use std::path::Path;
 
+/// The largest image side and pixel count decoded (a header may claim anything).
+const MAX_SIDE: usize = 1 << 16;
+const MAX_PIXELS: usize = 1 << 28;
+
 /// A decoded image, channels-last.
 pub struct Decoded {
     pub data: Vec<u8>,
@@ -98,8 +102,8 @@ fn decode_jpeg_rgb_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<Option<(usize
     use zune_core::options::DecoderOptions;
     let options = DecoderOptions::default()
         .set_strict_mode(false)
-        .set_max_width(usize::MAX)
-        .set_max_height(usize::MAX)
+        .set_max_width(MAX_SIDE)
+        .set_max_height(MAX_SIDE)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     dec.decode_headers().map_err(|e| e.to_string())?;
@@ -114,6 +118,11 @@ fn decode_jpeg_rgb_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<Option<(usize
     };
     if w == 0 || h == 0 {
         return Err("image has zero width or height".into());
+    }
+    if w.saturating_mul(h) > MAX_PIXELS {
+        return Err(format!(
+            "image claims {w}x{h} pixels, more than the {MAX_PIXELS} allowed (a corrupt or hostile header?)"
+        ));
     }
     if n != h * w * 3 {
         return Ok(None);

@@ -174,8 +174,10 @@ impl Source {
         if n == 0 || h == 0 || w == 0 || c == 0 {
             return Err(format!("images must be non-empty, got shape {shape:?}"));
         }
-        let need = n
-            .checked_mul(h * w * c)
+        let need = h
+            .checked_mul(w)
+            .and_then(|x| x.checked_mul(c))
+            .and_then(|x| x.checked_mul(n))
             .ok_or_else(|| format!("shape {shape:?} is too large"))?;
         if bytes.as_slice().len() < need {
             return Err(format!(

@@ -116,9 +116,10 @@ class ImpureTraining(Method):
         clean = batch.images
         x_adv = self.attack(clean, batch.labels)
         purifier = self.purifier(model)
-        purified = purifier(x_adv).to(clean.dtype)
-        combined = purifier.random_combination(x_adv, purified.detach())
-        purified2 = purifier(combined).to(clean.dtype)
+        # the loss sees raw predictions: clamping would stop the gradient of out-of-range pixels
+        purified = purifier(x_adv, clamp=False).to(clean.dtype)
+        combined = purifier.random_combination(x_adv, purified.detach().clamp(0.0, 1.0))
+        purified2 = purifier(combined, clamp=False).to(clean.dtype)
         # both passes in one call: the L1 means over the two equal halves average the two losses
         loss = self.loss(torch.cat([purified, purified2]), torch.cat([clean, clean]))
         with torch.no_grad():
