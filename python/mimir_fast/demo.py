@@ -58,7 +58,7 @@ class DemoPlan:
 
 def demo_plan(out_dir: Path, quick: bool = False) -> DemoPlan:
     """The demo's settings (``quick``: a few steps per stage, for a smoke test)."""
-    pre_epochs, fine_epochs, impure_epochs = (1, 2, 1) if quick else (30, 15, 5)
+    pre_epochs, fine_epochs, impure_epochs = (1, 5, 1) if quick else (30, 15, 5)
     common = dict(data="digits", batch_size=64, weight_decay=0.05, augment="none", log_every=5,
                   eval_every=0, checkpoint_every=5)
 
@@ -69,7 +69,7 @@ def demo_plan(out_dir: Path, quick: bool = False) -> DemoPlan:
 
     def finetune(name: str, start: str, **kw: Any) -> TrainConfig:
         return TrainConfig(method="finetune", pretrained=str(out_dir / start / "model.safetensors"),
-                           epochs=fine_epochs, blr=3e-3, warmup_epochs=1 if quick else 2, layer_decay=0.85,
+                           epochs=fine_epochs, blr=3e-3, warmup_epochs=0.5 if quick else 2, layer_decay=0.85,
                            drop_path=0.1, label_smoothing=0.1, out_dir=str(out_dir / name), **common, **kw)
 
     runs = {
