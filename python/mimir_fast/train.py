@@ -167,25 +167,23 @@ class TrainConfig:
 
 def _check_field_types(config: TrainConfig) -> None:
     """Every field holds a value of its annotated type (ints are accepted for floats; no NaN/inf)."""
+    from .cli import parse_annotation  # the CLI reads the same annotations to build its flags
+
     kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
              "tuple": (tuple, list)}
     problems = []
     for f in dataclasses.fields(config):
-        value, annotation = getattr(config, f.name), str(f.type)
-        optional = annotation.endswith("| None")
-        head = annotation.removesuffix("| None").strip().split("[")[0]
-        if value is None and optional:
+        value, flag = getattr(config, f.name), parse_annotation(f.type)
+        allowed = kinds.get(flag.base)
+        if allowed is None or (value is None and flag.optional):
             continue
-        allowed = kinds.get(head)
-        if allowed is None:
-            continue
-        ok = isinstance(value, allowed) and (head == "bool" or not isinstance(value, bool))
+        ok = isinstance(value, allowed) and (flag.base == "bool" or not isinstance(value, bool))
         if ok and isinstance(value, float) and not math.isfinite(value):
             ok = False
-        if ok and head == "tuple":
+        if ok and flag.base == "tuple":
             ok = len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         if not ok:
-            problems.append(f"{f.name} must be {annotation.replace('|', 'or')}, got {value!r}")
+            problems.append(f"{f.name} must be {str(f.type).replace('|', 'or')}, got {value!r}")
     if problems:
         raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
