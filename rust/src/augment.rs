@@ -336,6 +336,13 @@ pub fn resize_box<T: OutPixel>(
     }
 }
 
+/// How many top source rows [`resize_box`] reads for the box `p` and output size `s`: the
+/// box and the bilinear filter's reach below it (half an output row's span, rounded up
+/// generously).
+pub fn resize_rows_read(p: &AugParams, s: usize) -> usize {
+    p.top + p.h + p.h.div_ceil(s.max(1)) + 1
+}
+
 /// The fixed-point path: the resized box into `scratch.px` as `(s, s, c)`; false when this
 /// pixel layout is not supported (or the resizer refuses), so the caller falls back.
 fn resize_box_u8(

@@ -25,7 +25,7 @@ pub struct DecodeScratch {
 /// Read and decode one file; every failure message starts with the path.
 pub fn decode_file(path: &Path) -> Result<Decoded, String> {
     let mut scratch = DecodeScratch::default();
-    let (h, w) = decode_file_into(path, &mut scratch)?;
+    let (h, w) = decode_file_into(path, &mut scratch, |h, _| h)?;
     scratch.pixels.truncate(h * w * 3);
     Ok(Decoded {
         data: scratch.pixels,
@@ -34,16 +34,59 @@ pub fn decode_file(path: &Path) -> Result<Decoded, String> {
     })
 }
 
-/// Read and decode one file into `scratch.pixels` (RGB), reusing its buffers; returns
-/// `(h, w)`. Every failure message starts with the path.
+/// Read and decode one file into `scratch.pixels` (RGB), reusing its buffers; returns the
+/// decoded `(h, w)`. Every failure message starts with the path.
+///
+/// `rows_needed(h, w)` is told the image's full size and answers how many top rows the
+/// caller will read. A sequential JPEG is then decoded only down to the MCU row after those
+/// rows (the rows above it are bit-identical to a full decode), so fewer than `h` rows may
+/// come back; every other file is decoded whole.
 pub fn decode_file_into(
     path: &Path,
     scratch: &mut DecodeScratch,
+    rows_needed: impl FnOnce(usize, usize) -> usize,
 ) -> Result<(usize, usize), String> {
     read_into(path, &mut scratch.file)
         .map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
-    decode_bytes_into(&scratch.file, &mut scratch.pixels)
+    decode_top_rows_into(&mut scratch.file, &mut scratch.pixels, rows_needed)
         .map_err(|e| format!("cannot decode image {}: {e}", path.display()))
+}
+
+/// [`decode_file_into`] on bytes in memory; a sequential JPEG's header is rewritten in place
+/// to the shorter height when fewer rows are decoded.
+pub fn decode_top_rows_into(
+    bytes: &mut [u8],
+    out: &mut Vec<u8>,
+    rows_needed: impl FnOnce(usize, usize) -> usize,
+) -> Result<(usize, usize), String> {
+    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        let (h, w) = decode_bytes_into(bytes, out)?;
+        rows_needed(h, w);
+        return Ok((h, w));
+    }
+    let frame = check_jpeg_complete(bytes)?;
+    let Some(frame) = frame.filter(|f| f.height > 0 && f.width > 0) else {
+        // Height defined later (DNL) or no frame header: the decoder reports it.
+        let (h, w) = decode_complete_into(bytes, out)?;
+        rows_needed(h, w);
+        return Ok((h, w));
+    };
+    let (h, w) = (frame.height, frame.width);
+    let rows = frame.rows_to_decode(rows_needed(h, w));
+    if rows < h {
+        bytes[frame.height_at..frame.height_at + 2].copy_from_slice(&(rows as u16).to_be_bytes());
+    }
+    let decoded = decode_complete_into(bytes, out);
+    if rows < h {
+        bytes[frame.height_at..frame.height_at + 2].copy_from_slice(&(h as u16).to_be_bytes());
+    }
+    let (dh, dw) = decoded?;
+    if (dh, dw) != (rows, w) {
+        return Err(format!(
+            "decoded {dh}x{dw} pixels, the header says {rows}x{w}"
+        ));
+    }
+    Ok((dh, dw))
 }
 
 fn read_into(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
@@ -69,8 +112,15 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<Decoded, String> {
 /// Decode JPEG or PNG bytes to RGB into `out` (grown as needed, never shrunk); returns
 /// `(h, w)`: the pixels are `out[..h * w * 3]`.
 pub fn decode_bytes_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<(usize, usize), String> {
-    let format = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         check_jpeg_complete(bytes)?;
+    }
+    decode_complete_into(bytes, out)
+}
+
+/// [`decode_bytes_into`] for bytes whose JPEG structure is already checked.
+fn decode_complete_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<(usize, usize), String> {
+    let format = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         if let Some(hw) = decode_jpeg_rgb_into(bytes, out)? {
             return Ok(hw);
         }
@@ -175,14 +225,44 @@ fn find_ff(b: &[u8], from: usize) -> usize {
     i
 }
 
-/// Walk the JPEG marker segments and require an EOI marker after the last scan.
+/// What a JPEG's frame header says, and whether its top rows can be decoded alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JpegFrame {
+    pub height: usize,
+    pub width: usize,
+    /// Offset of the 16-bit height field in the file.
+    height_at: usize,
+    /// Rows per MCU row (8 times the largest vertical sampling factor).
+    mcu_rows: usize,
+    /// Sequential Huffman coding with one scan holding every component: the entropy-coded
+    /// data is a single pass of MCU rows from the top, so a shorter height stops early.
+    rows_truncatable: bool,
+}
+
+impl JpegFrame {
+    /// How many rows to decode so that the top `needed` ones equal a full decode: whole MCU
+    /// rows plus one more (chroma upsampling looks one row ahead), never more than `height`.
+    pub fn rows_to_decode(&self, needed: usize) -> usize {
+        if !self.rows_truncatable || needed >= self.height {
+            return self.height;
+        }
+        let m = self.mcu_rows;
+        (needed.div_ceil(m) * m + m).min(self.height)
+    }
+}
+
+/// Walk the JPEG marker segments, require an EOI marker after the last scan, and return the
+/// frame header (None when there is none before the first scan).
 ///
 /// The decoder in use is lenient and fills missing data with gray, so a truncated file
 /// would otherwise decode "successfully". Entropy-coded data stuffs every 0xFF with 0x00,
 /// so a marker inside a scan can only be RSTn or the next real marker.
-pub fn check_jpeg_complete(b: &[u8]) -> Result<(), String> {
+pub fn check_jpeg_complete(b: &[u8]) -> Result<Option<JpegFrame>, String> {
     let n = b.len();
     let mut i = 2; // after SOI
+    let mut frame: Option<JpegFrame> = None;
+    let mut components = 0usize;
+    let mut scans = 0usize;
     loop {
         // Skip fill bytes before a marker.
         while i < n && b[i] != 0xFF {
@@ -197,7 +277,14 @@ pub fn check_jpeg_complete(b: &[u8]) -> Result<(), String> {
         let marker = b[i];
         i += 1;
         match marker {
-            0xD9 => return Ok(()),
+            0xD9 => {
+                if scans > 1 {
+                    if let Some(f) = frame.as_mut() {
+                        f.rows_truncatable = false;
+                    }
+                }
+                return Ok(frame);
+            }
             0xD0..=0xD7 | 0x01 => continue,
             _ => {}
         }
@@ -207,6 +294,31 @@ pub fn check_jpeg_complete(b: &[u8]) -> Result<(), String> {
         let len = usize::from(b[i]) << 8 | usize::from(b[i + 1]);
         if len < 2 || i + len > n {
             return Err("truncated JPEG (segment cut off)".into());
+        }
+        let seg = &b[i + 2..i + len];
+        let is_sof = matches!(marker, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF);
+        if is_sof && frame.is_none() && seg.len() >= 6 {
+            components = usize::from(seg[5]);
+            let max_v = (0..components)
+                .filter_map(|k| seg.get(6 + 3 * k + 1))
+                .map(|&hv| usize::from(hv & 0x0F))
+                .max()
+                .unwrap_or(1);
+            frame = Some(JpegFrame {
+                height: usize::from(seg[1]) << 8 | usize::from(seg[2]),
+                width: usize::from(seg[3]) << 8 | usize::from(seg[4]),
+                height_at: i + 3,
+                mcu_rows: 8 * max_v.clamp(1, 4),
+                rows_truncatable: matches!(marker, 0xC0 | 0xC1) && seg.len() == 6 + 3 * components,
+            });
+        }
+        if marker == 0xDA {
+            scans += 1;
+            if scans == 1 && seg.first().map(|&ns| usize::from(ns)) != Some(components) {
+                if let Some(f) = frame.as_mut() {
+                    f.rows_truncatable = false;
+                }
+            }
         }
         i += len;
         if marker == 0xDA {
@@ -292,6 +404,52 @@ mod tests {
         }
         b.retain(|&v| v != 0xFF);
         assert_eq!(find_ff(&b, 0), b.len());
+    }
+
+    #[test]
+    fn top_rows_equal_a_full_decode() {
+        // 4:2:2 from the `image` encoder at several sizes, and a 4:2:0 file (chroma is
+        // upsampled vertically there, so the MCU row after the needed rows matters).
+        let mut files = vec![include_bytes!("../testdata/yuv420_52x45.jpg").to_vec()];
+        for (w, h) in [(37u32, 23u32), (64, 64), (61, 130), (200, 17)] {
+            let img: ImageBuffer<Rgb<u8>, Vec<u8>> = ImageBuffer::from_fn(w, h, |x, y| {
+                let v = (x * 31 + y * 17 + (x * y) % 23) as u8;
+                Rgb([v, v.wrapping_mul(3), 255 - v])
+            });
+            let mut buf = Cursor::new(Vec::new());
+            img.write_to(&mut buf, image::ImageFormat::Jpeg).unwrap();
+            files.push(buf.into_inner());
+        }
+        for original in files {
+            let mut bytes = original.clone();
+            let full = decode_bytes(&bytes).unwrap();
+            let (h, w) = (full.h, full.w);
+            let frame = check_jpeg_complete(&bytes).unwrap().unwrap();
+            assert!(frame.rows_truncatable && (frame.height, frame.width) == (h, w));
+            for needed in 0..=h + 2 {
+                let mut asked = None;
+                let mut out = Vec::new();
+                let (dh, dw) = decode_top_rows_into(&mut bytes, &mut out, |fh, fw| {
+                    asked = Some((fh, fw));
+                    needed
+                })
+                .unwrap();
+                assert_eq!(asked, Some((h, w)));
+                assert_eq!(bytes, original, "the header is restored");
+                assert_eq!((dh, dw), (frame.rows_to_decode(needed), w));
+                assert!(dh >= needed.min(h) && dh <= h, "{dh} rows for {needed}");
+                let n = needed.min(h) * w * 3;
+                assert_eq!(out[..n], full.data[..n], "{w}x{h}, {needed} rows");
+            }
+            assert!(frame.rows_to_decode(1) < h, "{w}x{h} is decoded in part");
+        }
+        // PNG is decoded whole.
+        let mut png = encoded(image::ImageFormat::Png);
+        let mut out = Vec::new();
+        assert_eq!(
+            decode_top_rows_into(&mut png, &mut out, |_, _| 1).unwrap(),
+            (23, 37)
+        );
     }
 
     #[test]

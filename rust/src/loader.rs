@@ -12,8 +12,8 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use crate::augment::{
-    center_box, crop_pad_flip, resize_box, sample_params, AugParams, AugmentSpec, OutPixel,
-    ResizeScratch,
+    center_box, crop_pad_flip, resize_box, resize_rows_read, sample_params, AugParams, AugmentSpec,
+    OutPixel, ResizeScratch,
 };
 use crate::decode::DecodeScratch;
 use crate::masking::{draw_mask, len_keep};
@@ -43,6 +43,9 @@ pub struct Config {
     pub num_threads: Option<usize>,
     pub prefetch: usize,
     pub skip_corrupt: bool,
+    /// Decode a sequential JPEG only down to the rows its random-resized-crop box reads
+    /// (the output is identical either way; off only to test that).
+    pub partial_decode: bool,
 }
 
 /// Output pixels of a batch, `(B, C, S, S)` flattened.
@@ -296,11 +299,21 @@ impl Core {
         scratch: &mut SampleScratch,
     ) -> Result<(), String> {
         let tmp = &mut scratch.resize;
-        let img = self.source.get_with(index, &mut scratch.decode)?;
         let mut rng = rng_for(self.cfg.seed, epoch, index as u64, Purpose::Augment);
-        let p = self.params_for(img.h, img.w, &mut rng);
         let s = self.size;
-        if self.cfg.augment.kind.is_rrc() {
+        let rrc = self.cfg.augment.kind.is_rrc();
+        let mut params = None;
+        let img = self.source.get_with(index, &mut scratch.decode, |h, w| {
+            let p = self.params_for(h, w, &mut rng);
+            params = Some(p);
+            if rrc && self.cfg.partial_decode {
+                resize_rows_read(&p, s)
+            } else {
+                h
+            }
+        })?;
+        let p = params.ok_or("internal error: no augmentation parameters")?;
+        if rrc {
             resize_box(&img.data, img.h, img.w, img.c, &p, s, out, tmp);
         } else if img.h == s && img.w == s {
             crop_pad_flip(&img.data, s, img.c, self.cfg.augment.padding, &p, out);
@@ -688,6 +701,7 @@ mod tests {
             num_threads: Some(2),
             prefetch: 2,
             skip_corrupt: false,
+            partial_decode: true,
         }
     }
 

@@ -85,6 +85,7 @@ fn parse_config(cfg: &Bound<'_, PyDict>) -> PyResult<Config> {
         num_threads: opt(cfg, "num_threads")?,
         prefetch: req(cfg, "prefetch")?,
         skip_corrupt: req(cfg, "skip_corrupt")?,
+        partial_decode: opt(cfg, "partial_decode")?.unwrap_or(true),
     })
 }
 

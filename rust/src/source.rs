@@ -246,15 +246,23 @@ impl Source {
 
     /// Sample `i` like [`Source::get`], but files are decoded into `scratch` (reused across
     /// calls on one thread) and borrowed from it.
+    ///
+    /// `rows_needed(h, w)` is called once with the sample's full size and answers how many
+    /// top rows the caller reads; a file may then come back with fewer rows than `h` (at
+    /// least that many, bit-identical to a full decode).
     pub fn get_with<'a>(
         &'a self,
         i: usize,
         scratch: &'a mut DecodeScratch,
+        rows_needed: impl FnOnce(usize, usize) -> usize,
     ) -> Result<SampleImage<'a>, String> {
         match self {
-            Source::Array { .. } => self.array_sample(i),
+            Source::Array { h, w, .. } => {
+                rows_needed(*h, *w);
+                self.array_sample(i)
+            }
             Source::Files { paths } => {
-                let (h, w) = decode_file_into(&paths[i], scratch)?;
+                let (h, w) = decode_file_into(&paths[i], scratch, rows_needed)?;
                 Ok(SampleImage {
                     data: Cow::Borrowed(&scratch.pixels[..h * w * 3]),
                     h,
