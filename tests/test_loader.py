@@ -359,6 +359,24 @@ def test_partial_jpeg_decode_is_exact(tmp_path, monkeypatch):
         assert torch.equal(a.images, b.images), a.indices
 
 
+@pytest.mark.parametrize("output", ["float", "uint8"])
+def test_freed_batch_buffers_are_reused_and_held_ones_kept(output):
+    imgs = _images(96, size=16, seed=4)
+    make = lambda: Loader(imgs, batch_size=8, augment="crop_flip", padding=2, seed=1, output=output, prefetch=1)
+    held = _all(make())  # every batch kept alive: no buffer can be reused
+    first = held[0].images.clone()
+    ptrs, streamed = set(), []
+    for b in make():  # each batch dropped after use: its buffer comes back
+        ptrs.add(b.images.data_ptr())
+        streamed.append(b.images.clone())
+        del b
+    assert len(ptrs) < len(streamed), "no buffer was reused"
+    assert len({b.images.data_ptr() for b in held}) == len(held)
+    for a, b in zip(held, streamed):
+        assert torch.equal(a.images, b)
+    assert torch.equal(held[0].images, first)
+
+
 def test_grayscale_digits_and_uint8_output():
     ds = load_digits("train")
     loader = Loader.from_dataset(ds, batch_size=32, num_masks=1, patch_size=4, shuffle=False, augment="none")

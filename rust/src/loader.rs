@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rand::Rng;
@@ -104,6 +104,72 @@ pub struct Core {
     num_patches: usize,
     len_keep: usize,
     pool: rayon::ThreadPool,
+    buffers: Arc<BufferPool>,
+}
+
+/// Image buffers of earlier batches, given back when Python frees their arrays: a new batch
+/// reuses one instead of faulting in (and having the kernel zero) tens of megabytes of fresh
+/// pages. Every sample's pixels are overwritten, so a reused buffer is not cleared.
+pub struct BufferPool {
+    f32: Mutex<Vec<Vec<f32>>>,
+    u8: Mutex<Vec<Vec<u8>>>,
+    capacity: usize,
+}
+
+/// Output pixel types with a shelf in the [`BufferPool`].
+pub trait PooledPixel: OutPixel {
+    fn shelf(pool: &BufferPool) -> &Mutex<Vec<Vec<Self>>>;
+}
+
+impl PooledPixel for f32 {
+    fn shelf(pool: &BufferPool) -> &Mutex<Vec<Vec<f32>>> {
+        &pool.f32
+    }
+}
+
+impl PooledPixel for u8 {
+    fn shelf(pool: &BufferPool) -> &Mutex<Vec<Vec<u8>>> {
+        &pool.u8
+    }
+}
+
+impl BufferPool {
+    fn new(capacity: usize) -> Self {
+        BufferPool {
+            f32: Mutex::new(Vec::new()),
+            u8: Mutex::new(Vec::new()),
+            capacity,
+        }
+    }
+
+    /// A buffer of `n` pixels: a returned one when there is one (contents stale), else new.
+    fn take<T: PooledPixel>(&self, n: usize) -> Vec<T> {
+        let reused = T::shelf(self)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        match reused {
+            Some(mut v) => {
+                v.resize(n, T::default());
+                v
+            }
+            None => zeroed_output(n),
+        }
+    }
+
+    /// Keep a freed batch's pixels for reuse (up to the pool's capacity).
+    pub fn give(&self, pixels: Pixels) {
+        fn shelve<T>(shelf: &Mutex<Vec<Vec<T>>>, v: Vec<T>, capacity: usize) {
+            let mut shelf = shelf.lock().unwrap_or_else(|e| e.into_inner());
+            if shelf.len() < capacity {
+                shelf.push(v);
+            }
+        }
+        match pixels {
+            Pixels::F32(v) => shelve(&self.f32, v, self.capacity),
+            Pixels::U8(v) => shelve(&self.u8, v, self.capacity),
+        }
+    }
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -205,6 +271,7 @@ impl Core {
             .build()
             .map_err(|e| format!("cannot start {threads} loader threads: {e}"))?;
         let channels = source.channels();
+        let buffers = Arc::new(BufferPool::new(cfg.prefetch + 2));
         Ok(Core {
             source,
             labels,
@@ -214,11 +281,16 @@ impl Core {
             num_patches,
             len_keep: keep,
             pool,
+            buffers,
         })
     }
 
     pub fn image_size(&self) -> usize {
         self.size
+    }
+    /// Where freed batch image buffers go back for reuse.
+    pub fn buffers(&self) -> &Arc<BufferPool> {
+        &self.buffers
     }
     pub fn channels(&self) -> usize {
         self.channels
@@ -342,14 +414,14 @@ impl Core {
         Ok(())
     }
 
-    fn fill_images<T: OutPixel>(
+    fn fill_images<T: PooledPixel>(
         &self,
         idx: &[u32],
         epoch: u64,
         stop: &AtomicBool,
     ) -> (Vec<T>, Vec<Result<(), SampleErr>>) {
         let chw = self.channels * self.size * self.size;
-        let mut buf = zeroed_output::<T>(idx.len() * chw);
+        let mut buf = self.buffers.take::<T>(idx.len() * chw);
         let status: Vec<Result<(), SampleErr>> = self.pool.install(|| {
             buf.par_chunks_mut(chw)
                 .zip(idx.par_iter())

@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use numpy::ndarray::ArrayView1;
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::augment::{AugmentKind, AugmentSpec};
-use crate::loader::{Batch, Config, Core, EpochIter, Pixels};
+use crate::loader::{Batch, BufferPool, Config, Core, EpochIter, Pixels};
 use crate::noise::SigmaSpec;
 use crate::source::{Bytes, Source};
 
@@ -261,11 +262,57 @@ fn lock(m: &Mutex<Option<EpochIter>>) -> MutexGuard<'_, Option<EpochIter>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn batch_to_py(py: Python<'_>, b: Batch) -> PyResult<Bound<'_, PyTuple>> {
-    let images = match b.images {
-        Pixels::F32(v) => PyArray1::from_vec(py, v).into_any(),
-        Pixels::U8(v) => PyArray1::from_vec(py, v).into_any(),
-    };
+/// The memory behind a batch's image array (its numpy base object): when numpy frees it,
+/// the buffer goes back to the loader's [`BufferPool`].
+#[pyclass(module = "mimir_fast._native", frozen)]
+pub struct PixelBuffer {
+    pixels: Option<Pixels>,
+    pool: Arc<BufferPool>,
+}
+
+impl Drop for PixelBuffer {
+    fn drop(&mut self) {
+        if let Some(p) = self.pixels.take() {
+            self.pool.give(p);
+        }
+    }
+}
+
+/// A 1-D numpy array over `pixels` without copying, returning them to `pool` once freed.
+fn pooled_array<'py>(
+    py: Python<'py>,
+    pixels: Pixels,
+    pool: &Arc<BufferPool>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let owner = Bound::new(
+        py,
+        PixelBuffer {
+            pixels: Some(pixels),
+            pool: Arc::clone(pool),
+        },
+    )?;
+    let base = owner.clone().into_any();
+    // SAFETY: `owner` becomes the array's base object, so it outlives the array, and its
+    // buffer is never touched (let alone reallocated) until `owner` is dropped.
+    Ok(unsafe {
+        match owner.get().pixels.as_ref() {
+            Some(Pixels::F32(v)) => {
+                PyArray1::borrow_from_array(&ArrayView1::from(&v[..]), base).into_any()
+            }
+            Some(Pixels::U8(v)) => {
+                PyArray1::borrow_from_array(&ArrayView1::from(&v[..]), base).into_any()
+            }
+            None => unreachable!("a new PixelBuffer holds its pixels"),
+        }
+    })
+}
+
+fn batch_to_py<'py>(
+    py: Python<'py>,
+    b: Batch,
+    pool: &Arc<BufferPool>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let images = pooled_array(py, b.images, pool)?;
     let masks = PyList::empty(py);
     for m in b.masks {
         masks.append((
@@ -317,7 +364,7 @@ impl NativeIter {
         match next {
             None => Ok(None),
             Some(Err(msg)) => Err(value_err(msg)),
-            Some(Ok(b)) => batch_to_py(py, b).map(Some),
+            Some(Ok(b)) => batch_to_py(py, b, self._core.buffers()).map(Some),
         }
     }
 
