@@ -21,7 +21,9 @@ class NativeLoader:
     ``config`` is the dict built by ``mimir_fast.data.loader._make_config`` (keys:
     batch_size, shuffle, seed, drop_last, rank, world_size, augment, padding, rrc_scale,
     rrc_ratio, image_size, num_masks, mask_ratio, patch_size, sigma, noisy, output,
-    num_threads, prefetch, skip_corrupt). Bad values raise ``ValueError``.
+    num_threads, prefetch, skip_corrupt; optional: partial_decode, default True, which decodes a
+    sequential JPEG only down to the rows its random-resized-crop reads, with identical output).
+    Bad values raise ``ValueError``.
     """
 
     @staticmethod
@@ -55,6 +57,10 @@ class NativeLoader:
         """``top``, ``left``, ``height``, ``width``, ``flip`` of a sample's augmentation."""
     def iter_epoch(self, epoch: int, start_batch: int) -> NativeIter:
         """Start a producer thread for ``epoch`` from batch ``start_batch``."""
+
+class PixelBuffer:
+    """Base object of a batch's image array; its memory returns to the loader for reuse when
+    the array is freed."""
 
 class NativeIter:
     """A running epoch; ``__next__`` waits with the GIL released. Dropping it joins the producer."""
