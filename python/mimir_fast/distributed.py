@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -107,3 +108,100 @@ def current() -> DistContext:
     if dist.is_available() and dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0), False)
     return DistContext()
+
+
+def all_reduce(ctx: DistContext, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``t`` reduced over the ranks ("sum" or "max"), on ``t``'s device; ``t`` itself on one process."""
+    if not ctx.enabled:
+        return t
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+    if op not in ops:
+        raise ValueError(f"op must be one of {sorted(ops)}, got {op!r}")
+    out = t.clone()
+    if dist.get_backend() == "nccl" and out.device.type != "cuda":
+        out = out.cuda()
+    dist.all_reduce(out, op=ops[op])
+    return out.to(t.device)
+
+
+# ---------------------------------------------------------------------- FSDP
+def _fully_shard_api():
+    """PyTorch's per-parameter FSDP (``fully_shard``, "FSDP2"), or None where this build lacks it."""
+    try:
+        from torch.distributed.fsdp import fully_shard  # PyTorch >= 2.6
+    except ImportError:
+        try:
+            from torch.distributed._composable.fsdp import fully_shard  # PyTorch 2.4, 2.5
+        except ImportError:
+            return None
+    return fully_shard
+
+
+def fsdp_wrap(root: torch.nn.Module, blocks: list[torch.nn.Module]) -> torch.nn.Module:
+    """Shard ``root``'s weights over the ranks with PyTorch's ``fully_shard`` (FSDP2): each of
+    ``blocks`` is a unit of its own, gathered only for its forward and its backward; the other
+    weights (embeddings, norms, heads) form the root's unit, gathered for the whole step.
+
+    Call it once the weights are on the training device, and build the optimizer afterwards
+    (``fully_shard`` replaces the parameters by sharded ones). Returns ``root``, sharded in place.
+
+    Raises:
+        RuntimeError: this PyTorch's ``fully_shard`` is missing or too old.
+    """
+    fully_shard = _fully_shard_api()
+    too_old = RuntimeError(f"distributed='fsdp' needs PyTorch's fully_shard with reshard control (PyTorch >= 2.4), "
+                           f"which PyTorch {torch.__version__} lacks; use distributed='ddp' or a newer PyTorch")
+    if fully_shard is None:
+        raise too_old
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(root, reshard_after_forward=False)
+    if not (hasattr(root, "set_reshard_after_backward") and hasattr(root, "reshard")):
+        raise too_old
+    # Methods may differentiate inside the step (MIMIR's attack, adversarial finetuning): the end of
+    # that inner backward must not reshard the root's weights in the middle of the root's forward.
+    # fsdp_reshard() drops them after each optimizer step instead.
+    root.set_reshard_after_backward(False, recurse=False)
+    return root
+
+
+def fsdp_reshard(root: torch.nn.Module) -> None:
+    """Drop the root's gathered weights (after an optimizer step they are stale), so that its next
+    forward gathers the current shards."""
+    root.reshard()
+
+
+def fsdp_clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    """Clip the norm of the full gradient of a sharded model, whose sharded parameters are the
+    optimizer's (between backward and :func:`fsdp_reshard` the root module holds gathered copies
+    instead); their DTensor gradients' norms reduce over the ranks."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def fsdp_full_state(root: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                    rank0_only: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The full (unsharded) model state dict of a sharded ``root``, and the full optimizer state
+    dict keyed by parameter name. A collective: every rank calls it. With ``rank0_only`` the
+    tensors are gathered to rank 0's CPU memory and the other ranks get empty dicts; otherwise
+    every rank gets them, on its device.
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
+    model_state = get_model_state_dict(root, options=options)
+    optim_state = None if optimizer is None else get_optimizer_state_dict(root, optimizer, options=options)
+    return model_state, optim_state
+
+
+def fsdp_load_optimizer(root: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a full optimizer state dict keyed by parameter name (as :func:`fsdp_full_state`
+    returns it, given on every rank) into the optimizer of a sharded ``root``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    # not strict: parameters that never had a gradient (the head while pretraining) have no state
+    set_optimizer_state_dict(root, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False))

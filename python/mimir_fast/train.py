@@ -40,6 +40,7 @@ MODEL_NAME = "model.safetensors"
 AUGMENTATIONS = ("crop_flip", "crop", "flip", "rrc_flip", "none")  # rrc_flip: random-resized-crop, native only
 LOADERS = ("auto", "native", "torch")
 ADVERSARIAL = ("none", "pgd", "trades")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclass
@@ -75,6 +76,7 @@ class TrainConfig:
     hsic_weight: float = 1e-5  # MIMIR's lambda on HSIC(x_adv, latent); 0 disables the term
     hsic_estimator: str = "nocca"  # "nocca" (MIMIR's), "biased", "unbiased" or "cka"
     hsic_gather: bool = False  # distributed: HSIC over the batch gathered from all ranks (default: per rank, as MIMIR)
+    distributed: str = "ddp"  # under torchrun: "ddp" (whole model on every rank) or "fsdp" (weights, gradients, optimizer state sharded)
     classifier: str | None = None  # IMPure: the classifier (MaskedViT file) whose adversarial examples train the purifier
     impure_groups: int = 4  # IMPure: patch groups k of the regional intersection
     augment: str = "crop_flip"  # "crop_flip" (random crop, 4 px padding, + h-flip), "crop", "flip", "rrc_flip", "none"
@@ -138,6 +140,8 @@ class TrainConfig:
             problems.append(f"hsic_estimator must be one of {HSIC_ESTIMATORS}, got {self.hsic_estimator!r}")
         if self.impure_groups < 2:
             problems.append(f"impure_groups must be >= 2, got {self.impure_groups}")
+        if self.distributed not in DISTRIBUTED:
+            problems.append(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
         if self.augment not in AUGMENTATIONS:
             problems.append(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.loader not in LOADERS:
@@ -215,12 +219,17 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
 def save_checkpoint(path: Path, model: MaskedViT, optimizer: torch.optim.Optimizer, config: TrainConfig,
                     step: int, epoch: int) -> Path:
     """Write model + optimizer state + progress to one safetensors file, atomically."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for idx, state in opt["state"].items():
+    return _write_checkpoint(path, model.state_dict(), optimizer.state_dict(), model, config, step, epoch)
+
+
+def _write_checkpoint(path: Path, model_state: dict[str, torch.Tensor], optim_state: dict[str, Any],
+                      model: MaskedViT, config: TrainConfig, step: int, epoch: int) -> Path:
+    """The checkpoint file of full state dicts (optimizer state keyed by parameter index)."""
+    tensors = {f"model.{k}": v for k, v in model_state.items()}
+    for idx, state in optim_state["state"].items():
         for key, value in state.items():
             tensors[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+    groups = [{k: v for k, v in g.items()} for g in optim_state["param_groups"]]
     return atomic_save_tensors(tensors, path, metadata={
         "format": CHECKPOINT_FORMAT, "config": model.config.to_dict(), "train_config": config.to_dict(),
         "step": step, "epoch": epoch, "optimizer_groups": groups,
@@ -235,6 +244,17 @@ def load_checkpoint(path: str | os.PathLike, model: MaskedViT, optimizer: torch.
         ValueError: the file is corrupt, or was written by a run with another method, model
             architecture or optimizer layout.
     """
+    model_state, optim_state, step = _read_checkpoint(path, model, config)
+    model.load_weights(model_state, source=str(path))
+    _check_optimizer_layout(path, optim_state, optimizer)
+    optimizer.load_state_dict(optim_state)
+    return step
+
+
+def _read_checkpoint(path: str | os.PathLike, model: MaskedViT, config: TrainConfig
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
+    """(model state, optimizer state keyed by parameter index, step) of a checkpoint this run may
+    resume from."""
     tensors, meta = load_tensors(path)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a mimir-fast training checkpoint (format {meta.get('format')!r})")
@@ -251,18 +271,20 @@ def load_checkpoint(path: str | os.PathLike, model: MaskedViT, optimizer: torch.
         diff = {k: (v, model.config.to_dict().get(k)) for k, v in meta["config"].items()
                 if model.config.to_dict().get(k) != v}
         raise ValueError(f"checkpoint {path} holds a different model architecture: {diff} (file vs run)")
-    model.load_weights({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source=str(path))
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, idx, name = key.split(".", 2)
             state.setdefault(int(idx), {})[name] = value
-    groups = meta["optimizer_groups"]
+    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    return model_state, {"state": state, "param_groups": meta["optimizer_groups"]}, int(meta["step"])
+
+
+def _check_optimizer_layout(path: str | os.PathLike, optim_state: dict[str, Any],
+                            optimizer: torch.optim.Optimizer) -> None:
     current = optimizer.state_dict()["param_groups"]
-    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
+    if [len(g["params"]) for g in optim_state["param_groups"]] != [len(g["params"]) for g in current]:
         raise ValueError(f"checkpoint {path} has an optimizer layout that does not match this model")
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    return int(meta["step"])
 
 
 # ---------------------------------------------------------------------- data
@@ -436,10 +458,13 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
         train_data, test_data: datasets to use instead of ``config.data`` (``(image, label)``
             items with ``num_classes``, ``in_chans`` and ``image_size`` attributes).
 
-    Under ``torchrun`` (``WORLD_SIZE > 1``) every process trains a DistributedDataParallel copy
-    on its own shard of each epoch (``batch_size`` images per process and step), the learning
-    rate follows the global batch, held-out metrics are averaged over all ranks, and rank 0
-    alone writes logs, checkpoints and the model.
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process trains on its own shard of each epoch
+    (``batch_size`` images per process and step) a DistributedDataParallel copy of the model, or
+    with ``distributed="fsdp"`` its share of the weights, gradients and optimizer state (PyTorch's
+    ``fully_shard``, one unit per transformer block). The learning rate follows the global
+    batch, held-out metrics are averaged over all ranks, and rank 0 alone writes logs,
+    checkpoints and the model; checkpoints always hold the whole, unsharded state, so any run
+    (one process, DDP or FSDP) can load them.
 
     Returns:
         A :class:`TrainResult` with the trained model, the metric history and held-out metrics.
@@ -458,16 +483,53 @@ def train(config: TrainConfig | None = None, *, model: MaskedViT | str | None = 
 
 
 class _TrainingStep(torch.nn.Module):
-    """``method.training_step`` as a module's forward, so DistributedDataParallel can wrap the
-    whole step (methods call ``forward_mae``, ``forward_encoder``... rather than ``forward``)."""
+    """``method.training_step`` as a module's forward, so DistributedDataParallel or FSDP can wrap
+    the whole step (methods call ``forward_mae``, ``forward_encoder``... rather than ``forward``).
+
+    With ``held_out`` batches it returns ``method.evaluate``'s metrics instead: FSDP gathers the
+    weights outside the blocks only inside this forward.
+    """
 
     def __init__(self, method: Method, model: MaskedViT):
         super().__init__()
         self.method, self.model = method, model
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, extras: dict[str, torch.Tensor]):
+    def forward(self, images: torch.Tensor | None, labels: torch.Tensor | None,
+                extras: dict[str, torch.Tensor] | None, held_out: Iterator[Batch] | None = None):
+        if held_out is not None:
+            return self.method.evaluate(self.model, held_out)
         out = self.method.training_step(self.model, Batch(images, labels, extras))
         return out.loss, out.metrics
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _keyed_by_name(optim_state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """An optimizer state dict keyed by parameter index, keyed by parameter name instead."""
+    return {"state": {names[int(i)]: s for i, s in optim_state["state"].items()},
+            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]}
+                             for g in optim_state["param_groups"]]}
+
+
+def _keyed_by_index(optim_state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The inverse of :func:`_keyed_by_name`: the layout a plain ``optimizer.state_dict()`` has."""
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(optim_state["state"]) - set(index))
+    if unknown:
+        raise RuntimeError(f"the sharded optimizer state names parameters the optimizer lacks: {unknown[:4]}")
+    return {"state": {index[n]: s for n, s in optim_state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in optim_state["param_groups"]]}
+
+
+def _unsharded_copy(cls: type[MaskedViT], sharded: MaskedViT, state: dict[str, torch.Tensor]) -> MaskedViT:
+    """A plain ``cls`` model with the architecture of ``sharded`` holding the full ``state``."""
+    model = cls(sharded.config, kernels=sharded.kernels)  # on the CPU; ``state``'s tensors replace its own
+    model.load_state_dict(_strip_prefix(state), assign=True)
+    model.check_inputs = sharded.check_inputs
+    model.train(sharded.training)
+    return model
 
 
 def _run(config: TrainConfig, method: Method, ctx: distributed.DistContext, device: torch.device,
@@ -495,15 +557,38 @@ def _run(config: TrainConfig, method: Method, ctx: distributed.DistContext, devi
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     peak_lr = config.lr if config.lr is not None else config.blr * config.batch_size * ctx.world_size / 256
-    groups = model.param_groups(config.weight_decay, config.layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=config.betas)
+    groups = model.param_groups(config.weight_decay, config.layer_decay)  # of the whole weights, before sharding
 
     start_step = 0
     resume = config.resume
     if resume == "auto":
         resume = str(out_dir / CHECKPOINT_NAME) if (out_dir / CHECKPOINT_NAME).exists() else None
-    if resume:
-        start_step = load_checkpoint(resume, model, optimizer, config)
+    resumed = _read_checkpoint(resume, model, config) if resume else None
+    if resumed is not None:
+        model.load_weights(resumed[0], source=str(resume))
+
+    sharded = ctx.enabled and config.distributed == "fsdp"
+    model_cls = type(model)
+    run_step: torch.nn.Module = _TrainingStep(method, model)
+    if sharded:  # each rank keeps 1/N of the weights, gradients and optimizer state
+        run_step = distributed.fsdp_wrap(run_step, [*model.blocks, *model.decoder_blocks])
+        current = dict(model.named_parameters())  # the sharded parameters, under their names
+        groups = [{**g, "params": [current[n] for n in g["param_names"]]} for g in groups]
+    elif ctx.enabled:  # gradients are averaged over the ranks inside backward()
+        run_step = torch.nn.parallel.DistributedDataParallel(
+            run_step, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # pretraining leaves the head unused, finetuning the decoder
+    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=config.betas)
+    # the parameter of each optimizer index, by its name in run_step's state dict
+    param_names = [f"model.{n}" for g in groups for n in g["param_names"]]
+    if resumed is not None:
+        _check_optimizer_layout(resume, resumed[1], optimizer)
+        if sharded:
+            distributed.fsdp_load_optimizer(run_step, optimizer, _keyed_by_name(resumed[1], param_names))
+        else:
+            optimizer.load_state_dict(resumed[1])
+        start_step = resumed[2]
+        del resumed
     distributed.barrier(ctx)  # every rank has read the checkpoint before rank 0 may overwrite it
     log_path = out_dir / "metrics.jsonl"
     history = _read_log(log_path, start_step) if start_step else []
@@ -535,22 +620,26 @@ def _run(config: TrainConfig, method: Method, ctx: distributed.DistContext, devi
                 yield Batch(x.to(device), y.to(device))
 
         with torch.no_grad(), _autocast(config, device):
-            metrics = method.evaluate(model, batches())
+            if sharded:  # inside the root's forward, where FSDP gathers its weights
+                metrics = run_step(None, None, None, held_out=batches())
+                distributed.fsdp_reshard(run_step)
+            else:
+                metrics = method.evaluate(model, batches())
         metrics = distributed.mean_over_ranks(ctx, metrics, count)
         model.train()
         log({"step": step, "epoch": epoch, "split": "test", **metrics})
         return metrics
 
     def checkpoint(epoch: int) -> None:
-        if ctx.is_main:
+        if sharded:  # every rank sends its shards; rank 0 writes the whole state
+            model_state, optim_state = distributed.fsdp_full_state(run_step, optimizer)
+            if ctx.is_main:
+                _write_checkpoint(out_dir / CHECKPOINT_NAME, _strip_prefix(model_state),
+                                  _keyed_by_index(optim_state, param_names), model, config, step, epoch)
+        elif ctx.is_main:
             save_checkpoint(out_dir / CHECKPOINT_NAME, model, optimizer, config, step, epoch)
 
     loader = _native_loader(train_data, config, method, model, device, ctx)
-    run_step: torch.nn.Module = _TrainingStep(method, model)
-    if ctx.enabled:  # gradients are averaged over the ranks inside backward()
-        run_step = torch.nn.parallel.DistributedDataParallel(
-            run_step, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)  # pretraining leaves the head unused, finetuning the decoder
     model.train()
     checks = model.check_inputs
     model.check_inputs = device.type != "cuda"  # loader data is checked already; on CUDA the check would sync
@@ -573,9 +662,13 @@ def _run(config: TrainConfig, method: Method, ctx: distributed.DistContext, devi
                 loss, step_metrics = run_step(batch.images, batch.labels, batch.extras)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.clip_grad is not None:
+            if config.clip_grad is not None and sharded:
+                distributed.fsdp_clip_grad_norm(optimizer, config.clip_grad)
+            elif config.clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
             optimizer.step()
+            if sharded:
+                distributed.fsdp_reshard(run_step)
             step += 1
             bar.update(1)
             if step % config.log_every == 0 or step == end_step:
@@ -607,6 +700,8 @@ def _run(config: TrainConfig, method: Method, ctx: distributed.DistContext, devi
     epoch = step // steps_per_epoch  # epochs completed
     final_metrics = evaluate(epoch)
     checkpoint(epoch)
+    if sharded:  # every rank returns (and rank 0 saves) a plain model holding the whole weights
+        model = _unsharded_copy(model_cls, model, distributed.fsdp_full_state(run_step, rank0_only=False)[0])
     if ctx.is_main:
         model.save(out_dir / MODEL_NAME)
         _write_csv(history, out_dir / "metrics.csv")
