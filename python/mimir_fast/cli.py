@@ -6,6 +6,8 @@ Subcommands:
   "mae" unless ``--method`` or the config file says otherwise).
 - ``mimir-fast finetune [--config FILE] [--flags...]``: supervised finetuning (method
   "finetune" by default).
+- ``mimir-fast evaluate MODEL [--attacks ...] [--eps ...]``: robust accuracy under attacks;
+  under ``torchrun`` the processes split the images and rank 0 writes the report.
 - ``mimir-fast demo [--out DIR] [--quick]``: the end-to-end demo.
 - ``mimir-fast info``: versions, build and device.
 
@@ -570,13 +572,25 @@ def _parse_eps(text: str) -> list[float]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
+    from . import distributed
+    from .train import _resolve_device
 
+    # under torchrun every process evaluates its share of the images; rank 0 writes the report
+    ctx, device = distributed.setup(_resolve_device(args.device))
+    try:
+        _evaluate_on(args, device)
+    finally:
+        distributed.teardown(ctx)
+    if ctx.is_main:
+        print((Path(args.out) / "evaluation.md").read_text())
+    return 0  # gradient-masking warnings are part of the printed report
+
+
+def _evaluate_on(args: argparse.Namespace, device: Any) -> None:
     from .data import build_dataset
     from .evaluate import evaluate
     from .models import MaskedViT
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model = MaskedViT.load(args.model, map_location=device)
     data = build_dataset(args.data, args.split, image_size=model.config.img_size)
     specs = []
@@ -591,8 +605,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
              batch_size=args.batch_size, max_images=args.max_images, out_dir=args.out, seed=args.seed,
              progress=args.progress, norm=args.norm, sanity_checks=args.sanity_checks, kernels=args.kernels,
              device=device)
-    print((Path(args.out) / "evaluation.md").read_text())
-    return 0  # gradient-masking warnings are part of the printed report
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -15,15 +15,17 @@ A difference counts when it exceeds ``max(0.02, 2 / n_images)``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import distributed
 from .attacks import (
     APGD,
     APGDT,
@@ -47,6 +49,7 @@ ATTACK_NAMES = ("fgsm", "pgd", "mifgsm", "apgd", "apgd-ce", "apgd-dlr", "apgd-t"
 GRADIENT_FREE = ("square",)
 SINGLE_STEP = ("fgsm",)
 SANITY_ACCURACY = 0.10  # robust accuracy at large_eps above this is reported
+RECON_KEYS = ("psnr_input", "ssim_input", "psnr_recon", "ssim_recon", "loss_clean", "loss_adv")
 
 
 def build_attack(name: str, model: Any, eps: float, norm: str = "linf", seed: int = 0, kernels: str = "auto",
@@ -188,7 +191,7 @@ def evaluate(model: Any, data: Any, attacks: Any = ("pgd",), eps: float | Sequen
              defense: Any = None, threat: str = "white", batch_size: int = 128, max_images: int | None = None,
              out_dir: str | Path | None = None, seed: int = 0, progress: bool = True, norm: str = "linf",
              sanity_checks: bool = True, large_eps: float | None = None, kernels: str = "auto",
-             device: str | torch.device | None = None) -> dict[str, Any]:
+             device: str | torch.device | None = None, shard: bool = True) -> dict[str, Any]:
     """Evaluate ``model`` (optionally behind ``defense``) against ``attacks`` at every ``eps``.
 
     Args:
@@ -213,6 +216,16 @@ def evaluate(model: Any, data: Any, attacks: Any = ("pgd",), eps: float | Sequen
         large_eps: eps of the "falls toward 0" check; default 0.5 (L-inf) or ``0.5 sqrt(C H W)`` (L2).
         kernels: projected-step path for the gradient attacks.
         device: where to run; default the model's device.
+        shard: inside an initialised process group (e.g. under ``torchrun``), split the images
+            over the ranks: every rank must call ``evaluate`` with the same data and arguments;
+            each attacks whole batches in turn (batch ``b`` on rank ``b % world_size``), the
+            per-image results are gathered, and every rank returns the same report, equal to
+            one process's on the same data; rank 0 alone writes ``out_dir``. False: this process
+            evaluates every image by itself.
+
+    Every random draw (attack starts, random purifiers, masks) is seeded by ``seed``, the
+    attack and the index of the batch, so the report depends on ``batch_size`` but not on the
+    number of processes.
 
     Returns:
         The report dict (also written as JSON): ``clean_accuracy``, ``results`` (one row per
@@ -250,14 +263,29 @@ def evaluate(model: Any, data: Any, attacks: Any = ("pgd",), eps: float | Sequen
     attacked = gray_box_target(pipeline) if threat == "gray" else pipeline
     n = x_all.shape[0]
     tol = max(0.02, 2.0 / n)
+    ctx = distributed.current() if shard else distributed.DistContext()
+    if ctx.enabled:
+        _check_same_images(ctx, x_all, y_all)
+    # whole batches go to the ranks in turn: an attack draws its randomness per batch, and every
+    # random draw below is seeded by (seed, salt, batch index), so no result depends on the ranks
+    mine = list(range(0, n, batch_size))[ctx.rank::ctx.world_size]
 
-    def seeded_predict(x: torch.Tensor, salt: int) -> torch.Tensor:
+    @contextlib.contextmanager
+    def seeded(salt: int, start: int, stream: int) -> Iterator[None]:
+        """The global RNG (random pipelines draw from it) forked and seeded for one batch."""
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed * 7919 + salt)
+            torch.manual_seed(_draw_seed(seed, salt, start // batch_size, stream))
+            yield
+
+    def seeded_predict(x: torch.Tensor, salt: int, start: int) -> torch.Tensor:
+        with seeded(salt, start, 0):
             return _predict(pipeline, x, batch_size)
 
     started = time.perf_counter()
-    clean_correct = seeded_predict(x_all, 0) == y_all
+    clean_correct = torch.zeros(n, dtype=torch.bool, device=device)
+    for i in mine:
+        clean_correct[i:i + batch_size] = seeded_predict(x_all[i:i + batch_size], 0, i) == y_all[i:i + batch_size]
+    clean_correct = _union(ctx, clean_correct)
     clean_acc = clean_correct.float().mean().item()
 
     runs: list[tuple[str, Any, float, Attack | Ensemble, str]] = []
@@ -278,34 +306,39 @@ def evaluate(model: Any, data: Any, attacks: Any = ("pgd",), eps: float | Sequen
             for e in eps_list:
                 extra.append(("fgsm", "fgsm", e, build_attack("fgsm", attacked, e, norm, seed, kernels), "single"))
 
-    batches = math.ceil(n / batch_size)
     bar = None
-    if progress:
+    if progress and ctx.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=(len(runs) + len(extra)) * batches, desc="evaluate", unit="batch")
+        bar = tqdm(total=(len(runs) + len(extra)) * len(mine), desc="evaluate", unit="batch")
 
     def run_one(label, atk, e, kind, salt):
         t0 = time.perf_counter()
         robust = torch.zeros(n, dtype=torch.bool, device=device)
-        recon = {"psnr_input": [], "ssim_input": [], "psnr_recon": [], "ssim_recon": [], "loss_clean": [], "loss_adv": []}
-        for i in range(0, n, batch_size):
+        objective = getattr(atk, "objective", None)
+        keys = RECON_KEYS if isinstance(objective, MaskedReconstruction) else RECON_KEYS[:2]
+        recon = {k: torch.zeros(n, dtype=torch.float32, device=device) for k in keys}
+        for i in mine:
             xb, yb = x_all[i:i + batch_size], y_all[i:i + batch_size]
-            x_adv = atk(xb, yb)
+            with seeded(salt, i, 1):
+                x_adv = atk(xb, yb)
             _check_threat_model(label, x_adv, xb, e, norm)
             if kind == "reconstruction":
-                _reconstruction_metrics(attacked, atk, xb, x_adv, recon)
+                for k, v in _reconstruction_metrics(attacked, atk, xb, x_adv).items():
+                    recon[k][i:i + batch_size] = v.float()
             else:
-                robust[i:i + batch_size] = seeded_predict(x_adv, salt) == yb
+                robust[i:i + batch_size] = seeded_predict(x_adv, salt, i) == yb
             if bar is not None:
                 bar.set_postfix_str(f"{label} eps={e:.4g}")
                 bar.update(1)
-        row: dict[str, Any] = {"attack": label, "eps": e, "kind": kind, "n_images": n,
-                               "seconds": round(time.perf_counter() - t0, 3)}
+        seconds = time.perf_counter() - t0
+        if ctx.enabled:
+            seconds = float(distributed.all_reduce(ctx, torch.tensor([seconds], dtype=torch.float64), "max"))
+        row: dict[str, Any] = {"attack": label, "eps": e, "kind": kind, "n_images": n, "seconds": round(seconds, 3)}
         if kind == "reconstruction":
-            row.update({k: float(torch.cat(v).float().mean()) for k, v in recon.items()})
+            row.update({k: float(_union(ctx, v).mean()) for k, v in recon.items()})
             return row, None
-        robust &= clean_correct
+        robust = _union(ctx, robust) & clean_correct
         n_correct = int(clean_correct.sum())
         row["robust_accuracy"] = robust.float().mean().item()
         row["attack_success_rate"] = (1 - robust.sum().item() / n_correct) if n_correct else float("nan")
@@ -342,12 +375,44 @@ def evaluate(model: Any, data: Any, attacks: Any = ("pgd",), eps: float | Sequen
         "defense": None if defense is None else repr(pipeline.purifier if isinstance(pipeline, Defended) else defense),
         "seed": seed, "results": results, "robust_accuracy": robust_acc, "worst_case": worst,
         "reconstruction": rec_rows, "sanity": sanity_rows, "warnings": warnings,
-        "tolerance": tol, "seconds": round(time.perf_counter() - started, 2),
+        "tolerance": tol, "seconds": round(_slowest(ctx, time.perf_counter() - started), 2),
         "attacks": [f"{label}: {atk!r}" for label, _, _, atk, _ in runs],
     }
-    if out_dir is not None:
+    if out_dir is not None and ctx.is_main:
         write_report(report, out_dir)
+    distributed.barrier(ctx)  # the files exist when any rank returns
     return report
+
+
+def _draw_seed(seed: int, salt: int, batch: int, stream: int) -> int:
+    """The seed of one batch's random draws: ``stream`` 0 for predictions, 1 for the attack."""
+    return (((seed * 7919 + salt) * 1_000_003 + batch) * 2 + stream) % (2**63 - 1)
+
+
+def _union(ctx: distributed.DistContext, t: torch.Tensor) -> torch.Tensor:
+    """Per-image values each rank filled for its own images (zeros elsewhere), from all ranks."""
+    if not ctx.enabled:
+        return t
+    return distributed.all_reduce(ctx, t.to(torch.int32) if t.dtype == torch.bool else t, "sum").to(t.dtype)
+
+
+def _slowest(ctx: distributed.DistContext, seconds: float) -> float:
+    if not ctx.enabled:
+        return seconds
+    return float(distributed.all_reduce(ctx, torch.tensor([seconds], dtype=torch.float64), "max"))
+
+
+def _check_same_images(ctx: distributed.DistContext, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Every rank must hold the same images and labels (each evaluates its share of them)."""
+    order = torch.arange(1, x.shape[0] + 1, dtype=torch.float64, device=x.device)
+    pixels = x.double().flatten(1).sum(1)
+    prints = torch.stack([torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device), pixels.sum(),
+                          (pixels * order).sum(), (y.double() * order).sum()])
+    high, low = distributed.all_reduce(ctx, prints, "max"), -distributed.all_reduce(ctx, -prints, "max")
+    if not torch.equal(high, low):
+        raise ValueError(f"the {ctx.world_size} processes were given different images or labels to evaluate; "
+                         "pass every process the same data in the same order (no shuffling): each evaluates "
+                         "its share of them")
 
 
 def _eps_key(e: float) -> str:
@@ -355,13 +420,13 @@ def _eps_key(e: float) -> str:
 
 
 @torch.no_grad()
-def _reconstruction_metrics(model: Any, atk: Attack, x: torch.Tensor, x_adv: torch.Tensor, acc: dict) -> None:
-    """PSNR/SSIM x vs x_adv ("input"), and reconstruction of x vs of x_adv, same mask ("recon")."""
-    acc["psnr_input"].append(psnr(x_adv, x))
-    acc["ssim_input"].append(ssim(x_adv, x))
+def _reconstruction_metrics(model: Any, atk: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image: PSNR/SSIM x vs x_adv ("input"), and for a masked-reconstruction attack the
+    reconstruction of x vs of x_adv under the same mask ("recon") and both losses."""
+    out = {"psnr_input": psnr(x_adv, x), "ssim_input": ssim(x_adv, x)}
     objective = atk.objective
     if not isinstance(objective, MaskedReconstruction):
-        return
+        return out
     with attack_mode(model):
         ids = objective.ids_keep(model, x)
         loss_c, pred_c, _ = objective.per_sample_loss(model, x, x, ids)
@@ -369,10 +434,8 @@ def _reconstruction_metrics(model: Any, atk: Attack, x: torch.Tensor, x_adv: tor
         ref = x if model.config.norm_pix_loss else None  # the clean patch statistics for both
         rc = model.pred_to_image(pred_c, reference=ref).clamp(0, 1)
         ra = model.pred_to_image(pred_a, reference=ref).clamp(0, 1)
-    acc["psnr_recon"].append(psnr(ra, rc))
-    acc["ssim_recon"].append(ssim(ra, rc))
-    acc["loss_clean"].append(loss_c)
-    acc["loss_adv"].append(loss_a)
+    out.update(psnr_recon=psnr(ra, rc), ssim_recon=ssim(ra, rc), loss_clean=loss_c, loss_adv=loss_a)
+    return out
 
 
 def _masking_warnings(results: list[dict], sanity: list[dict], tol: float, threat: str) -> list[str]:
