@@ -138,6 +138,26 @@ def test_corrupt_checkpoint_raises_clear_error(tmp_path):
         run(cfg, resume=str(tmp_path / "missing.safetensors"))
 
 
+def test_damaged_optimizer_entries_raise_clear_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    cfg = tiny_config(tmp_path, epochs=1)
+    run(cfg)
+    ckpt = tmp_path / CHECKPOINT_NAME
+    with safe_open(str(ckpt), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(ckpt))
+    step_key = next(k for k in tensors if k.startswith("optim.") and k.endswith(".step"))
+    for renamed in (step_key.replace(".step", ".stepp"), "optim.x.step", "optim.7"):
+        damaged = dict(tensors)
+        damaged[renamed] = damaged.pop(step_key)
+        path = tmp_path / "damaged.safetensors"
+        save_file(damaged, str(path), metadata=meta)
+        with pytest.raises(ValueError, match="damaged"):
+            run(cfg, resume=str(path))
+
+
 def test_mismatched_checkpoint_raises_clear_error(tmp_path):
     run(tiny_config(tmp_path / "a", epochs=1))
     ckpt = str(tmp_path / "a" / CHECKPOINT_NAME)

@@ -247,7 +247,10 @@ def load_checkpoint(path: str | os.PathLike, model: MaskedViT, optimizer: torch.
     model_state, optim_state, step = _read_checkpoint(path, model, config)
     model.load_weights(model_state, source=str(path))
     _check_optimizer_layout(path, optim_state, optimizer)
-    optimizer.load_state_dict(optim_state)
+    try:
+        optimizer.load_state_dict(optim_state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {path} has damaged optimizer state: {type(e).__name__}: {e}") from e
     return step
 
 
@@ -274,7 +277,9 @@ def _read_checkpoint(path: str | os.PathLike, model: MaskedViT, config: TrainCon
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
+            _, idx, name = (key.split(".", 2) + ["", ""])[:3]
+            if not idx.isdigit() or not name:
+                raise ValueError(f"checkpoint {path} is damaged: unexpected optimizer entry {key!r}")
             state.setdefault(int(idx), {})[name] = value
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     return model_state, {"state": state, "param_groups": meta["optimizer_groups"]}, int(meta["step"])
@@ -285,6 +290,13 @@ def _check_optimizer_layout(path: str | os.PathLike, optim_state: dict[str, Any]
     current = optimizer.state_dict()["param_groups"]
     if [len(g["params"]) for g in optim_state["param_groups"]] != [len(g["params"]) for g in current]:
         raise ValueError(f"checkpoint {path} has an optimizer layout that does not match this model")
+    # Every parameter's state holds the same entries (AdamW: step, exp_avg, exp_avg_sq).
+    entries = {frozenset(v) for v in optim_state["state"].values()}
+    n_params = sum(len(g["params"]) for g in current)
+    if len(entries) > 1 or any("step" not in e for e in entries) \
+            or any(i >= n_params for i in optim_state["state"]):
+        raise ValueError(f"checkpoint {path} is damaged: inconsistent optimizer state entries "
+                         f"{sorted(sorted(e) for e in entries)}")
 
 
 # ---------------------------------------------------------------------- data
