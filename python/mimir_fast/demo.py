@@ -3,12 +3,14 @@
 Runs offline on the CPU and writes a report folder. Stages (each a ``train(...)`` run folder
 with metrics, checkpoints and the model):
 
-1. ``mae/``, ``mimir/``, ``nim/``: MAE, MIMIR and NIM pretraining of the same small ViT.
+1. ``mae/``, ``mimir/``, ``nim/``: MAE, MIMIR and NIM pretraining of the same small ViT;
+   ``mae-pixels/``: MAE predicting raw pixels (no per-patch normalisation), for IMPure.
 2. ``plain/``: standard finetuning of the MAE encoder (the undefended classifier);
    ``mae-pgd-at/``, ``mimir-pgd-at/``: PGD-AT finetuning of the MAE and MIMIR encoders;
    ``nim-classifier/``: finetuning of the NIM encoder on denoised images (NIM's recipe).
-3. ``impure/``: an IMPure purifier (started from the NIM autoencoder) trained on adversarial
-   examples against the plain classifier.
+3. ``impure/``: an IMPure purifier (started from the pixel MAE: it must rebuild hidden
+   patches, which NIM's autoencoder never learned) trained on adversarial examples against
+   the plain classifier.
 4. ``robustness/``: one table of clean / PGD / ensemble / Square robust accuracy. Classifiers
    are attacked white-box; the two defenses (NIM: add noise and denoise, then the NIM
    classifier; IMPure: purify, then the plain classifier) white-box through the whole random
@@ -58,14 +60,15 @@ class DemoPlan:
 
 def demo_plan(out_dir: Path, quick: bool = False) -> DemoPlan:
     """The demo's settings (``quick``: a few steps per stage, for a smoke test)."""
-    pre_epochs, fine_epochs, impure_epochs = (1, 5, 1) if quick else (30, 15, 5)
+    pre_epochs, fine_epochs, impure_epochs = (1, 5, 1) if quick else (30, 15, 10)
     common = dict(data="digits", batch_size=64, weight_decay=0.05, augment="none", log_every=5,
                   eval_every=0, checkpoint_every=5)
 
-    def pretrain(method: str, **kw: Any) -> TrainConfig:
-        return TrainConfig(method=method, model=DEMO_MODEL, model_overrides=DEMO_MODEL_OVERRIDES,
-                           epochs=pre_epochs, blr=1.5e-3, warmup_epochs=1 if quick else 3,
-                           out_dir=str(out_dir / method), **common, **kw)
+    def pretrain(method: str, name: str | None = None, overrides: dict[str, Any] | None = None,
+                 **kw: Any) -> TrainConfig:
+        return TrainConfig(method=method, model=DEMO_MODEL,
+                           model_overrides={**DEMO_MODEL_OVERRIDES, **(overrides or {})}, epochs=pre_epochs, blr=1.5e-3, warmup_epochs=1 if quick else 3,
+                           out_dir=str(out_dir / (name or method)), **common, **kw)
 
     def finetune(name: str, start: str, **kw: Any) -> TrainConfig:
         return TrainConfig(method="finetune", pretrained=str(out_dir / start / "model.safetensors"),
@@ -76,12 +79,13 @@ def demo_plan(out_dir: Path, quick: bool = False) -> DemoPlan:
         "mae": pretrain("mae"),
         "mimir": pretrain("mimir"),
         "nim": pretrain("nim"),
+        "mae-pixels": pretrain("mae", "mae-pixels", {"norm_pix_loss": False}),
         "plain": finetune("plain", "mae"),
         "mae-pgd-at": finetune("mae-pgd-at", "mae", adversarial="pgd", **TRAIN_ATTACK),
         "mimir-pgd-at": finetune("mimir-pgd-at", "mimir", adversarial="pgd", **TRAIN_ATTACK),
         "nim-classifier": finetune("nim-classifier", "nim", denoiser=str(out_dir / "nim" / "model.safetensors"),
                                    denoise_noise=f"uniform:0,{NIM_SIGMA:g}"),
-        "impure": TrainConfig(method="impure", pretrained=str(out_dir / "nim" / "model.safetensors"),
+        "impure": TrainConfig(method="impure", pretrained=str(out_dir / "mae-pixels" / "model.safetensors"),
                               classifier=str(out_dir / "plain" / "model.safetensors"), epochs=impure_epochs,
                               blr=1e-3, warmup_epochs=1 if quick else 0.5, out_dir=str(out_dir / "impure"),
                               **TRAIN_ATTACK, **common),
