@@ -227,7 +227,7 @@ def test_loader_imagefolder(benchmark, provider, jpeg_folder):
         benchmark.extra_info["num_workers"] = workers
         b = next(iter(loader))
         assert b[0].shape == (IMG_BATCH, 3, IMG_SIZE, IMG_SIZE)
-    count = benchmark.pedantic(epoch, args=(loader,), rounds=1 if benchmark.disabled else 3,
-                               warmup_rounds=0)
+    count = benchmark.pedantic(epoch, args=(loader,), rounds=1 if benchmark.disabled else 5,
+                               warmup_rounds=0 if benchmark.disabled else 1)
     assert count == 480 // IMG_BATCH * IMG_BATCH
     benchmark.extra_info["images"] = count
