@@ -86,9 +86,7 @@ def mean_over_ranks(ctx: DistContext, values: dict[str, float], count: int) -> d
         return values
     keys = sorted(values)
     packed = torch.tensor([values[k] * count for k in keys] + [float(count)], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        packed = packed.cuda()
-    dist.all_reduce(packed)
+    packed = all_reduce(ctx, packed)
     total = max(float(packed[-1]), 1.0)
     return {k: float(v) / total for k, v in zip(keys, packed[:-1].tolist())}
 

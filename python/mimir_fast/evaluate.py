@@ -331,9 +331,7 @@ def evaluate(model: Any, data: Any, attacks: Any = ("pgd",), eps: float | Sequen
             if bar is not None:
                 bar.set_postfix_str(f"{label} eps={e:.4g}")
                 bar.update(1)
-        seconds = time.perf_counter() - t0
-        if ctx.enabled:
-            seconds = float(distributed.all_reduce(ctx, torch.tensor([seconds], dtype=torch.float64), "max"))
+        seconds = _slowest(ctx, time.perf_counter() - t0)
         row: dict[str, Any] = {"attack": label, "eps": e, "kind": kind, "n_images": n, "seconds": round(seconds, 3)}
         if kind == "reconstruction":
             row.update({k: float(_union(ctx, v).mean()) for k, v in recon.items()})

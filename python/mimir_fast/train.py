@@ -246,11 +246,7 @@ def load_checkpoint(path: str | os.PathLike, model: MaskedViT, optimizer: torch.
     """
     model_state, optim_state, step = _read_checkpoint(path, model, config)
     model.load_weights(model_state, source=str(path))
-    _check_optimizer_layout(path, optim_state, optimizer)
-    try:
-        optimizer.load_state_dict(optim_state)
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise ValueError(f"checkpoint {path} has damaged optimizer state: {type(e).__name__}: {e}") from e
+    _load_optimizer_state(path, optimizer, optim_state)
     return step
 
 
@@ -281,8 +277,8 @@ def _read_checkpoint(path: str | os.PathLike, model: MaskedViT, config: TrainCon
             if not idx.isdigit() or not name:
                 raise ValueError(f"checkpoint {path} is damaged: unexpected optimizer entry {key!r}")
             state.setdefault(int(idx), {})[name] = value
-    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    return model_state, {"state": state, "param_groups": meta["optimizer_groups"]}, int(meta["step"])
+    optim_state = {"state": state, "param_groups": meta["optimizer_groups"]}
+    return _strip_prefix(tensors), optim_state, int(meta["step"])
 
 
 def _check_optimizer_layout(path: str | os.PathLike, optim_state: dict[str, Any],
@@ -297,6 +293,16 @@ def _check_optimizer_layout(path: str | os.PathLike, optim_state: dict[str, Any]
             or any(i >= n_params for i in optim_state["state"]):
         raise ValueError(f"checkpoint {path} is damaged: inconsistent optimizer state entries "
                          f"{sorted(sorted(e) for e in entries)}")
+
+
+def _load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer,
+                          optim_state: dict[str, Any]) -> None:
+    """Check a checkpoint's optimizer state (keyed by parameter index) and load it."""
+    _check_optimizer_layout(path, optim_state, optimizer)
+    try:
+        optimizer.load_state_dict(optim_state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {path} has damaged optimizer state: {type(e).__name__}: {e}") from e
 
 
 # ---------------------------------------------------------------------- data
@@ -594,11 +600,11 @@ def _run(config: TrainConfig, method: Method, ctx: distributed.DistContext, devi
     # the parameter of each optimizer index, by its name in run_step's state dict
     param_names = [f"model.{n}" for g in groups for n in g["param_names"]]
     if resumed is not None:
-        _check_optimizer_layout(resume, resumed[1], optimizer)
         if sharded:
+            _check_optimizer_layout(resume, resumed[1], optimizer)
             distributed.fsdp_load_optimizer(run_step, optimizer, _keyed_by_name(resumed[1], param_names))
         else:
-            optimizer.load_state_dict(resumed[1])
+            _load_optimizer_state(resume, optimizer, resumed[1])
         start_step = resumed[2]
         del resumed
     distributed.barrier(ctx)  # every rank has read the checkpoint before rank 0 may overwrite it

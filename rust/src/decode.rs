@@ -59,14 +59,13 @@ pub fn decode_top_rows_into(
     out: &mut Vec<u8>,
     rows_needed: impl FnOnce(usize, usize) -> usize,
 ) -> Result<(usize, usize), String> {
-    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        let (h, w) = decode_bytes_into(bytes, out)?;
-        rows_needed(h, w);
-        return Ok((h, w));
-    }
-    let frame = check_jpeg_complete(bytes)?;
+    let frame = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        check_jpeg_complete(bytes)?
+    } else {
+        None
+    };
     let Some(frame) = frame.filter(|f| f.height > 0 && f.width > 0) else {
-        // Height defined later (DNL) or no frame header: the decoder reports it.
+        // Not a JPEG, or its height is defined later (DNL): decoded whole.
         let (h, w) = decode_complete_into(bytes, out)?;
         rows_needed(h, w);
         return Ok((h, w));
