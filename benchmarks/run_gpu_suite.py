@@ -36,8 +36,14 @@ def slug(name: str) -> str:
 def versions() -> dict[str, str | None]:
     import torch
 
-    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
-                                  "cuda": torch.version.cuda, "cudnn": None, "triton": None, "mimir_fast": None}
+    out: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": None,
+        "triton": None,
+        "mimir_fast": None,
+    }
     if torch.backends.cudnn.is_available():
         out["cudnn"] = str(torch.backends.cudnn.version())
     try:
@@ -53,8 +59,9 @@ def versions() -> dict[str, str | None]:
     except ImportError:
         pass
     try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                           check=True).stdout.strip()
+        out["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         out["git_commit"] = None
     return out
@@ -66,8 +73,12 @@ def summarise(bench_json: dict) -> dict[str, dict]:
     for b in bench_json.get("benchmarks", []):
         group = b.get("group") or b["name"]
         provider = (b.get("params") or {}).get("provider", b["name"])
-        entry = {"median_s": b["stats"]["median"], "min_s": b["stats"]["min"], "rounds": b["stats"]["rounds"],
-                 **(b.get("extra_info") or {})}
+        entry = {
+            "median_s": b["stats"]["median"],
+            "min_s": b["stats"]["min"],
+            "rounds": b["stats"]["rounds"],
+            **(b.get("extra_info") or {}),
+        }
         groups.setdefault(group, {"providers": {}})["providers"][provider] = entry
     for g in groups.values():
         p = g["providers"]
@@ -82,7 +93,10 @@ def _fmt_s(s: float) -> str:
 
 def table(results: list[dict]) -> str:
     """A markdown table: one row per (device, group)."""
-    lines = ["| device | group | torch | mimir_fast | speed-up | notes |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| device | group | torch | mimir_fast | speed-up | notes |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         for group, g in r["groups"].items():
             p = g["providers"]
@@ -92,7 +106,10 @@ def table(results: list[dict]) -> str:
             notes = []
             for name, e in p.items():
                 if "images_per_s" in e:
-                    notes.append(f"{name}: {e['images_per_s']:.0f} img/s" + (f", MFU {e['mfu']:.1%}" if "mfu" in e else ""))
+                    notes.append(
+                        f"{name}: {e['images_per_s']:.0f} img/s"
+                        + (f", MFU {e['mfu']:.1%}" if "mfu" in e else "")
+                    )
                 if "peak_mem_mib" in e:
                     notes.append(f"{name} peak {e['peak_mem_mib']:.0f} MiB")
                 if "sdpa_backend" in e:
@@ -105,14 +122,30 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     if not torch.cuda.is_available() and not args.allow_cpu:
-        print("run_gpu_suite: no CUDA device; the suite's timed cases need a GPU "
-              "(pass --allow-cpu to run what runs anyway)", file=sys.stderr)
+        print(
+            "run_gpu_suite: no CUDA device; the suite's timed cases need a GPU "
+            "(pass --allow-cpu to run what runs anyway)",
+            file=sys.stderr,
+        )
         return 2
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu-{platform.machine()}"
+    device = (
+        torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu-{platform.machine()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "benchmark.json"
-        cmd = [sys.executable, "-m", "pytest", str(HERE), "--benchmark-only", f"--benchmark-json={raw}",
-               "-p", "no:cacheprovider", "-q", "-o", "testpaths=benchmarks"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(HERE),
+            "--benchmark-only",
+            f"--benchmark-json={raw}",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-o",
+            "testpaths=benchmarks",
+        ]
         if args.k:
             cmd += ["-k", args.k]
         cmd += args.pytest_args
@@ -142,13 +175,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--out-dir", default=str(HERE / "results"), help="where <device-slug>.json goes")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument(
+        "--out-dir", default=str(HERE / "results"), help="where <device-slug>.json goes"
+    )
     parser.add_argument("-k", default=None, help="pytest -k expression selecting benchmarks")
-    parser.add_argument("--allow-cpu", action="store_true", help="run even without CUDA (timed GPU cases skip)")
-    parser.add_argument("--table", nargs="+", metavar="RESULTS_JSON",
-                        help="print the markdown table of existing results files and exit")
+    parser.add_argument(
+        "--allow-cpu", action="store_true", help="run even without CUDA (timed GPU cases skip)"
+    )
+    parser.add_argument(
+        "--table",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="print the markdown table of existing results files and exit",
+    )
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
     args = parser.parse_args(argv)
     if args.table:

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mimir_fast.data.loader import Loader
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-
-from mimir_fast.data.loader import Loader
 
 PATCH, RATIO, PAD, BATCH = 2, 0.75, 4, 256
 IMG_BATCH, IMG_SIZE = 64, 224
@@ -58,7 +57,11 @@ class CifarWork(Dataset):
         for _ in range(2):
             ids_shuffle = torch.argsort(torch.rand(self.L))
             ids_restore = torch.argsort(ids_shuffle)
-            out += [ids_shuffle[: self.len_keep], (ids_restore >= self.len_keep).float(), ids_restore]
+            out += [
+                ids_shuffle[: self.len_keep],
+                (ids_restore >= self.len_keep).float(),
+                ids_restore,
+            ]
         out += [self.gamma.sample(), torch.randint(0, 2**62, ())]
         return tuple(out)
 
@@ -105,8 +108,13 @@ def _worker_init(worker_id: int) -> None:
 
 def torch_loader(ds: Dataset, batch: int, workers: int) -> DataLoader:
     return DataLoader(
-        ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-        persistent_workers=workers > 0, worker_init_fn=_worker_init if workers else None,
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=_worker_init if workers else None,
     )
 
 
@@ -192,8 +200,17 @@ def test_loader_cifar(benchmark, provider):
     images, labels = cifar_like(n)
     L = (32 // PATCH) ** 2
     if provider == "mimir_fast":
-        loader = Loader(images, labels, batch_size=BATCH, augment="crop_flip", padding=PAD,
-                        num_masks=2, mask_ratio=RATIO, patch_size=PATCH, sigma=("gamma", 25, 3))
+        loader = Loader(
+            images,
+            labels,
+            batch_size=BATCH,
+            augment="crop_flip",
+            padding=PAD,
+            num_masks=2,
+            mask_ratio=RATIO,
+            patch_size=PATCH,
+            sigma=("gamma", 25, 3),
+        )
         _check_cifar_batch(next(iter(loader)), L)
     else:
         ds = CifarWork(images, labels)
@@ -203,8 +220,12 @@ def test_loader_cifar(benchmark, provider):
             loader, workers = best_torch_loader(ds, BATCH)
         benchmark.extra_info["num_workers"] = workers
         _check_torch_batch(next(iter(loader)), L)
-    count = benchmark.pedantic(epoch, args=(loader,), rounds=1 if benchmark.disabled else 3,
-                               warmup_rounds=0 if benchmark.disabled else 1)
+    count = benchmark.pedantic(
+        epoch,
+        args=(loader,),
+        rounds=1 if benchmark.disabled else 3,
+        warmup_rounds=0 if benchmark.disabled else 1,
+    )
     assert count == n // BATCH * BATCH
     benchmark.extra_info["images"] = count
 
@@ -227,7 +248,11 @@ def test_loader_imagefolder(benchmark, provider, jpeg_folder):
         benchmark.extra_info["num_workers"] = workers
         b = next(iter(loader))
         assert b[0].shape == (IMG_BATCH, 3, IMG_SIZE, IMG_SIZE)
-    count = benchmark.pedantic(epoch, args=(loader,), rounds=1 if benchmark.disabled else 5,
-                               warmup_rounds=0 if benchmark.disabled else 1)
+    count = benchmark.pedantic(
+        epoch,
+        args=(loader,),
+        rounds=1 if benchmark.disabled else 5,
+        warmup_rounds=0 if benchmark.disabled else 1,
+    )
     assert count == 480 // IMG_BATCH * IMG_BATCH
     benchmark.extra_info["images"] = count

@@ -41,7 +41,9 @@ def setup():
         model = create_model("vit_small_patch2_32", num_classes=10)
         batch, chans = 128, 3
     else:
-        model = create_model("vit_tiny_patch4_32", embed_dim=128, depth=4, num_heads=4, num_classes=10, in_chans=1)
+        model = create_model(
+            "vit_tiny_patch4_32", embed_dim=128, depth=4, num_heads=4, num_classes=10, in_chans=1
+        )
         batch, chans = 32, 1
     model = model.to(DEVICE).eval()
     model.check_inputs = False
@@ -59,18 +61,36 @@ def report_ratios():
 def print_ratios() -> None:
     """Print (and save) torchattacks / mimir_fast time ratios for each group measured."""
     for group, times in RESULTS.items():
-        if {"torchattacks", "mimir_fast"} <= times.keys() or {"torch", "mimir_fast"} <= times.keys():
+        if {"torchattacks", "mimir_fast"} <= times.keys() or {
+            "torch",
+            "mimir_fast",
+        } <= times.keys():
             base_name = "torchattacks" if "torchattacks" in times else "torch"
             base, ours = times[base_name], times["mimir_fast"]
-            line = (f"[{group}] {DEVICE}: {base_name} {base * 1e3:.1f} ms, mimir_fast {ours * 1e3:.1f} ms "
-                    f"-> {base / ours:.2f}x")
+            line = (
+                f"[{group}] {DEVICE}: {base_name} {base * 1e3:.1f} ms, mimir_fast {ours * 1e3:.1f} ms "
+                f"-> {base / ours:.2f}x"
+            )
             print("\n" + line)
             out = Path(__file__).parent / "results" / f"{group}-{DEVICE}.json"
             out.parent.mkdir(exist_ok=True)
-            out.write_text(json.dumps({
-                "group": group, "device": torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
-                "torch": torch.__version__, "torchattacks": torchattacks.__version__,
-                "min_seconds": times, "speedup": base / ours, "summary": line}, indent=2) + "\n")
+            out.write_text(
+                json.dumps(
+                    {
+                        "group": group,
+                        "device": torch.cuda.get_device_name()
+                        if CUDA
+                        else platform.processor() or "cpu",
+                        "torch": torch.__version__,
+                        "torchattacks": torchattacks.__version__,
+                        "min_seconds": times,
+                        "speedup": base / ours,
+                        "summary": line,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
 
 
 def _make(provider: str, model):
@@ -120,7 +140,11 @@ def test_pgd_step(benchmark, provider, norm):
         torch.cuda.synchronize()
         return out
 
-    torch.testing.assert_close(run(), pgd_step(x_adv, grad, x0, 2 / 255 if norm == "linf" else 0.5, eps, norm),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        run(),
+        pgd_step(x_adv, grad, x0, 2 / 255 if norm == "linf" else 0.5, eps, norm),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     benchmark.pedantic(run, rounds=50, warmup_rounds=5, iterations=1)
     RESULTS.setdefault(f"pgd-step-{norm}", {})[provider] = benchmark.stats.stats.min

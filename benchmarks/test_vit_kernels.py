@@ -42,7 +42,9 @@ from mimir_fast.hsic import hsic
 from mimir_fast.models import create_model
 
 CUDA = torch.cuda.is_available()
-gpu = pytest.mark.skipif(not CUDA, reason="GPU benchmark: timings of Triton kernels mean something only on a GPU")
+gpu = pytest.mark.skipif(
+    not CUDA, reason="GPU benchmark: timings of Triton kernels mean something only on a GPU"
+)
 PROVIDERS = ["torch", "mimir_fast"]
 BF16 = torch.bfloat16
 MASK_RATIO = 0.75
@@ -52,7 +54,14 @@ HSIC_WEIGHT = 1e-5
 # name: (preset, batch)
 SHAPES = {"vits2": ("vit_small_patch2_32", 512), "vitb16": ("vit_base_patch16_224", 128)}
 # dense bf16 tensor-core peak (FLOP/s) by device-name substring, for the model FLOP utilisation
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
+PEAK_BF16 = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "4090": 165e12,
+}
 
 
 def _kernels(provider: str) -> str:
@@ -77,7 +86,9 @@ def _timed(benchmark, fn, rounds: int = 20, warmup: int = 5):
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     call()
-    benchmark.extra_info["peak_mem_mib"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+    benchmark.extra_info["peak_mem_mib"] = round(
+        (torch.cuda.max_memory_allocated() - base) / 2**20, 1
+    )
     benchmark.extra_info["device"] = torch.cuda.get_device_name()
     return benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
 
@@ -118,7 +129,9 @@ def test_masked_patch_embed(benchmark, provider, shape):
         out.backward(torch.ones_like(out))
         return out
 
-    ref = ops.embed.masked_patch_embed(x.detach(), ids_keep, conv.weight.detach(), conv.bias.detach(), pos)
+    ref = ops.embed.masked_patch_embed(
+        x.detach(), ids_keep, conv.weight.detach(), conv.bias.detach(), pos
+    )
     assert _rel(run(), ref) < 2e-2
     _timed(benchmark, run)
 
@@ -293,17 +306,20 @@ def test_hsic(benchmark, provider, shape):
 
 def vit_flops(config, tokens: int, decoder_tokens: int, batch: int) -> tuple[float, float]:
     """Forward matmul FLOPs (2 per multiply-add) of (encoder on ``tokens``, decoder on ``decoder_tokens``)."""
+
     def blocks(width: int, depth: int, t: int) -> float:
         hidden = round(width * config.mlp_ratio)
         per_token = 2 * (3 * width * width + width * width + 2 * width * hidden)  # qkv, proj, mlp
         attn = 2 * 2 * t * t * width  # q k^T and p v
         return depth * (t * per_token + attn)
 
-    p2c = config.patch_size ** 2 * config.in_chans
+    p2c = config.patch_size**2 * config.in_chans
     enc = blocks(config.embed_dim, config.depth, tokens) + 2 * (tokens - 1) * p2c * config.embed_dim
-    dec = (blocks(config.decoder_embed_dim, config.decoder_depth, decoder_tokens)
-           + 2 * tokens * config.embed_dim * config.decoder_embed_dim
-           + 2 * (decoder_tokens - 1) * config.decoder_embed_dim * p2c)
+    dec = (
+        blocks(config.decoder_embed_dim, config.decoder_depth, decoder_tokens)
+        + 2 * tokens * config.embed_dim * config.decoder_embed_dim
+        + 2 * (decoder_tokens - 1) * config.decoder_embed_dim * p2c
+    )
     return batch * enc, batch * dec
 
 
@@ -322,7 +338,9 @@ def mimir_step(model, opt, x: torch.Tensor, kernels: str) -> torch.Tensor:
     with torch.autocast("cuda", dtype=BF16):
         latent, mask, ids_restore = model.forward_encoder(x_adv, MASK_RATIO)
         pred = model.forward_decoder(latent, ids_restore)
-        loss = model.forward_loss(x, pred, mask) + HSIC_WEIGHT * hsic(x_adv, latent, kernels=kernels)
+        loss = model.forward_loss(x, pred, mask) + HSIC_WEIGHT * hsic(
+            x_adv, latent, kernels=kernels
+        )
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

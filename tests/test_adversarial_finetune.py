@@ -11,8 +11,18 @@ from mimir_fast import Batch, TrainConfig
 from mimir_fast.data import load_digits
 from mimir_fast.methods.finetune import Finetuning, trades_loss
 
-TINY = {"img_size": 16, "patch_size": 4, "in_chans": 1, "num_classes": 10, "embed_dim": 32, "depth": 2,
-        "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2}
+TINY = {
+    "img_size": 16,
+    "patch_size": 4,
+    "in_chans": 1,
+    "num_classes": 10,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+}
 EPS = 8 / 255
 
 
@@ -76,7 +86,9 @@ def test_pgd_step_attacks_in_eval_mode_and_trains_on_the_examples(digits):
     torch.manual_seed(3)
     out = fin.training_step(model, Batch(x, y))
     hook.remove()
-    assert modes == [False] * 4 + [True]  # 4 attack forwards in eval mode, then the training forward
+    assert modes == [False] * 4 + [
+        True
+    ]  # 4 attack forwards in eval mode, then the training forward
     assert model.training and all(m.training for m in model.modules())
     assert set(out.metrics) == {"loss", "accuracy", "adv_accuracy"}
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in out.metrics.values())
@@ -96,9 +108,12 @@ def test_trades_loss_matches_a_direct_computation():
     loss, ce, kl = trades_loss(clean, adv, y, beta=6.0, label_smoothing=0.1)
     torch.testing.assert_close(ce.double(), manual_ce(clean, y, 0.1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(kl.double(), manual_kl(clean, adv), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss.double(), manual_ce(clean, y, 0.1) + 6.0 * manual_kl(clean, adv),
-                               rtol=1e-5, atol=1e-6)
-    assert trades_loss(clean, clean, y, beta=6.0)[2].abs() < 1e-6  # no KL between equal distributions
+    torch.testing.assert_close(
+        loss.double(), manual_ce(clean, y, 0.1) + 6.0 * manual_kl(clean, adv), rtol=1e-5, atol=1e-6
+    )
+    assert (
+        trades_loss(clean, clean, y, beta=6.0)[2].abs() < 1e-6
+    )  # no KL between equal distributions
 
 
 def test_trades_step_matches_the_direct_loss_and_beta_zero_is_clean_ce(digits):
@@ -148,7 +163,9 @@ def test_eps_zero_is_clean_finetuning(digits):
         with torch.no_grad():
             metrics = fin.evaluate(model, [Batch(x, y)])
         model.train()
-        assert metrics["adv_accuracy"] == metrics["accuracy"] and metrics["adv_loss"] == pytest.approx(metrics["loss"])
+        assert metrics["adv_accuracy"] == metrics["accuracy"] and metrics[
+            "adv_loss"
+        ] == pytest.approx(metrics["loss"])
 
 
 def test_evaluate_reports_robust_accuracy_under_no_grad(digits):
@@ -186,8 +203,9 @@ def test_a_few_pgd_at_steps_make_a_small_classifier_robust(digits):
     results = {}
     for kind in ("pgd", "none"):
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 64), torch.nn.ReLU(),
-                                    torch.nn.Linear(64, 10))
+        model = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(256, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+        )
         fin = method(adversarial=kind, **attack)
         judge = method(adversarial="pgd", **attack)
         before = robust_metrics(judge, model, x, y)
@@ -222,9 +240,19 @@ def test_attack_goes_through_the_denoiser(digits, tmp_path):
 
 @pytest.mark.parametrize("kind", ["pgd", "trades"])
 def test_train_end_to_end(kind, tmp_path):
-    result = mf.train(method="finetune", adversarial=kind, model=tiny_model(), data="digits", epochs=1,
-                      max_steps=3, attack_steps=2, batch_size=16, out_dir=str(tmp_path), progress=False,
-                      log_every=1)
+    result = mf.train(
+        method="finetune",
+        adversarial=kind,
+        model=tiny_model(),
+        data="digits",
+        epochs=1,
+        max_steps=3,
+        attack_steps=2,
+        batch_size=16,
+        out_dir=str(tmp_path),
+        progress=False,
+        log_every=1,
+    )
     train_records = [r for r in result.history if r["split"] == "train"]
     assert len(train_records) == 3
     assert all("adv_accuracy" in r and math.isfinite(r["loss"]) for r in train_records)

@@ -65,12 +65,16 @@ def assert_in_threat_model(x_adv, x, eps, norm):
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
     dist = distances(x_adv, x, norm)  # per sample
-    assert bool((dist <= eps * (1 + 1e-6) + 1e-6).all()), f"max distance {dist.max():.6g} > eps {eps}"
+    assert bool((dist <= eps * (1 + 1e-6) + 1e-6).all()), (
+        f"max distance {dist.max():.6g} > eps {eps}"
+    )
 
 
 # ---------------------------------------------------------------------- exactness
 @pytest.mark.parametrize("norm,eps,alpha", [("linf", 0.03, 0.01), ("l2", 1.0, 0.3)])
-def test_pgd_without_random_start_is_deterministic_and_equals_plain_loop(digits_classifier, norm, eps, alpha):
+def test_pgd_without_random_start_is_deterministic_and_equals_plain_loop(
+    digits_classifier, norm, eps, alpha
+):
     model, x, y = digits_classifier
     x, y = x[:32], y[:32]
     atk = PGD(model, eps=eps, alpha=alpha, steps=7, random_start=False, norm=norm)
@@ -86,14 +90,20 @@ def test_fgsm_is_one_sign_step(digits_classifier):
     x, y = x[:16], y[:16]
     xr = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
-    torch.testing.assert_close(FGSM(model, eps=0.05)(x, y), (x + 0.05 * g.sign()).clamp(0, 1), rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        FGSM(model, eps=0.05)(x, y), (x + 0.05 * g.sign()).clamp(0, 1), rtol=0, atol=1e-7
+    )
 
 
 def test_random_start_is_seeded(digits_classifier):
     model, x, y = digits_classifier
     x, y = x[:8], y[:8]
-    assert torch.equal(PGD(model, 0.05, 0.01, 3, seed=1)(x, y), PGD(model, 0.05, 0.01, 3, seed=1)(x, y))
-    assert not torch.equal(PGD(model, 0.05, 0.01, 3, seed=1)(x, y), PGD(model, 0.05, 0.01, 3, seed=2)(x, y))
+    assert torch.equal(
+        PGD(model, 0.05, 0.01, 3, seed=1)(x, y), PGD(model, 0.05, 0.01, 3, seed=1)(x, y)
+    )
+    assert not torch.equal(
+        PGD(model, 0.05, 0.01, 3, seed=1)(x, y), PGD(model, 0.05, 0.01, 3, seed=2)(x, y)
+    )
 
 
 def test_model_state_restored_and_no_gradient_leak(digits_classifier):
@@ -130,8 +140,16 @@ def _all_attacks(model):
         "apgd-dlr-l2": (APGD(model, 1.0, steps=6, norm="l2", loss="dlr", seed=0), 1.0, "l2"),
         "apgd-t": (APGDT(model, 0.03, steps=5, n_target_classes=2, seed=0), 0.03, "linf"),
         "square": (Square(model, 0.05, n_queries=50, seed=0), 0.05, "linf"),
-        "autoattack": (AutoAttack(model, 0.03, steps=5, n_target_classes=2, n_queries=30), 0.03, "linf"),
-        "autoattack-l2": (AutoAttack(model, 0.5, norm="l2", steps=5, n_target_classes=2), 0.5, "l2"),
+        "autoattack": (
+            AutoAttack(model, 0.03, steps=5, n_target_classes=2, n_queries=30),
+            0.03,
+            "linf",
+        ),
+        "autoattack-l2": (
+            AutoAttack(model, 0.5, norm="l2", steps=5, n_target_classes=2),
+            0.5,
+            "l2",
+        ),
     }
 
 
@@ -188,7 +206,10 @@ def test_restarts_keep_the_worst_case_per_sample(digits_classifier):
 def test_early_stop_leaves_fooled_points_fooled(digits_classifier):
     model, x, y = digits_classifier
     x_adv = PGD(model, 0.05, 0.02, 10, early_stop=True, seed=0)(x, y)
-    assert accuracy(model, x_adv, y) <= accuracy(model, PGD(model, 0.05, 0.02, 10, seed=0)(x, y), y) + 0.05
+    assert (
+        accuracy(model, x_adv, y)
+        <= accuracy(model, PGD(model, 0.05, 0.02, 10, seed=0)(x, y), y) + 0.05
+    )
 
 
 class _NoGradientModel(nn.Module):
@@ -226,7 +247,9 @@ def test_ensemble_attacks_only_points_still_robust(digits_classifier):
             seen.append(xs.shape[0])
             return super().perturb(xs, ys)
 
-    ens = Ensemble([Recorder(model, 0.02, 0.005, 5, seed=0), Recorder(model, 0.02, 0.005, 5, seed=1)])
+    ens = Ensemble(
+        [Recorder(model, 0.02, 0.005, 5, seed=0), Recorder(model, 0.02, 0.005, 5, seed=1)]
+    )
     x_adv = ens(x, y)
     n = x.shape[0]
     after_first = ens.last_report[1]["robust_accuracy"]
@@ -276,7 +299,9 @@ def test_bpda_breaks_a_non_differentiable_purifier(digits_classifier):
     naive = Defended(model, Quantize(4))
     bpda = Defended(model, Quantize(4), bpda=True)
     x_naive = PGD(naive, 0.1, 0.025, 10, random_start=False)(x, y)
-    assert torch.equal(x_naive, x)  # zero gradients: a naive attack does not move (gradient masking)
+    assert torch.equal(
+        x_naive, x
+    )  # zero gradients: a naive attack does not move (gradient masking)
     acc_bpda = accuracy(naive, PGD(bpda, 0.1, 0.025, 10, seed=0)(x, y), y)
     assert acc_bpda < accuracy(naive, x, y) - 0.4
     q = BPDA(Quantize(4))
@@ -327,10 +352,14 @@ def test_dlr_losses():
     z = torch.tensor([[3.0, 1.0, 0.5, 0.0, -1.0]])
     y, t = torch.tensor([0]), torch.tensor([2])
     torch.testing.assert_close(dlr_loss(z, y), torch.tensor([-(3.0 - 1.0) / (3.0 - 0.5)]))
-    torch.testing.assert_close(targeted_dlr_loss(z, y, t), torch.tensor([-(3.0 - 0.5) / (3.0 - 0.25)]))
+    torch.testing.assert_close(
+        targeted_dlr_loss(z, y, t), torch.tensor([-(3.0 - 0.5) / (3.0 - 0.25)])
+    )
     zz = torch.randn(6, 10)
     yy = torch.randint(0, 10, (6,))
-    torch.testing.assert_close(dlr_loss(4 * zz + 2, yy), dlr_loss(zz, yy))  # shift- and scale-invariant
+    torch.testing.assert_close(
+        dlr_loss(4 * zz + 2, yy), dlr_loss(zz, yy)
+    )  # shift- and scale-invariant
     with pytest.raises(ValueError):
         DLR()(nn.Linear(4, 2), torch.rand(3, 4), None, torch.zeros(3, dtype=torch.long))
 
@@ -340,19 +369,33 @@ def test_apgd_checkpoints_follow_the_paper():
 
 
 # ---------------------------------------------------------------------- validation
-@pytest.mark.parametrize("make", [
-    lambda m: PGD(m, eps=0.0),
-    lambda m: PGD(m, eps=-0.1),
-    lambda m: PGD(m, steps=0),
-    lambda m: PGD(m, alpha=0),
-    lambda m: APGD(m, steps=0),
-    lambda m: Square(m, n_queries=0),
-    lambda m: PGD(m, norm="l1"),
-    lambda m: MIFGSM(m, steps=0),
-    lambda m: PGD(m, eot_iter=0),
-    lambda m: APGDT(m, n_target_classes=0),
-], ids=["eps0", "eps-neg", "steps0", "alpha0", "apgd-steps0", "square-queries0", "norm", "mifgsm-steps0",
-        "eot0", "apgdt-targets0"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: PGD(m, eps=0.0),
+        lambda m: PGD(m, eps=-0.1),
+        lambda m: PGD(m, steps=0),
+        lambda m: PGD(m, alpha=0),
+        lambda m: APGD(m, steps=0),
+        lambda m: Square(m, n_queries=0),
+        lambda m: PGD(m, norm="l1"),
+        lambda m: MIFGSM(m, steps=0),
+        lambda m: PGD(m, eot_iter=0),
+        lambda m: APGDT(m, n_target_classes=0),
+    ],
+    ids=[
+        "eps0",
+        "eps-neg",
+        "steps0",
+        "alpha0",
+        "apgd-steps0",
+        "square-queries0",
+        "norm",
+        "mifgsm-steps0",
+        "eot0",
+        "apgdt-targets0",
+    ],
+)
 def test_bad_settings_raise(digits_classifier, make):
     with pytest.raises(ValueError):
         make(digits_classifier[0])

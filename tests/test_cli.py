@@ -10,12 +10,17 @@ import types
 
 import numpy as np
 import pytest
-
 from mimir_fast import TrainConfig
 from mimir_fast.cli import field_comments, load_config_file, main, parse_annotation
 
-TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1,
-        "decoder_num_heads": 2}
+TINY = {
+    "embed_dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+}
 
 
 def run(argv, capsys):
@@ -39,6 +44,7 @@ def squash(text: str) -> str:
 
 
 # --- help ------------------------------------------------------------------------------------
+
 
 def test_field_comments_come_from_train_py():
     comments = field_comments()
@@ -91,10 +97,33 @@ def test_annotation_parsing():
 
 # --- flags -----------------------------------------------------------------------------------
 
+
 def test_flags_are_converted_by_type(capsys):
-    cfg = dry_run(["pretrain", "--batch-size", "8", "--batch_size", "12", "--lr", "0.001", "--clip-grad", "none",
-                   "--max_steps", "7", "--betas", "0.8", "0.99", "--no-progress",
-                   "--model-overrides", '{"depth": 4}', "--resume", "None", "--data=digits"], capsys)
+    cfg = dry_run(
+        [
+            "pretrain",
+            "--batch-size",
+            "8",
+            "--batch_size",
+            "12",
+            "--lr",
+            "0.001",
+            "--clip-grad",
+            "none",
+            "--max_steps",
+            "7",
+            "--betas",
+            "0.8",
+            "0.99",
+            "--no-progress",
+            "--model-overrides",
+            '{"depth": 4}',
+            "--resume",
+            "None",
+            "--data=digits",
+        ],
+        capsys,
+    )
     assert cfg["batch_size"] == 12  # underscore spelling; the last one wins
     assert cfg["lr"] == 0.001 and cfg["clip_grad"] is None and cfg["max_steps"] == 7
     assert cfg["betas"] == [0.8, 0.99]
@@ -108,32 +137,42 @@ def test_flags_are_converted_by_type(capsys):
 
 def test_finetune_defaults_and_method_checks(capsys):
     cfg = dry_run(["finetune", "--layer_decay", "0.65"], capsys)
-    assert cfg["method"] == "finetune" and cfg["layer_decay"] == 0.65 and cfg["out_dir"] == "runs/finetune"
+    assert (
+        cfg["method"] == "finetune"
+        and cfg["layer_decay"] == 0.65
+        and cfg["out_dir"] == "runs/finetune"
+    )
     code, _, err = run(["finetune", "--method", "mae"], capsys)
     assert code == 2 and "mimir-fast pretrain" in err
     code, _, err = run(["pretrain", "--method", "nonsense"], capsys)
     assert code == 2 and err.startswith("mimir-fast: error:") and "nonsense" in err
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--model-overrides", "[1, 2]"], "JSON object"),
-    (["--model-overrides", "{bad"], "JSON"),
-    (["--betas", "0.9"], "--betas"),
-    (["--max-steps", "x"], "--max-steps"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--model-overrides", "[1, 2]"], "JSON object"),
+        (["--model-overrides", "{bad"], "JSON"),
+        (["--betas", "0.9"], "--betas"),
+        (["--max-steps", "x"], "--max-steps"),
+    ],
+)
 def test_bad_flag_values_exit_2(argv, fragment, capsys):
     code, _, err = run(["pretrain"] + argv, capsys)
     assert code == 2
     assert fragment in err
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--epochs", "-1"], "epochs must be >= 1"),
-    (["--mask-ratio", "1.5"], "mask_ratio"),
-    (["--betas", "0.9", "1.5"], "betas"),
-    (["--augment", "rotate"], "augment"),
-    (["--model-overrides", '{"dept": 4}'], "unknown model_overrides keys ['dept']"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--epochs", "-1"], "epochs must be >= 1"),
+        (["--mask-ratio", "1.5"], "mask_ratio"),
+        (["--betas", "0.9", "1.5"], "betas"),
+        (["--augment", "rotate"], "augment"),
+        (["--model-overrides", '{"dept": 4}'], "unknown model_overrides keys ['dept']"),
+    ],
+)
 def test_invalid_config_values_exit_2_without_traceback(argv, fragment, capsys):
     code, out, err = run(["pretrain", "--dry-run"] + argv, capsys)
     assert code == 2
@@ -145,18 +184,36 @@ def test_invalid_config_values_exit_2_without_traceback(argv, fragment, capsys):
 # --- config files ----------------------------------------------------------------------------
 
 CONFIG_TEXTS = {
-    "flat.toml": 'epochs = 3\nbatch_size = 32\nbetas = [0.8, 0.9]\nlr = 0.01\n'
-                 'model_overrides = { depth = 2 }\nprogress = false\n',
-    "table.toml": '[train]\nepochs = 3\nbatch-size = 32\nbetas = [0.8, 0.9]\nlr = 0.01\n'
-                  'progress = false\n[train.model_overrides]\ndepth = 2\n',
-    "flat.json": json.dumps({"epochs": 3, "batch_size": 32, "betas": [0.8, 0.9], "lr": 0.01,
-                             "model_overrides": {"depth": 2}, "progress": False}),
-    "table.json": json.dumps({"train": {"epochs": 3, "batch_size": 32, "betas": [0.8, 0.9], "lr": 0.01,
-                                        "model_overrides": {"depth": 2}, "progress": False}}),
+    "flat.toml": "epochs = 3\nbatch_size = 32\nbetas = [0.8, 0.9]\nlr = 0.01\n"
+    "model_overrides = { depth = 2 }\nprogress = false\n",
+    "table.toml": "[train]\nepochs = 3\nbatch-size = 32\nbetas = [0.8, 0.9]\nlr = 0.01\n"
+    "progress = false\n[train.model_overrides]\ndepth = 2\n",
+    "flat.json": json.dumps(
+        {
+            "epochs": 3,
+            "batch_size": 32,
+            "betas": [0.8, 0.9],
+            "lr": 0.01,
+            "model_overrides": {"depth": 2},
+            "progress": False,
+        }
+    ),
+    "table.json": json.dumps(
+        {
+            "train": {
+                "epochs": 3,
+                "batch_size": 32,
+                "betas": [0.8, 0.9],
+                "lr": 0.01,
+                "model_overrides": {"depth": 2},
+                "progress": False,
+            }
+        }
+    ),
     "flat.yaml": "epochs: 3\nbatch_size: 32\nbetas: [0.8, 0.9]\nlr: 1e-2\nmodel_overrides: {depth: 2}\n"
-                 "progress: false\n",
+    "progress: false\n",
     "table.yml": "train:\n  epochs: 3\n  batch_size: 32\n  betas: [0.8, 0.9]\n  lr: 0.01\n"
-                 "  model_overrides:\n    depth: 2\n  progress: false\n",
+    "  model_overrides:\n    depth: 2\n  progress: false\n",
 }
 
 
@@ -164,8 +221,14 @@ CONFIG_TEXTS = {
 def test_config_files(name, tmp_path, capsys):
     path = tmp_path / name
     path.write_text(CONFIG_TEXTS[name])
-    expected = {"epochs": 3, "batch_size": 32, "betas": (0.8, 0.9), "lr": 0.01, "model_overrides": {"depth": 2},
-                "progress": False}
+    expected = {
+        "epochs": 3,
+        "batch_size": 32,
+        "betas": (0.8, 0.9),
+        "lr": 0.01,
+        "model_overrides": {"depth": 2},
+        "progress": False,
+    }
     values = load_config_file(path)
     assert values == expected
     assert isinstance(values["lr"], float)  # YAML reads 1e-2 as a string; it is converted
@@ -177,7 +240,9 @@ def test_config_files(name, tmp_path, capsys):
 
 def test_flags_override_config_file(tmp_path, capsys):
     path = tmp_path / "c.toml"
-    path.write_text('[train]\nepochs = 3\nbatch_size = 32\nmethod = "mae"\nout_dir = "from-file"\nprogress = false\n')
+    path.write_text(
+        '[train]\nepochs = 3\nbatch_size = 32\nmethod = "mae"\nout_dir = "from-file"\nprogress = false\n'
+    )
     cfg = dry_run(["pretrain", "--config", str(path), "--batch-size", "4", "--progress"], capsys)
     assert cfg["epochs"] == 3  # from the file
     assert cfg["batch_size"] == 4  # the flag wins
@@ -190,19 +255,22 @@ def test_flags_override_config_file(tmp_path, capsys):
     assert cfg["method"] == "finetune" and cfg["epochs"] == 3
 
 
-@pytest.mark.parametrize("text, suffix, fragment", [
-    ("epochs = 3\nbatchsize = 4\nfoo = 1\n", ".toml", "unknown keys ['batchsize', 'foo']"),
-    ("[train]\nepochs = 3\n[other]\nx = 1\n", ".toml", "unknown top-level keys ['other']"),
-    ('{"train": {"epoch": 3}}', ".json", "unknown keys ['epoch']"),
-    ("epochs: -2\n", ".yaml", "epochs must be >= 1"),
-    ('epochs = "many"\n', ".toml", "epochs must be an integer"),
-    ("batch_size = 4.5\n", ".toml", "batch_size must be an integer"),
-    ("betas = [0.9]\n", ".toml", "betas must be a list of 2 values"),
-    ("progress = 3\n", ".toml", "progress must be true or false"),
-    ("epochs = \n", ".toml", "not valid TOML"),
-    ("[1, 2]", ".json", "must hold a table"),
-    ("epochs = 3\n", ".ini", "unsupported format"),
-])
+@pytest.mark.parametrize(
+    "text, suffix, fragment",
+    [
+        ("epochs = 3\nbatchsize = 4\nfoo = 1\n", ".toml", "unknown keys ['batchsize', 'foo']"),
+        ("[train]\nepochs = 3\n[other]\nx = 1\n", ".toml", "unknown top-level keys ['other']"),
+        ('{"train": {"epoch": 3}}', ".json", "unknown keys ['epoch']"),
+        ("epochs: -2\n", ".yaml", "epochs must be >= 1"),
+        ('epochs = "many"\n', ".toml", "epochs must be an integer"),
+        ("batch_size = 4.5\n", ".toml", "batch_size must be an integer"),
+        ("betas = [0.9]\n", ".toml", "betas must be a list of 2 values"),
+        ("progress = 3\n", ".toml", "progress must be true or false"),
+        ("epochs = \n", ".toml", "not valid TOML"),
+        ("[1, 2]", ".json", "must hold a table"),
+        ("epochs = 3\n", ".ini", "unsupported format"),
+    ],
+)
 def test_bad_config_files_exit_2(text, suffix, fragment, tmp_path, capsys):
     path = tmp_path / f"c{suffix}"
     path.write_text(text)
@@ -228,6 +296,7 @@ def test_yaml_without_pyyaml_says_how_to_install(tmp_path, capsys, monkeypatch):
 
 # --- running ---------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tiny_npy(tmp_path):
     """48 grayscale 16x16 images with 3 classes (train and test are the same for npy data)."""
@@ -242,9 +311,29 @@ def tiny_npy(tmp_path):
 def test_tiny_pretraining_run(tmp_path, tiny_npy, capsys):
     out_dir = tmp_path / "run"
     overrides = dict(TINY, img_size=16, patch_size=4)
-    code, out, err = run(["pretrain", "--data", tiny_npy, "--epochs", "1", "--max-steps", "3", "--batch-size", "16",
-                          "--model-overrides", json.dumps(overrides), "--out-dir", str(out_dir), "--no-progress",
-                          "--log-every", "1", "--device", "cpu"], capsys)
+    code, out, err = run(
+        [
+            "pretrain",
+            "--data",
+            tiny_npy,
+            "--epochs",
+            "1",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "16",
+            "--model-overrides",
+            json.dumps(overrides),
+            "--out-dir",
+            str(out_dir),
+            "--no-progress",
+            "--log-every",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert (out_dir / "model.safetensors").stat().st_size > 0
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -252,29 +341,62 @@ def test_tiny_pretraining_run(tmp_path, tiny_npy, capsys):
     assert any(r["split"] == "test" for r in records)
     assert "held-out" in out and "loss" in out and str(out_dir.resolve()) in out
     saved = json.loads((out_dir / "config.json").read_text())
-    assert saved["method"] == "mae" and saved["max_steps"] == 3 and saved["model_overrides"] == overrides
+    assert (
+        saved["method"] == "mae"
+        and saved["max_steps"] == 3
+        and saved["model_overrides"] == overrides
+    )
 
 
 def test_data_problems_exit_2(tmp_path, capsys):
-    code, _, err = run(["pretrain", "--data", f"npy:{tmp_path / 'missing.npy'}", "--out-dir", str(tmp_path / "r"),
-                        "--no-progress", "--device", "cpu"], capsys)
+    code, _, err = run(
+        [
+            "pretrain",
+            "--data",
+            f"npy:{tmp_path / 'missing.npy'}",
+            "--out-dir",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 2
     assert err.startswith("mimir-fast: error:") and "missing.npy" in err
-    code, _, err = run(["pretrain", "--data", "bogus:thing", "--out-dir", str(tmp_path / "r"), "--no-progress",
-                        "--device", "cpu"], capsys)
+    code, _, err = run(
+        [
+            "pretrain",
+            "--data",
+            "bogus:thing",
+            "--out-dir",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 2 and "bogus" in err
 
 
 def test_diverging_loss_is_reported_without_traceback(monkeypatch, capsys):
-    train_module = sys.modules["mimir_fast.train"]  # the package's `train` attribute is the function
+    train_module = sys.modules[
+        "mimir_fast.train"
+    ]  # the package's `train` attribute is the function
 
     def diverge(config):
-        raise FloatingPointError("loss became nan at step 3; lower the learning rate or enable clip_grad")
+        raise FloatingPointError(
+            "loss became nan at step 3; lower the learning rate or enable clip_grad"
+        )
 
     monkeypatch.setattr(train_module, "train", diverge)
     code, _, err = run(["pretrain"], capsys)
     assert code == 1
-    assert err == "mimir-fast: error: loss became nan at step 3; lower the learning rate or enable clip_grad\n"
+    assert (
+        err
+        == "mimir-fast: error: loss became nan at step 3; lower the learning rate or enable clip_grad\n"
+    )
 
 
 def test_demo_command_calls_run_demo(monkeypatch, capsys, tmp_path):
@@ -299,9 +421,8 @@ def test_demo_command_calls_run_demo(monkeypatch, capsys, tmp_path):
 
 
 def test_info(capsys):
-    import torch
-
     import mimir_fast
+    import torch
 
     code, out, _ = run(["info"], capsys)
     assert code == 0
@@ -312,11 +433,21 @@ def test_info(capsys):
 
 
 def test_python_dash_m(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mimir_fast", "--help"], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "mimir_fast", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "pretrain" in done.stdout and "mimir-fast" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "mimir_fast", "pretrain", "--epochs", "0", "--dry-run"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "mimir_fast", "pretrain", "--epochs", "0", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     assert "mimir-fast: error:" in done.stderr and "Traceback" not in done.stderr

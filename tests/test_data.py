@@ -10,9 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from sklearn.datasets import load_digits as sk_load_digits
-
 from mimir_fast.data import (
     CIFAR,
     ArrayDataset,
@@ -26,6 +23,8 @@ from mimir_fast.data import (
     load_digits,
     load_npy,
 )
+from PIL import Image
+from sklearn.datasets import load_digits as sk_load_digits
 
 # --- digits ---------------------------------------------------------------------------------
 
@@ -202,18 +201,34 @@ def _make_cifar10(folder) -> tuple[np.ndarray, list[int], np.ndarray, list[int]]
     train_imgs, train_labels = [], []
     for k in range(1, 6):
         imgs, labels = _cifar_images(2, seed=k), [k, (k * 3) % 10]
-        _dump(folder / f"data_batch_{k}", {b"batch_label": b"b", b"data": _pack(imgs), b"labels": labels})
+        _dump(
+            folder / f"data_batch_{k}",
+            {b"batch_label": b"b", b"data": _pack(imgs), b"labels": labels},
+        )
         train_imgs.append(imgs)
         train_labels += labels
     test_imgs, test_labels = _cifar_images(3, seed=9), [9, 0, 4]
     _dump(folder / "test_batch", {b"data": _pack(test_imgs), b"labels": test_labels})
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
     _dump(folder / "batches.meta", {b"label_names": names, b"num_vis": 3072})
     return np.concatenate(train_imgs), train_labels, test_imgs, test_labels
 
 
 def test_cifar10_decoding(tmp_path):
-    train_imgs, train_labels, test_imgs, test_labels = _make_cifar10(tmp_path / "cifar-10-batches-py")
+    train_imgs, train_labels, test_imgs, test_labels = _make_cifar10(
+        tmp_path / "cifar-10-batches-py"
+    )
     for root in (tmp_path, tmp_path / "cifar-10-batches-py"):
         ds = CIFAR(root, train=True)
         assert ds.variant == "cifar10" and len(ds) == 10
@@ -293,7 +308,9 @@ def test_cifar_malicious_pickle_refused(tmp_path):
     _dump(folder / "test_batch", {b"data": _Evil(), b"labels": [0]})
     with pytest.raises(ValueError, match=r"test_batch.*refusing to load global"):
         CIFAR(folder, train=False)
-    _dump(folder / "test_batch", {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": print})
+    _dump(
+        folder / "test_batch", {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": print}
+    )
     with pytest.raises(ValueError, match="builtins.print"):
         CIFAR(folder, train=False)
 
@@ -329,14 +346,18 @@ def test_imagefolder_classes_sizes_values(tmp_path):
     jpg = ds[1][0]
     assert torch.allclose(jpg, torch.full_like(jpg, 128 / 255), atol=3 / 255)
     r = ds[2][0]  # constant colour survives the resize + crop
-    assert torch.allclose(r[0], torch.full((8, 8), 200 / 255), atol=1 / 255) and r[1:].max() < 1 / 255
+    assert (
+        torch.allclose(r[0], torch.full((8, 8), 200 / 255), atol=1 / 255) and r[1:].max() < 1 / 255
+    )
     assert ImageFolder(tmp_path, image_size=5)[1][0].shape == (3, 5, 5)
 
 
 def test_imagefolder_transform_gets_full_image(tmp_path):
     _write_image(tmp_path / "c" / "a.png", np.zeros((10, 14, 3), np.uint8))
     seen = []
-    ds = ImageFolder(tmp_path, image_size=4, transform=lambda t: seen.append(t.shape) or t[:, :4, :4])
+    ds = ImageFolder(
+        tmp_path, image_size=4, transform=lambda t: seen.append(t.shape) or t[:, :4, :4]
+    )
     assert ds[0][0].shape == (3, 4, 4) and seen == [(3, 10, 14)]
 
 
@@ -350,7 +371,10 @@ def test_imagefolder_errors(tmp_path):
     with pytest.raises(ValueError, match="no images"):
         ImageFolder(tmp_path)
     _write_image(tmp_path / "a" / "good.png", np.zeros((8, 8, 3), np.uint8))
-    _write_image(tmp_path / "a" / "trunc.png", np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    _write_image(
+        tmp_path / "a" / "trunc.png",
+        np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8),
+    )
     data = (tmp_path / "a" / "trunc.png").read_bytes()
     (tmp_path / "a" / "trunc.png").write_bytes(data[: len(data) // 2])
     (tmp_path / "a" / "zz.jpg").write_bytes(b"not a jpeg")
@@ -380,7 +404,10 @@ def test_crop_with_padding_is_shifted_padded_copy():
         out = t(img, generator=_gen(seed))
         assert out.shape == (3, 8, 8)
         matches = [
-            (dy, dx) for dy in range(5) for dx in range(5) if torch.equal(out, padded[:, dy : dy + 8, dx : dx + 8])
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(out, padded[:, dy : dy + 8, dx : dx + 8])
         ]
         assert len(matches) == 1
         offsets.add(matches[0])

@@ -12,19 +12,33 @@ def test_quick_demo_runs_every_stage_and_writes_the_comparison(tmp_path):
     assert list(summary["training"]) == list(plan.runs)
     for name in plan.runs:
         assert (tmp_path / name / "model.safetensors").is_file(), name
-    for name in ("reconstructions-mae.png", "reconstructions-mimir.png", "purification.png", "loss_curves.png"):
+    for name in (
+        "reconstructions-mae.png",
+        "reconstructions-mimir.png",
+        "purification.png",
+        "loss_curves.png",
+    ):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
     rows = summary["robustness"]
     assert [(r["model"], r["threat"].split("-")[0]) for r in rows] == [
-        ("plain ViT (MAE + finetuning)", "white"), ("MAE + PGD-AT", "white"), ("MIMIR + PGD-AT", "white"),
-        ("NIM defense", "white"), ("NIM defense", "gray"), ("NIM defense", "black"),
-        ("IMPure purifier", "white"), ("IMPure purifier", "gray"), ("IMPure purifier", "black")]
+        ("plain ViT (MAE + finetuning)", "white"),
+        ("MAE + PGD-AT", "white"),
+        ("MIMIR + PGD-AT", "white"),
+        ("NIM defense", "white"),
+        ("NIM defense", "gray"),
+        ("NIM defense", "black"),
+        ("IMPure purifier", "white"),
+        ("IMPure purifier", "gray"),
+        ("IMPure purifier", "black"),
+    ]
     pgd = f"PGD-{plan.attack_steps}"
     for r in rows:
         assert 0 <= r["clean"] <= 1
         attacked = [r[c] for c in (pgd, "ensemble", "Square") if r[c] is not None]
-        assert attacked and all(0 <= a <= r["clean"] for a in attacked), r  # robust points are clean-correct
+        assert attacked and all(0 <= a <= r["clean"] for a in attacked), (
+            r
+        )  # robust points are clean-correct
     assert all(r["Square"] is not None for r in rows if r["threat"] == "black-box")
     # MIMIR's held-out loss under its attack is at least the clean one (the quick run is too
     # short for the classifiers to leave chance: the README states the full run's figures)

@@ -27,12 +27,19 @@ from mimir_fast.train import (
     step_seed,
 )
 
-TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1,
-        "decoder_num_heads": 2, "img_size": 16}
+TINY = {
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+    "img_size": 16,
+}
 
 # Each rank records, at every step, the ids of the images it got and a digest of the weights it
 # trains from; the images' labels are their ids, so the records show which rank saw what.
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import hashlib, json, os, sys
     import numpy as np, torch
     import mimir_fast
@@ -68,17 +75,30 @@ SCRIPT = textwrap.dedent('''
         json.dump({"steps": result.steps, "test": result.final_metrics,
                    "weights": hashlib.sha256(b"".join(p.detach().numpy().tobytes()
                                                       for p in result.model.parameters())).hexdigest()}, f)
-''')
+""")
 
 
-def torchrun(tmp_path: Path, out_dir: Path, loader: str, max_steps: int, resume: str = "none") -> None:
+def torchrun(
+    tmp_path: Path, out_dir: Path, loader: str, max_steps: int, resume: str = "none"
+) -> None:
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(out_dir), loader, str(max_steps), resume]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(out_dir),
+        loader,
+        str(max_steps),
+        resume,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -94,8 +114,8 @@ def test_torchrun_two_processes_shard_sync_and_resume(tmp_path):
     r0, r1 = records(full, 0), records(full, 1)
     assert len(r0) == len(r1) == 10
     for epoch in range(2):
-        seen0 = [i for r in r0[5 * epoch:5 * epoch + 5] for i in r["ids"]]
-        seen1 = [i for r in r1[5 * epoch:5 * epoch + 5] for i in r["ids"]]
+        seen0 = [i for r in r0[5 * epoch : 5 * epoch + 5] for i in r["ids"]]
+        seen1 = [i for r in r1[5 * epoch : 5 * epoch + 5] for i in r["ids"]]
         assert not set(seen0) & set(seen1), "ranks saw the same images"
         assert sorted(seen0 + seen1) == list(range(40)), "the shards do not cover the epoch"
     assert [r["weights"] for r in r0] == [r["weights"] for r in r1], "weights differ between ranks"
@@ -124,16 +144,26 @@ def test_torch_path_shards_are_disjoint_equal_and_cover(world_size):
     data = ArrayDataset(images, np.arange(23))
     shards = []
     for rank in range(world_size):
-        ids = [int(i) for _, y in _epoch_batches(data, 2, seed=5, epoch=1, skip=0, num_workers=0,
-                                                  rank=rank, world_size=world_size) for i in y]
+        ids = [
+            int(i)
+            for _, y in _epoch_batches(
+                data, 2, seed=5, epoch=1, skip=0, num_workers=0, rank=rank, world_size=world_size
+            )
+            for i in y
+        ]
         shards.append(ids)
     assert len({len(s) for s in shards}) == 1  # equal steps on every rank
     flat = [i for s in shards for i in s]
     assert len(flat) == len(set(flat))
     # evaluation shards: every held-out image exactly once
-    held_out = [int(i) for rank in range(world_size)
-                for _, y in _epoch_batches(data, 4, 0, 0, 0, 0, shuffle=False, drop_last=False,
-                                           rank=rank, world_size=world_size) for i in y]
+    held_out = [
+        int(i)
+        for rank in range(world_size)
+        for _, y in _epoch_batches(
+            data, 4, 0, 0, 0, 0, shuffle=False, drop_last=False, rank=rank, world_size=world_size
+        )
+        for i in y
+    ]
     assert sorted(held_out) == list(range(23))
 
 
@@ -250,8 +280,17 @@ def sharded_run(tmp_path_factory, digits_classifier):
     script.write_text(SHARDED_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(root), str(classifier)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(root),
+        str(classifier),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return root, classifier
@@ -266,7 +305,9 @@ def test_fsdp_shards_and_matches_ddp(sharded_run):
     root, _ = sharded_run
     ddp, fsdp = root / "ddp", root / "fsdp"
     for rank in (0, 1):
-        shard = [json.loads(line) for line in (fsdp / f"shard{rank}.jsonl").read_text().splitlines()]
+        shard = [
+            json.loads(line) for line in (fsdp / f"shard{rank}.jsonl").read_text().splitlines()
+        ]
         whole = [json.loads(line) for line in (ddp / f"shard{rank}.jsonl").read_text().splitlines()]
         assert len(shard) == len(whole) == 4
         # a block's fc1 weight is (128, 32): DDP holds all of it, FSDP half on each rank
@@ -285,7 +326,8 @@ def test_fsdp_shards_and_matches_ddp(sharded_run):
     finals = [json.loads((fsdp / f"final{rank}.json").read_text()) for rank in (0, 1)]
     assert finals[0] == finals[1] and finals[0]["type"] == "MaskedViT" and finals[0]["steps"] == 4
     assert finals[0]["test"]["loss"] == pytest.approx(
-        json.loads((ddp / "final0.json").read_text())["test"]["loss"], rel=1e-4)
+        json.loads((ddp / "final0.json").read_text())["test"]["loss"], rel=1e-4
+    )
 
 
 def test_fsdp_checkpoint_is_whole_and_loads_in_one_process(sharded_run):
@@ -296,7 +338,9 @@ def test_fsdp_checkpoint_is_whole_and_loads_in_one_process(sharded_run):
     final = MaskedViT.load(fsdp / "model.safetensors").state_dict()
     assert all(torch.equal(v, final[k]) for k, v in model.state_dict().items())
     # the optimizer state is whole and in the plain layout: resumable by a single process too
-    config = TrainConfig(method="shard-recording-mimir", model="vit_tiny_patch4_32", epochs=2, batch_size=4)
+    config = TrainConfig(
+        method="shard-recording-mimir", model="vit_tiny_patch4_32", epochs=2, batch_size=4
+    )
     fresh = create_model("vit_tiny_patch4_32", in_chans=1, num_classes=20, **TINY)
     optimizer = torch.optim.AdamW(fresh.param_groups(0.05, 1.0))
     assert load_checkpoint(path, fresh, optimizer, config) == 4
@@ -310,7 +354,9 @@ def test_fsdp_checkpoint_is_whole_and_loads_in_one_process(sharded_run):
     for key, want in ddp_tensors.items():
         # relative to the tensor: Adam turns the rounding noise of near-zero gradients (the key
         # biases' gradient is zero in exact arithmetic) into whole lr-sized steps
-        error = float((fsdp_tensors[key].float() - want.float()).norm() / want.float().norm().clamp_min(1e-12))
+        error = float(
+            (fsdp_tensors[key].float() - want.float()).norm() / want.float().norm().clamp_min(1e-12)
+        )
         assert error < (2e-2 if key.startswith("model.") else 1e-3), (key, error)
 
 
@@ -336,16 +382,44 @@ def test_sharded_evaluate_cli_equals_one_process(sharded_run, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank of the launch
     try:
-        assert cli_main(["evaluate", str(classifier), "--attacks", "pgd,fgsm,square,mim", "--out", str(tmp_path),
-                         "--data", "digits", "--max-images", "40", "--batch-size", "16", "--eps", "4/255,8/255",
-                         "--steps", "3", "--n-queries", "20", "--seed", "3", "--device", "cpu",
-                         "--no-progress"]) == 0
+        assert (
+            cli_main(
+                [
+                    "evaluate",
+                    str(classifier),
+                    "--attacks",
+                    "pgd,fgsm,square,mim",
+                    "--out",
+                    str(tmp_path),
+                    "--data",
+                    "digits",
+                    "--max-images",
+                    "40",
+                    "--batch-size",
+                    "16",
+                    "--eps",
+                    "4/255,8/255",
+                    "--steps",
+                    "3",
+                    "--n-queries",
+                    "20",
+                    "--seed",
+                    "3",
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     single = json.loads((tmp_path / "evaluation.json").read_text())
     sharded = json.loads((root / "eval_cli" / "evaluation.json").read_text())
     assert sharded["n_images"] == single["n_images"] == 40
-    assert [r["robust_accuracy"] for r in sharded["results"]] == [r["robust_accuracy"] for r in single["results"]]
+    assert [r["robust_accuracy"] for r in sharded["results"]] == [
+        r["robust_accuracy"] for r in single["results"]
+    ]
     assert 0 < min(r["robust_accuracy"] for r in single["results"]) < single["clean_accuracy"]
     single, sharded = without_timings(single), without_timings(sharded)
     rec_single, rec_sharded = single.pop("reconstruction"), sharded.pop("reconstruction")
@@ -353,7 +427,15 @@ def test_sharded_evaluate_cli_equals_one_process(sharded_run, tmp_path):
     assert len(rec_sharded) == len(rec_single) == 2  # "mim" at both eps: PSNR, SSIM and losses
     for ours, theirs in zip(rec_sharded, rec_single):
         assert ours.keys() == theirs.keys() and ours["attack"] == theirs["attack"] == "mim"
-        for key in ("eps", "psnr_input", "ssim_input", "psnr_recon", "ssim_recon", "loss_clean", "loss_adv"):
+        for key in (
+            "eps",
+            "psnr_input",
+            "ssim_input",
+            "psnr_recon",
+            "ssim_recon",
+            "loss_clean",
+            "loss_adv",
+        ):
             assert ours[key] == pytest.approx(theirs[key], rel=1e-6), key
 
 
@@ -369,22 +451,48 @@ def test_sharded_evaluate_api_equals_one_process(sharded_run, digits_classifier)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = evaluate(model, (x, y), attacks=[{"name": "pgd", "steps": 3}], eps=8 / 255,
-                          defense=GaussianNoise(0.05), batch_size=16, seed=1, progress=False)
-        again = evaluate(model, (x, y), attacks=[{"name": "pgd", "steps": 3}], eps=8 / 255,
-                         defense=GaussianNoise(0.05), batch_size=16, seed=1, progress=False)
+        single = evaluate(
+            model,
+            (x, y),
+            attacks=[{"name": "pgd", "steps": 3}],
+            eps=8 / 255,
+            defense=GaussianNoise(0.05),
+            batch_size=16,
+            seed=1,
+            progress=False,
+        )
+        again = evaluate(
+            model,
+            (x, y),
+            attacks=[{"name": "pgd", "steps": 3}],
+            eps=8 / 255,
+            defense=GaussianNoise(0.05),
+            batch_size=16,
+            seed=1,
+            progress=False,
+        )
     finally:
         torch.set_num_threads(threads)
     assert without_timings(json.loads(json.dumps(single))) == without_timings(reports[0])
-    assert without_timings(single) == without_timings(again)  # the random defense's draws are seeded too
+    assert without_timings(single) == without_timings(
+        again
+    )  # the random defense's draws are seeded too
     for rank in (0, 1):
         message = (root / f"mismatch{rank}.txt").read_text()
         assert "different images or labels" in message, message
     alone = json.loads((root / "alone.json").read_text())
-    reference = evaluate(model, (x[:16], y[:16]), attacks=[{"name": "fgsm"}], eps=0.02, progress=False,
-                         sanity_checks=False)
-    assert alone["n_images"] == 16 and alone["results"][0]["robust_accuracy"] == \
-        reference["results"][0]["robust_accuracy"]
+    reference = evaluate(
+        model,
+        (x[:16], y[:16]),
+        attacks=[{"name": "fgsm"}],
+        eps=0.02,
+        progress=False,
+        sanity_checks=False,
+    )
+    assert (
+        alone["n_images"] == 16
+        and alone["results"][0]["robust_accuracy"] == reference["results"][0]["robust_accuracy"]
+    )
 
 
 def test_distributed_choice_is_checked_and_a_cli_flag(capsys):
@@ -402,8 +510,18 @@ def test_fsdp_in_one_process_is_plain_training(tmp_path):
     # without torchrun there is nothing to shard: the run equals the default one
     images = np.random.default_rng(1).integers(0, 256, size=(8, 16, 16, 1), dtype=np.uint8)
     data = ArrayDataset(images, np.arange(8) % 2)
-    kw = {"method": "mae", "model": "vit_tiny_patch4_32", "model_overrides": TINY, "epochs": 1, "batch_size": 4,
-          "progress": False, "train_data": data, "test_data": data}
+    kw = {
+        "method": "mae",
+        "model": "vit_tiny_patch4_32",
+        "model_overrides": TINY,
+        "epochs": 1,
+        "batch_size": 4,
+        "progress": False,
+        "train_data": data,
+        "test_data": data,
+    }
     plain = mimir_fast.train(out_dir=str(tmp_path / "a"), **kw)
     fsdp = mimir_fast.train(out_dir=str(tmp_path / "b"), distributed="fsdp", **kw)
-    assert all(torch.equal(v, fsdp.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
+    assert all(
+        torch.equal(v, fsdp.model.state_dict()[k]) for k, v in plain.model.state_dict().items()
+    )

@@ -50,8 +50,15 @@ EXAMPLES_KEPT = 5
 
 
 def _settings(n: int):
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
-                    suppress_health_check=list(HealthCheck), print_blob=False)
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
 
 
 class Tally:
@@ -82,7 +89,10 @@ class Tally:
         elif not isinstance(exc, CLEAN_ERRORS) or not msg.strip():
             self.bad("unclear", f"{type(exc).__name__}: {msg!r} <- {case}")
         elif must_name is not None and must_name not in msg:
-            self.bad("unclear", f"message does not name {must_name}: {type(exc).__name__}: {msg} <- {case}")
+            self.bad(
+                "unclear",
+                f"message does not name {must_name}: {type(exc).__name__}: {msg} <- {case}",
+            )
         else:
             self.counts["clean_error"] += 1
 
@@ -94,8 +104,14 @@ class Tally:
 
     def result(self) -> dict:
         counts = {k: self.counts.get(k, 0) for k in ("ok", "clean_error", *self.BAD)}
-        return {"part": self.part, "cases": self.cases, "checks": sum(self.counts.values()),
-                "type_errors": self.type_errors, **counts, "examples": self.examples}
+        return {
+            "part": self.part,
+            "cases": self.cases,
+            "checks": sum(self.counts.values()),
+            "type_errors": self.type_errors,
+            **counts,
+            "examples": self.examples,
+        }
 
 
 # ================================================================= loader configurations
@@ -115,16 +131,33 @@ def _loader_case(draw):
     size = draw(st.sampled_from([4, 6, 8]))
     chans = draw(st.sampled_from([None, 1, 3]))
     shape = (n, size, size) if chans is None else (n, size, size, chans)
-    shape = pick(st.just(shape), st.sampled_from([(n, size), (n, size, size, 3, 1), (n, size, size + 2, 3),
-                                                  (n, 0, 0, 3), (n, size, size, 0)]))
-    dtype = pick(st.sampled_from(["uint8", "float32", "float64"]), st.sampled_from(["int16", "bool", "nan", "big"]))
-    labels_kind = pick(st.sampled_from(["none", "ok"]), st.sampled_from(["short", "float", "2d", "str"]))
+    shape = pick(
+        st.just(shape),
+        st.sampled_from(
+            [
+                (n, size),
+                (n, size, size, 3, 1),
+                (n, size, size + 2, 3),
+                (n, 0, 0, 3),
+                (n, size, size, 0),
+            ]
+        ),
+    )
+    dtype = pick(
+        st.sampled_from(["uint8", "float32", "float64"]),
+        st.sampled_from(["int16", "bool", "nan", "big"]),
+    )
+    labels_kind = pick(
+        st.sampled_from(["none", "ok"]), st.sampled_from(["short", "float", "2d", "str"])
+    )
 
-    kw = {"batch_size": pick(st.integers(1, 8), st.sampled_from([0, -1, 2.5, "4", None, True, 2**70]))}
+    kw = {
+        "batch_size": pick(st.integers(1, 8), st.sampled_from([0, -1, 2.5, "4", None, True, 2**70]))
+    }
     if draw(st.booleans()):
         kw["shuffle"] = draw(st.booleans())
     if draw(st.booleans()):
-        kw["seed"] = pick(st.integers(-10**20, 10**20), st.sampled_from([1.5, "x", None, True]))
+        kw["seed"] = pick(st.integers(-(10**20), 10**20), st.sampled_from([1.5, "x", None, True]))
     if draw(st.booleans()):
         kw["drop_last"] = draw(st.booleans())
     if draw(st.booleans()):
@@ -136,11 +169,15 @@ def _loader_case(draw):
     if draw(st.booleans()):
         kw["padding"] = pick(st.integers(0, 5), st.sampled_from([-1, 2**17, 2**70, 1.5, "2"]))
     if draw(st.booleans()):
-        kw["rrc_scale"] = pick(st.tuples(st.floats(0.05, 0.5), st.floats(0.5, 1.0)),
-                               st.sampled_from([(0, 1), (0.5, 0.2), (0.2, 1.5), (_NAN, 1), 3, "ab", (1, 2, 3)]))
+        kw["rrc_scale"] = pick(
+            st.tuples(st.floats(0.05, 0.5), st.floats(0.5, 1.0)),
+            st.sampled_from([(0, 1), (0.5, 0.2), (0.2, 1.5), (_NAN, 1), 3, "ab", (1, 2, 3)]),
+        )
     if draw(st.booleans()):
-        kw["rrc_ratio"] = pick(st.tuples(st.floats(0.5, 1.0), st.floats(1.0, 2.0)),
-                               st.sampled_from([(0, 1), (2, 1), (_INF, _INF), None]))
+        kw["rrc_ratio"] = pick(
+            st.tuples(st.floats(0.5, 1.0), st.floats(1.0, 2.0)),
+            st.sampled_from([(0, 1), (2, 1), (_INF, _INF), None]),
+        )
     out_size = size
     if augment in ("rrc", "rrc_flip"):
         out_size = draw(st.sampled_from([4, 8, 12]))
@@ -152,16 +189,37 @@ def _loader_case(draw):
     num_masks = pick(st.integers(0, 3), st.sampled_from([-1, 1.5, 2**40, 10**6]))
     if num_masks != 0:
         kw["num_masks"] = num_masks
-        kw["patch_size"] = pick(st.sampled_from([p for p in (1, 2, 4) if out_size % p == 0]),
-                                st.sampled_from([0, -4, 3, 5, 2**40, None]))
-        kw["mask_ratio"] = pick(st.floats(0.0, 0.75), st.sampled_from([1.0, -0.1, _NAN, _INF, "0.5", None, 0.999]))
-    sigma = pick(st.one_of(st.none(), st.just("gamma"),
-                           st.tuples(st.just("gamma"), st.floats(0.5, 40), st.floats(0.5, 5)),
-                           st.tuples(st.just("uniform"), st.floats(0, 10), st.floats(10, 60)),
-                           st.tuples(st.just("constant"), st.floats(0, 50))),
-                 st.sampled_from([("gamma", -1, 3), ("gamma", _NAN, 1), ("uniform", 5, 1), ("constant", -1),
-                                  ("constant", _INF), ("bogus", 1), 5, (), ("gamma", "x", 1), ("uniform", 1),
-                                  [None]]))
+        kw["patch_size"] = pick(
+            st.sampled_from([p for p in (1, 2, 4) if out_size % p == 0]),
+            st.sampled_from([0, -4, 3, 5, 2**40, None]),
+        )
+        kw["mask_ratio"] = pick(
+            st.floats(0.0, 0.75), st.sampled_from([1.0, -0.1, _NAN, _INF, "0.5", None, 0.999])
+        )
+    sigma = pick(
+        st.one_of(
+            st.none(),
+            st.just("gamma"),
+            st.tuples(st.just("gamma"), st.floats(0.5, 40), st.floats(0.5, 5)),
+            st.tuples(st.just("uniform"), st.floats(0, 10), st.floats(10, 60)),
+            st.tuples(st.just("constant"), st.floats(0, 50)),
+        ),
+        st.sampled_from(
+            [
+                ("gamma", -1, 3),
+                ("gamma", _NAN, 1),
+                ("uniform", 5, 1),
+                ("constant", -1),
+                ("constant", _INF),
+                ("bogus", 1),
+                5,
+                (),
+                ("gamma", "x", 1),
+                ("uniform", 1),
+                [None],
+            ]
+        ),
+    )
     if sigma is not None:
         kw["sigma"] = sigma
     if draw(st.booleans()):
@@ -193,8 +251,14 @@ def _make_images(shape, dtype, labels_kind, seed):
         x.reshape(-1)[: max(1, x.size // 7)] = np.nan
     else:  # "big": float values outside [0, 1]
         x = rng.random(shape).astype(np.float32) * 300
-    labels = {"none": None, "ok": np.arange(n) % 3, "short": np.arange(max(0, n - 1)),
-              "float": np.linspace(0, 1, n), "2d": np.zeros((n, 2), np.int64), "str": ["a"] * n}[labels_kind]
+    labels = {
+        "none": None,
+        "ok": np.arange(n) % 3,
+        "short": np.arange(max(0, n - 1)),
+        "float": np.linspace(0, 1, n),
+        "2d": np.zeros((n, 2), np.int64),
+        "str": ["a"] * n,
+    }[labels_kind]
     return x, labels
 
 
@@ -225,7 +289,9 @@ def _check_loader(loader, x: np.ndarray, kw: dict) -> str | None:
         got.append(m)
         want_dtype = torch.uint8 if kw["output"] == "uint8" else torch.float32
         if b.images.shape != (m, c, s, s) or b.images.dtype != want_dtype:
-            return f"images {tuple(b.images.shape)} {b.images.dtype}, want {(m, c, s, s)} {want_dtype}"
+            return (
+                f"images {tuple(b.images.shape)} {b.images.dtype}, want {(m, c, s, s)} {want_dtype}"
+            )
         if want_dtype == torch.float32 and not (b.images.min() >= 0 and b.images.max() <= 1):
             return "float images outside [0, 1]"
         if b.labels.dtype != torch.int64 or b.labels.shape != (m,):
@@ -238,7 +304,11 @@ def _check_loader(loader, x: np.ndarray, kw: dict) -> str | None:
             length = (s // kw["patch_size"]) ** 2
             keep = int(length * (1 - kw["mask_ratio"]))
             for ids_keep, mask, ids_restore in b.masks:
-                if ids_keep.shape != (m, keep) or mask.shape != (m, length) or ids_restore.shape != (m, length):
+                if (
+                    ids_keep.shape != (m, keep)
+                    or mask.shape != (m, length)
+                    or ids_restore.shape != (m, length)
+                ):
                     return f"mask shapes {tuple(ids_keep.shape)} {tuple(mask.shape)}, want keep {keep} of {length}"
                 if not torch.equal(mask.sum(1), torch.full((m,), float(length - keep))):
                     return "mask does not remove L - len_keep patches"
@@ -290,22 +360,38 @@ def fuzz_loader(n: int) -> dict:
 def _mutate(draw, data: bytes, header_end: int) -> tuple[str, bytes]:
     """A random corruption of ``data``: truncation, bit flips (often in the header), overwrites,
     insertions, junk, random bytes or nothing."""
-    op = draw(st.sampled_from(["none", "truncate", "flip", "flip_header", "overwrite", "insert", "junk_tail",
-                               "random", "empty", "prefix_only"]))
+    op = draw(
+        st.sampled_from(
+            [
+                "none",
+                "truncate",
+                "flip",
+                "flip_header",
+                "overwrite",
+                "insert",
+                "junk_tail",
+                "random",
+                "empty",
+                "prefix_only",
+            ]
+        )
+    )
     b = bytearray(data)
     if op == "truncate":
         cut = draw(st.integers(0, len(b) - 1))
         return f"truncate@{cut}", bytes(b[:cut])
     if op in ("flip", "flip_header"):
         hi = min(header_end, len(b)) if op == "flip_header" else len(b)
-        flips = draw(st.lists(st.tuples(st.integers(0, hi - 1), st.integers(0, 7)), min_size=1, max_size=6))
+        flips = draw(
+            st.lists(st.tuples(st.integers(0, hi - 1), st.integers(0, 7)), min_size=1, max_size=6)
+        )
         for pos, bit in flips:
             b[pos] ^= 1 << bit
         return f"{op}{flips}", bytes(b)
     if op == "overwrite":
         pos = draw(st.integers(0, len(b) - 1))
         junk = draw(st.binary(min_size=1, max_size=32))
-        b[pos:pos + len(junk)] = junk
+        b[pos : pos + len(junk)] = junk
         return f"overwrite@{pos}:{junk.hex()}", bytes(b)
     if op == "insert":
         pos = draw(st.integers(0, len(b)))
@@ -316,7 +402,9 @@ def _mutate(draw, data: bytes, header_end: int) -> tuple[str, bytes]:
     if op == "random":
         junk = draw(st.binary(min_size=1, max_size=300))
         keep_magic = draw(st.booleans())
-        return f"random(magic={keep_magic}):{junk[:16].hex()}", (bytes(b[:8]) if keep_magic else b"") + junk
+        return f"random(magic={keep_magic}):{junk[:16].hex()}", (
+            bytes(b[:8]) if keep_magic else b""
+        ) + junk
     if op == "empty":
         return "empty", b""
     if op == "prefix_only":
@@ -331,8 +419,12 @@ def _encoded_images() -> dict[str, bytes]:
     rgb = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
     gray = Image.fromarray(rng.integers(0, 256, (10, 10), dtype=np.uint8))
     out = {}
-    for name, im, fmt in (("png", rgb, "PNG"), ("jpeg", rgb, "JPEG"), ("png_gray", gray, "PNG"),
-                          ("jpeg_gray", gray, "JPEG")):
+    for name, im, fmt in (
+        ("png", rgb, "PNG"),
+        ("jpeg", rgb, "JPEG"),
+        ("png_gray", gray, "PNG"),
+        ("jpeg_gray", gray, "JPEG"),
+    ):
         buf = io.BytesIO()
         im.save(buf, fmt)
         out[name] = buf.getvalue()
@@ -376,8 +468,14 @@ def fuzz_images(n: int, work: Path) -> dict:
             ds = ImageFolder(root, image_size=8)
             for i in range(len(ds)):
                 img, _ = ds[i]
-                if img.shape != (3, 8, 8) or img.dtype != torch.float32 or not (0 <= img.min() <= img.max() <= 1):
-                    tally.bad("wrong", f"ImageFolder item {i}: {tuple(img.shape)} {img.dtype} <- {text}")
+                if (
+                    img.shape != (3, 8, 8)
+                    or img.dtype != torch.float32
+                    or not (0 <= img.min() <= img.max() <= 1)
+                ):
+                    tally.bad(
+                        "wrong", f"ImageFolder item {i}: {tuple(img.shape)} {img.dtype} <- {text}"
+                    )
                     return
             tally.ok()
         except BaseException as e:
@@ -387,13 +485,23 @@ def fuzz_images(n: int, work: Path) -> dict:
         # Rust decoding through the loader, raising and skipping
         for skip in (False, True):
             try:
-                loader = Loader.from_image_folder(root, image_size=8, batch_size=2, shuffle=False, drop_last=False,
-                                                  num_threads=1, augment=augment, skip_corrupt=skip)
+                loader = Loader.from_image_folder(
+                    root,
+                    image_size=8,
+                    batch_size=2,
+                    shuffle=False,
+                    drop_last=False,
+                    num_threads=1,
+                    augment=augment,
+                    skip_corrupt=skip,
+                )
                 batches = list(loader)
                 got = sum(len(b) for b in batches)
                 skipped = sum(b.skipped for b in batches)
                 if got + skipped != 2 or any(b.images.shape[1:] != (3, 8, 8) for b in batches):
-                    tally.bad("wrong", f"loader skip={skip}: {got} images + {skipped} skipped <- {text}")
+                    tally.bad(
+                        "wrong", f"loader skip={skip}: {got} images + {skipped} skipped <- {text}"
+                    )
                 else:
                     tally.ok()
             except BaseException as e:
@@ -427,7 +535,22 @@ def _npy_with_header(header: str, data: bytes, version: int = 1, hlen_delta: int
 
 
 _SHAPE_DIMS = [0, 1, 2, 3, 5, 8, -1, 2**31, 2**32, 2**33, 2**62, 2**64, 10**20]
-_DESCRS = ["|u1", "<u1", "u1", "<f4", "<f8", "|b1", "<i2", "|O", ">u2", "<c8", "|V8", "garbage", "'", "<U3"]
+_DESCRS = [
+    "|u1",
+    "<u1",
+    "u1",
+    "<f4",
+    "<f8",
+    "|b1",
+    "<i2",
+    "|O",
+    ">u2",
+    "<c8",
+    "|V8",
+    "garbage",
+    "'",
+    "<U3",
+]
 
 
 def fuzz_npy(n: int, work: Path) -> dict:
@@ -457,9 +580,13 @@ def fuzz_npy(n: int, work: Path) -> dict:
             if draw(st.booleans()):
                 shape = arr.shape
             fortran = draw(st.sampled_from(["False", "True", "0", "None"]))
-            header = "{" + f"'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, " + "}"
+            header = (
+                "{" + f"'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, " + "}"
+            )
             if draw(st.integers(0, 5)) == 0:
-                header = draw(st.sampled_from(["{}", "{'descr': '|u1'}", "not a dict", "{'shape': (1,2,3,}"]))
+                header = draw(
+                    st.sampled_from(["{}", "{'descr': '|u1'}", "not a dict", "{'shape': (1,2,3,}"])
+                )
             version = draw(st.sampled_from([1, 1, 2, 3, 0, 9]))
             delta = draw(st.sampled_from([0, 0, 0, -3, 5, 10**6]))
             data = _npy_bytes(arr)[128:] if len(_npy_bytes(arr)) > 128 else b""
@@ -488,7 +615,9 @@ def fuzz_npy(n: int, work: Path) -> dict:
             for i in (0, len(ds) - 1):
                 img, label = ds[i]
                 if img.ndim != 3 or img.dtype != torch.float32 or not isinstance(label, int):
-                    tally.bad("wrong", f"load_npy item {i}: {tuple(img.shape)} {img.dtype} <- {text}")
+                    tally.bad(
+                        "wrong", f"load_npy item {i}: {tuple(img.shape)} {img.dtype} <- {text}"
+                    )
                     return
             tally.ok()
         except BaseException as e:
@@ -505,7 +634,9 @@ def fuzz_npy(n: int, work: Path) -> dict:
                 tally.error(e, "build_dataset " + text, must_name=bad_path.name)
         try:
             kw = {"augment": "rrc", "image_size": 8} if augment == "rrc" else {"augment": "none"}
-            loader = Loader.from_npy(img_path, labels_arg, batch_size=2, drop_last=False, num_threads=1, **kw)
+            loader = Loader.from_npy(
+                img_path, labels_arg, batch_size=2, drop_last=False, num_threads=1, **kw
+            )
             for b in loader:
                 if b.images.ndim != 4 or b.images.shape[2:] != (8, 8):
                     tally.bad("wrong", f"Loader.from_npy batch {tuple(b.images.shape)} <- {text}")
@@ -521,13 +652,23 @@ def fuzz_npy(n: int, work: Path) -> dict:
 
 
 # ================================================================= model files and checkpoints
-TINY = dict(img_size=8, patch_size=4, in_chans=1, embed_dim=8, depth=1, num_heads=2, decoder_embed_dim=8,
-            decoder_depth=1, decoder_num_heads=2, num_classes=3)
+TINY = dict(
+    img_size=8,
+    patch_size=4,
+    in_chans=1,
+    embed_dim=8,
+    depth=1,
+    num_heads=2,
+    decoder_embed_dim=8,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    num_classes=3,
+)
 
 
 def _split_safetensors(data: bytes) -> tuple[dict, bytes]:
     (hlen,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + hlen]), data[8 + hlen:]
+    return json.loads(data[8 : 8 + hlen]), data[8 + hlen :]
 
 
 def _join_safetensors(header: dict, body: bytes, hlen_delta: int = 0) -> bytes:
@@ -540,19 +681,55 @@ def _canonical(data: bytes) -> bytes:
     """The same file with its header's keys sorted: safetensors writes the metadata in a per-process
     hash order, and the byte-level mutations must hit the same bytes on every run."""
     header, body = _split_safetensors(data)
-    header = {k: (dict(sorted(v.items())) if k == "__metadata__" else v) for k, v in sorted(header.items())}
+    header = {
+        k: (dict(sorted(v.items())) if k == "__metadata__" else v)
+        for k, v in sorted(header.items())
+    }
     return _join_safetensors(header, body)
 
 
-_ODD_VALUES = [0, -1, 3, 7, 10**9, 2**62, 2**70, 0.5, -1.0, "nan", "inf", "x", "", None, True, [1, 2], {"a": 1}]
+_ODD_VALUES = [
+    0,
+    -1,
+    3,
+    7,
+    10**9,
+    2**62,
+    2**70,
+    0.5,
+    -1.0,
+    "nan",
+    "inf",
+    "x",
+    "",
+    None,
+    True,
+    [1, 2],
+    {"a": 1},
+]
 
 
 def _edit_header(draw, header: dict) -> str:
     """Change one thing in a safetensors header (in place); returns what changed."""
     meta = header.get("__metadata__", {})
     tensor_names = [k for k in header if k != "__metadata__"]
-    op = draw(st.sampled_from(["config_value", "config_value", "config_drop", "config_extra", "meta_text",
-                               "format", "dtype", "shape", "offsets", "drop_tensor", "rename_tensor"]))
+    op = draw(
+        st.sampled_from(
+            [
+                "config_value",
+                "config_value",
+                "config_drop",
+                "config_extra",
+                "meta_text",
+                "format",
+                "dtype",
+                "shape",
+                "offsets",
+                "drop_tensor",
+                "rename_tensor",
+            ]
+        )
+    )
     if op.startswith("config") and "config" in meta:
         config = json.loads(meta["config"])
         key = draw(st.sampled_from(sorted(config)))
@@ -566,22 +743,28 @@ def _edit_header(draw, header: dict) -> str:
         return f"{op} {key}={config.get(key)!r}"
     if op == "meta_text":
         key = draw(st.sampled_from(sorted(meta) or ["config"]))
-        meta[key] = draw(st.sampled_from(["{", "[1]", "null", "\"text\"", "1e999", ""]))
+        meta[key] = draw(st.sampled_from(["{", "[1]", "null", '"text"', "1e999", ""]))
         return f"meta {key}={meta[key]!r}"
     if op == "format":
         meta["format"] = json.dumps(draw(st.sampled_from(["mimir_fast.MaskedViT/9", "x", 1])))
         return f"format={meta['format']}"
     name = draw(st.sampled_from(tensor_names))
     if op == "dtype":
-        header[name]["dtype"] = draw(st.sampled_from(["F16", "BF16", "F64", "I64", "U8", "BOOL", "XX", ""]))
+        header[name]["dtype"] = draw(
+            st.sampled_from(["F16", "BF16", "F64", "I64", "U8", "BOOL", "XX", ""])
+        )
         return f"{name} dtype={header[name]['dtype']}"
     if op == "shape":
-        header[name]["shape"] = draw(st.lists(st.sampled_from([0, 1, 2, 3, 8, 2**40, -1]), max_size=4))
+        header[name]["shape"] = draw(
+            st.lists(st.sampled_from([0, 1, 2, 3, 8, 2**40, -1]), max_size=4)
+        )
         return f"{name} shape={header[name]['shape']}"
     if op == "offsets":
         a, b = header[name]["data_offsets"]
-        header[name]["data_offsets"] = [draw(st.sampled_from([a, b, 0, a + 4, 2**40, -8])),
-                                        draw(st.sampled_from([a, b, b + 4, 2**63, 0]))]
+        header[name]["data_offsets"] = [
+            draw(st.sampled_from([a, b, 0, a + 4, 2**40, -8])),
+            draw(st.sampled_from([a, b, b + 4, 2**63, 0])),
+        ]
         return f"{name} offsets={header[name]['data_offsets']}"
     if op == "drop_tensor":
         del header[name]
@@ -595,7 +778,9 @@ def fuzz_models(n: int, work: Path) -> dict:
     from mimir_fast._io import load_tensors
     from mimir_fast.models import MaskedViT
 
-    train_module = importlib.import_module("mimir_fast.train")  # the package's `train` is the function
+    train_module = importlib.import_module(
+        "mimir_fast.train"
+    )  # the package's `train` is the function
     folder = work / "models"
     folder.mkdir()
     torch.manual_seed(0)
@@ -605,8 +790,13 @@ def fuzz_models(n: int, work: Path) -> dict:
     optimizer = torch.optim.AdamW(model.param_groups(), lr=1e-3)
     model(torch.rand(2, 1, 8, 8)).sum().backward()
     optimizer.step()
-    train_module.save_checkpoint(folder / "ckpt.safetensors", model, optimizer, config, step=1, epoch=0)
-    bases = {kind: _canonical((folder / f"{kind}.safetensors").read_bytes()) for kind in ("model", "ckpt")}
+    train_module.save_checkpoint(
+        folder / "ckpt.safetensors", model, optimizer, config, step=1, epoch=0
+    )
+    bases = {
+        kind: _canonical((folder / f"{kind}.safetensors").read_bytes())
+        for kind in ("model", "ckpt")
+    }
     tally = Tally("models")
     outside = Counter()  # load_checkpoint lives in train.py: counted, reported, not asserted here
     outside_examples: list[str] = []
@@ -642,7 +832,11 @@ def fuzz_models(n: int, work: Path) -> dict:
         try:
             loaded = MaskedViT.load(path, kernels="torch")
             with torch.no_grad():
-                logits = loaded(torch.rand(2, loaded.config.in_chans, loaded.config.img_size, loaded.config.img_size))
+                logits = loaded(
+                    torch.rand(
+                        2, loaded.config.in_chans, loaded.config.img_size, loaded.config.img_size
+                    )
+                )
             if logits.shape != (2, loaded.config.num_classes):
                 tally.bad("wrong", f"loaded model gives logits {tuple(logits.shape)} <- {text}")
             else:
@@ -679,10 +873,12 @@ def _child_main(work: str) -> None:
 
     torch.set_num_threads(1)
     work_dir = Path(work)
-    for part, fn in (("loader", lambda: fuzz_loader(BUDGET["loader"])),
-                     ("images", lambda: fuzz_images(BUDGET["images"], work_dir)),
-                     ("npy", lambda: fuzz_npy(BUDGET["npy"], work_dir)),
-                     ("models", lambda: fuzz_models(BUDGET["models"], work_dir))):
+    for part, fn in (
+        ("loader", lambda: fuzz_loader(BUDGET["loader"])),
+        ("images", lambda: fuzz_images(BUDGET["images"], work_dir)),
+        ("npy", lambda: fuzz_npy(BUDGET["npy"], work_dir)),
+        ("models", lambda: fuzz_models(BUDGET["models"], work_dir)),
+    ):
         started = time.perf_counter()
         result = fn()
         result["seconds"] = round(time.perf_counter() - started, 2)
@@ -715,11 +911,13 @@ def _report(request, line: str) -> None:
 
 
 def _format(result: dict) -> str:
-    return (f"fuzz {result['part']:<12s} cases {result['cases']:5d}  checks {result.get('checks', 0):5d}  "
-            f"ok {result['ok']:5d}  clean errors {result['clean_error']:5d}  unclear {result['unclear']}  "
-            f"panics {result['panic']}  wrong {result['wrong']}  crashes {result.get('crashes', 0)}  "
-            f"hangs {result.get('hangs', 0)}"
-            + (f"  ({result['seconds']} s)" if "seconds" in result else ""))
+    return (
+        f"fuzz {result['part']:<12s} cases {result['cases']:5d}  checks {result.get('checks', 0):5d}  "
+        f"ok {result['ok']:5d}  clean errors {result['clean_error']:5d}  unclear {result['unclear']}  "
+        f"panics {result['panic']}  wrong {result['wrong']}  crashes {result.get('crashes', 0)}  "
+        f"hangs {result.get('hangs', 0)}"
+        + (f"  ({result['seconds']} s)" if "seconds" in result else "")
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -729,7 +927,9 @@ def native_child(tmp_path_factory):
     work = tmp_path_factory.mktemp("fuzz")
     env = {**os.environ, "RUST_BACKTRACE": "0", "PYTHONFAULTHANDLER": "1"}
     with open(work / "stdout.txt", "w+") as out, open(work / "stderr.txt", "w+") as err:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", str(work)], stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", str(work)], stdout=out, stderr=err, env=env
+        )
         yield {"proc": proc, "out": out, "err": err, "started": time.perf_counter()}
         if proc.poll() is None:
             proc.kill()
@@ -752,18 +952,34 @@ def native_results(native_child):
     results = {}
     for line in stdout.splitlines():
         if line.startswith("RESULT "):
-            r = json.loads(line[len("RESULT "):])
+            r = json.loads(line[len("RESULT ") :])
             results[r["part"]] = r
     cases = [ln for ln in stderr.splitlines() if ln.startswith("CASE ")]
     last_case = cases[-1] if cases else "(none)"
     for part in ("loader", "images", "npy", "models"):
         if part not in results:  # the child died or hung in (or before) this part
-            results[part] = {"part": part, "cases": 0, "ok": 0, "clean_error": 0, "unclear": 0, "panic": 0,
-                             "wrong": 0, "examples": {}, "crashes": int(not hung), "hangs": int(hung),
-                             "last_case": last_case, "stderr_tail": stderr[-3000:], "rc": rc}
+            results[part] = {
+                "part": part,
+                "cases": 0,
+                "ok": 0,
+                "clean_error": 0,
+                "unclear": 0,
+                "panic": 0,
+                "wrong": 0,
+                "examples": {},
+                "crashes": int(not hung),
+                "hangs": int(hung),
+                "last_case": last_case,
+                "stderr_tail": stderr[-3000:],
+                "rc": rc,
+            }
             break
-    results["_meta"] = {"seconds": round(time.perf_counter() - native_child["started"], 1), "rc": rc,
-                        "hung": hung, "rust_panic_messages": sum("panicked at" in ln for ln in stderr.splitlines())}
+    results["_meta"] = {
+        "seconds": round(time.perf_counter() - native_child["started"], 1),
+        "rc": rc,
+        "hung": hung,
+        "rust_panic_messages": sum("panicked at" in ln for ln in stderr.splitlines()),
+    }
     return results
 
 
@@ -776,17 +992,30 @@ def _train_fields() -> dict:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-_JSONISH = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.sampled_from([2**70, -2**70]),
-                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-                     st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=4),
-                                                                               st.integers(), max_size=2))
+_JSONISH = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.sampled_from([2**70, -(2**70)]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
 _GOOD_VALUES = {
-    "method": ["mae", "nim", "finetune", "bogus"], "model": ["vit_tiny_patch4_32", "nope"],
-    "data": ["digits", "npy:/nonexistent.npy"], "epochs": [1, 2, 0, -1], "batch_size": [1, 64, 0],
-    "lr": [None, 1e-3, 0.0, -1.0], "mask_ratio": [0.0, 0.75, 1.0], "noise": ["gamma:25,3", "uniform:0,30",
-                                                                           "gamma:0,1", "bogus:1", "uniform:a,b"],
-    "betas": [(0.9, 0.95), [0.9, 0.999], (1.0, 0.5), (0.9,)], "augment": ["crop_flip", "none", "rrc_flip", "x"],
-    "amp": ["auto", "off", "fp8"], "resume": [None, "auto"], "max_steps": [None, 1, 0],
+    "method": ["mae", "nim", "finetune", "bogus"],
+    "model": ["vit_tiny_patch4_32", "nope"],
+    "data": ["digits", "npy:/nonexistent.npy"],
+    "epochs": [1, 2, 0, -1],
+    "batch_size": [1, 64, 0],
+    "lr": [None, 1e-3, 0.0, -1.0],
+    "mask_ratio": [0.0, 0.75, 1.0],
+    "noise": ["gamma:25,3", "uniform:0,30", "gamma:0,1", "bogus:1", "uniform:a,b"],
+    "betas": [(0.9, 0.95), [0.9, 0.999], (1.0, 0.5), (0.9,)],
+    "augment": ["crop_flip", "none", "rrc_flip", "x"],
+    "amp": ["auto", "off", "fp8"],
+    "resume": [None, "auto"],
+    "max_steps": [None, 1, 0],
 }
 
 
@@ -798,9 +1027,13 @@ def test_train_config_from_random_dicts(request):
     started = time.perf_counter()
 
     @_settings(BUDGET["train_config"])
-    @given(st.dictionaries(st.sampled_from(sorted(fields) + ["not_a_field"]),
-                           st.one_of(_JSONISH, st.sampled_from([v for vs in _GOOD_VALUES.values() for v in vs])),
-                           max_size=6))
+    @given(
+        st.dictionaries(
+            st.sampled_from(sorted(fields) + ["not_a_field"]),
+            st.one_of(_JSONISH, st.sampled_from([v for vs in _GOOD_VALUES.values() for v in vs])),
+            max_size=6,
+        )
+    )
     def run(d):
         tally.cases += 1
         try:
@@ -828,9 +1061,12 @@ def test_train_config_from_random_dicts(request):
     run()
     result = {**tally.result(), "seconds": round(time.perf_counter() - started, 2)}
     _report(request, _format(result))
-    _report(request, f"fuzz {'':12s} TypeError messages (e.g. \"'<' not supported ...\"): "
-                     f"{result['type_errors']}; accepted with values off their type or not finite: "
-                     f"{len(suspicious)}" + "".join(f"\n    {x}" for x in suspicious[:EXAMPLES_KEPT]))
+    _report(
+        request,
+        f"fuzz {'':12s} TypeError messages (e.g. \"'<' not supported ...\"): "
+        f"{result['type_errors']}; accepted with values off their type or not finite: "
+        f"{len(suspicious)}" + "".join(f"\n    {x}" for x in suspicious[:EXAMPLES_KEPT]),
+    )
     assert result["unclear"] == 0 and result["wrong"] == 0, result["examples"]
     assert result["ok"] > 0 and result["clean_error"] > 0
 
@@ -853,12 +1089,39 @@ def _off_type_values(config, given: dict) -> dict:
         return want is None or isinstance(value, want)
 
     types = field_types()
-    return {name: value for name, value in given.items()
-            if name in types and not (value is None and types[name].optional) and not fits(value, types[name].base)}
+    return {
+        name: value
+        for name, value in given.items()
+        if name in types
+        and not (value is None and types[name].optional)
+        and not fits(value, types[name].base)
+    }
 
 
-_FLAG_VALUES = ["1", "0", "-1", "2.5", "nan", "inf", "none", "true", "maybe", "", "digits", "{\"depth\": 2}",
-                "{\"bogus\": 1}", "[1]", "{", "mae", "finetune", "nim", "0.9", "1e-3", "8/255", "x" * 40]
+_FLAG_VALUES = [
+    "1",
+    "0",
+    "-1",
+    "2.5",
+    "nan",
+    "inf",
+    "none",
+    "true",
+    "maybe",
+    "",
+    "digits",
+    '{"depth": 2}',
+    '{"bogus": 1}',
+    "[1]",
+    "{",
+    "mae",
+    "finetune",
+    "nim",
+    "0.9",
+    "1e-3",
+    "8/255",
+    "x" * 40,
+]
 
 
 def test_cli_random_argument_lists(request, tmp_path, monkeypatch):
@@ -866,11 +1129,19 @@ def test_cli_random_argument_lists(request, tmp_path, monkeypatch):
 
     monkeypatch.delenv("MIMIR_FAST_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)  # nothing is written outside the test's folder
-    flags = sorted({"--" + name.replace("_", "-") for name in _train_fields()} | {"--batch_size", "--no-progress"})
+    flags = sorted(
+        {"--" + name.replace("_", "-") for name in _train_fields()}
+        | {"--batch_size", "--no-progress"}
+    )
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
-    configs = {".toml": "epochs = 'two'\n[", ".json": '{"epochs": "x"}', ".yaml": "epochs: [1, 2\n",
-               ".yml": "- 1\n- 2\n", ".cfg": "x=1"}
+    configs = {
+        ".toml": "epochs = 'two'\n[",
+        ".json": '{"epochs": "x"}',
+        ".yaml": "epochs: [1, 2\n",
+        ".yml": "- 1\n- 2\n",
+        ".cfg": "x=1",
+    }
     for suffix, text in configs.items():
         (tmp_path / f"c{suffix}").write_text(text)
     tally = Tally("cli")
@@ -878,7 +1149,9 @@ def test_cli_random_argument_lists(request, tmp_path, monkeypatch):
 
     @st.composite
     def argv(draw):
-        command = draw(st.sampled_from(["pretrain", "finetune", "evaluate", "nonsense", "--help", ""]))
+        command = draw(
+            st.sampled_from(["pretrain", "finetune", "evaluate", "nonsense", "--help", ""])
+        )
         args: list[str] = []
         if command in ("pretrain", "finetune"):
             args = [command, "--dry-run"]  # never train
@@ -887,10 +1160,26 @@ def test_cli_random_argument_lists(request, tmp_path, monkeypatch):
                 if draw(st.integers(0, 4)) > 0:
                     args.append(draw(st.sampled_from(_FLAG_VALUES + [f"c{s}" for s in configs])))
         elif command == "evaluate":
-            args = [command, draw(st.sampled_from([str(corrupt), "missing.safetensors", str(tmp_path)]))]
+            args = [
+                command,
+                draw(st.sampled_from([str(corrupt), "missing.safetensors", str(tmp_path)])),
+            ]
             for _ in range(draw(st.integers(0, 3))):
-                args.append(draw(st.sampled_from(["--eps", "--attacks", "--steps", "--norm", "--threat",
-                                                  "--batch-size", "--bogus"])))
+                args.append(
+                    draw(
+                        st.sampled_from(
+                            [
+                                "--eps",
+                                "--attacks",
+                                "--steps",
+                                "--norm",
+                                "--threat",
+                                "--batch-size",
+                                "--bogus",
+                            ]
+                        )
+                    )
+                )
                 args.append(draw(st.sampled_from(_FLAG_VALUES)))
         elif command:
             args = [command] + draw(st.lists(st.sampled_from(_FLAG_VALUES), max_size=2))
@@ -908,8 +1197,11 @@ def test_cli_random_argument_lists(request, tmp_path, monkeypatch):
             tally.bad("unclear", f"{type(e).__name__} escaped main(): {e} <- {args}")
             return
         if rc == 0:
-            if args[:2] in (["pretrain", "--dry-run"], ["finetune", "--dry-run"]) and "-h" not in args \
-                    and "--help" not in args:
+            if (
+                args[:2] in (["pretrain", "--dry-run"], ["finetune", "--dry-run"])
+                and "-h" not in args
+                and "--help" not in args
+            ):
                 try:
                     json.loads(out.getvalue())
                 except json.JSONDecodeError:
@@ -931,14 +1223,26 @@ def test_cli_random_argument_lists(request, tmp_path, monkeypatch):
 
 
 # ================================================================= gaps found by fuzzing, fixed
-@pytest.mark.parametrize("kw,fragment", [
-    (dict(prefetch=2**40), "prefetch must be <= 1024"),  # the native queue used to abort allocating it
-    (dict(num_masks=2**40, patch_size=2), "num_masks must be <= 1024"),  # used to abort
-    (dict(num_threads=2**40), "num_threads must be <= 1024"),
-    (dict(augment="rrc", image_size=2**40), "image_size must be <= 65536"),  # S * S overflowed natively
-    (dict(augment="rrc", image_size=60000), r"one batch would need .* GiB"),  # used to abort allocating it
-    (dict(sigma=("gamma", "x", 1)), "sigma parameters must be numbers"),
-])
+@pytest.mark.parametrize(
+    "kw,fragment",
+    [
+        (
+            dict(prefetch=2**40),
+            "prefetch must be <= 1024",
+        ),  # the native queue used to abort allocating it
+        (dict(num_masks=2**40, patch_size=2), "num_masks must be <= 1024"),  # used to abort
+        (dict(num_threads=2**40), "num_threads must be <= 1024"),
+        (
+            dict(augment="rrc", image_size=2**40),
+            "image_size must be <= 65536",
+        ),  # S * S overflowed natively
+        (
+            dict(augment="rrc", image_size=60000),
+            r"one batch would need .* GiB",
+        ),  # used to abort allocating it
+        (dict(sigma=("gamma", "x", 1)), "sigma parameters must be numbers"),
+    ],
+)
 def test_loader_rejects_absurd_sizes_before_the_native_side_allocates(kw, fragment):
     from mimir_fast.data import Loader
 
@@ -979,7 +1283,9 @@ def test_npy_data_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"nan\.npy: float images contain NaN"):
         build_dataset(f"npy:{tmp_path / 'nan.npy'}")
     (tmp_path / "tok.npy").write_bytes(_npy_with_header("{'descr': '|u1', 'shape': (1,", b""))
-    with pytest.raises(ValueError, match=r"cannot read .*tok\.npy as a \.npy array"):  # was a TokenError
+    with pytest.raises(
+        ValueError, match=r"cannot read .*tok\.npy as a \.npy array"
+    ):  # was a TokenError
         build_dataset(f"npy:{tmp_path / 'tok.npy'}")
 
 
@@ -1013,18 +1319,30 @@ def _retyped_model_file(tmp_path, **changes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("changes,fragment", [
-    (dict(depth=10**9), "holds 1 blocks but the config says 1000000000"),  # used to build 10^9 blocks
-    (dict(decoder_depth=10**9), "holds 1 decoder_blocks"),
-    (dict(embed_dim=2**20), r"patch_embed\.proj\.weight: file \(8, 1, 4, 4\) vs config \(1048576"),
-    (dict(img_size=2**20), r"pos_embed: file \(1, 5, 8\) vs config"),
-    (dict(mlp_ratio=1e6), r"mlp\.fc1\.weight: file \(32, 8\) vs config \(8000000, 8\)"),
-    (dict(mlp_ratio="4"), "mlp_ratio must be a finite number"),  # used to be a TypeError deep in Block
-    (dict(norm_eps=-1), "norm_eps must be a finite number > 0"),
-    (dict(decoder_depth="2"), "decoder_depth must be an integer"),
-    (dict(qkv_bias="yes"), "qkv_bias must be True or False"),
-    (dict(drop_path_rate=None), "drop_path_rate must be in"),
-])
+@pytest.mark.parametrize(
+    "changes,fragment",
+    [
+        (
+            dict(depth=10**9),
+            "holds 1 blocks but the config says 1000000000",
+        ),  # used to build 10^9 blocks
+        (dict(decoder_depth=10**9), "holds 1 decoder_blocks"),
+        (
+            dict(embed_dim=2**20),
+            r"patch_embed\.proj\.weight: file \(8, 1, 4, 4\) vs config \(1048576",
+        ),
+        (dict(img_size=2**20), r"pos_embed: file \(1, 5, 8\) vs config"),
+        (dict(mlp_ratio=1e6), r"mlp\.fc1\.weight: file \(32, 8\) vs config \(8000000, 8\)"),
+        (
+            dict(mlp_ratio="4"),
+            "mlp_ratio must be a finite number",
+        ),  # used to be a TypeError deep in Block
+        (dict(norm_eps=-1), "norm_eps must be a finite number > 0"),
+        (dict(decoder_depth="2"), "decoder_depth must be an integer"),
+        (dict(qkv_bias="yes"), "qkv_bias must be True or False"),
+        (dict(drop_path_rate=None), "drop_path_rate must be in"),
+    ],
+)
 def test_model_file_with_altered_config_is_rejected_before_building(tmp_path, changes, fragment):
     from mimir_fast.models import MaskedViT
 
@@ -1036,11 +1354,18 @@ def test_model_file_with_altered_config_is_rejected_before_building(tmp_path, ch
     assert time.perf_counter() - started < 5
 
 
-@pytest.mark.parametrize("spec,fragment", [
-    ("uniform:0,inf", "finite"), ("constant:inf", "finite"), ("gamma:1e400,1", "finite"),
-    (("gamma", "a", 1), "must be numbers"), (5, "noise spec must be"), (None, "noise spec must be"),
-    ((), "noise spec must be"),
-])
+@pytest.mark.parametrize(
+    "spec,fragment",
+    [
+        ("uniform:0,inf", "finite"),
+        ("constant:inf", "finite"),
+        ("gamma:1e400,1", "finite"),
+        (("gamma", "a", 1), "must be numbers"),
+        (5, "noise spec must be"),
+        (None, "noise spec must be"),
+        ((), "noise spec must be"),
+    ],
+)
 def test_noise_specs_are_finite_numbers(spec, fragment):
     from mimir_fast.noise import parse_sigma_spec, sample_sigma
 
@@ -1050,15 +1375,21 @@ def test_noise_specs_are_finite_numbers(spec, fragment):
         sample_sigma("gamma:25,3", -1)
 
 
-@pytest.mark.parametrize("kw,fragment", [
-    (dict(data_range=0), "data_range"), (dict(data_range=-1.0), "data_range"),
-    (dict(data_range=float("nan")), "data_range"), (dict(sigma=0), "sigma"), (dict(sigma=float("inf")), "sigma"),
-    (dict(k1=-0.01), "k1"), (dict(k2=0), "k2"),
-])
+@pytest.mark.parametrize(
+    "kw,fragment",
+    [
+        (dict(data_range=0), "data_range"),
+        (dict(data_range=-1.0), "data_range"),
+        (dict(data_range=float("nan")), "data_range"),
+        (dict(sigma=0), "sigma"),
+        (dict(sigma=float("inf")), "sigma"),
+        (dict(k1=-0.01), "k1"),
+        (dict(k2=0), "k2"),
+    ],
+)
 def test_metric_arguments_are_checked(kw, fragment):
     """psnr gave -inf or wrong values and ssim NaN, a RuntimeError or an OverflowError before."""
     import torch
-
     from mimir_fast.metrics import psnr, ssim
 
     x, y = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
@@ -1106,9 +1437,14 @@ def _native_probe(tmp_path, path: Path, augment: str) -> subprocess.CompletedPro
 
     script = tmp_path / "probe.py"
     script.write_text(_NATIVE_PROBE)
-    return subprocess.run([sys.executable, str(script), str(Path(mimir_fast.__file__).parent), str(path), augment],
-                          check=False, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "RUST_BACKTRACE": "0"})
+    return subprocess.run(
+        [sys.executable, str(script), str(Path(mimir_fast.__file__).parent), str(path), augment],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RUST_BACKTRACE": "0"},
+    )
 
 
 def test_jpeg_header_with_huge_dimensions_is_a_clean_error(tmp_path):
@@ -1118,12 +1454,15 @@ def test_jpeg_header_with_huge_dimensions_is_a_clean_error(tmp_path):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, "JPEG")
     data = bytearray(buf.getvalue())
     sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", 65000, 65000)  # claims 65000 x 65000 pixels (12.7 GB of RGB)
+    data[sof + 5 : sof + 9] = struct.pack(
+        ">HH", 65000, 65000
+    )  # claims 65000 x 65000 pixels (12.7 GB of RGB)
     path = tmp_path / "huge.jpg"
     path.write_bytes(bytes(data))
     proc = _native_probe(tmp_path, path, "rrc")
-    assert proc.returncode == 0 and proc.stdout.startswith("VALUEERROR") and "huge.jpg" in proc.stdout, \
-        f"status {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}"
+    assert (
+        proc.returncode == 0 and proc.stdout.startswith("VALUEERROR") and "huge.jpg" in proc.stdout
+    ), f"status {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}"
 
 
 @pytest.mark.parametrize("augment", ["none", "rrc"])
@@ -1132,8 +1471,12 @@ def test_native_npy_with_overflowing_shape_is_a_clean_error(tmp_path, augment):
     path = tmp_path / "overflow.npy"
     path.write_bytes(_npy_with_header(header, bytes(256)))
     proc = _native_probe(tmp_path, path, augment)
-    assert proc.returncode == 0 and proc.stdout.startswith("VALUEERROR") and "internal" not in proc.stdout \
-        and "panicked" not in proc.stderr, f"status {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}"
+    assert (
+        proc.returncode == 0
+        and proc.stdout.startswith("VALUEERROR")
+        and "internal" not in proc.stdout
+        and "panicked" not in proc.stderr
+    ), f"status {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}"
 
 
 def test_loader_from_npy_guards_the_overflowing_shape(tmp_path):
@@ -1147,11 +1490,25 @@ def test_loader_from_npy_guards_the_overflowing_shape(tmp_path):
         Loader.from_npy(path, batch_size=1, augment="rrc", image_size=8)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("epochs", None), ("epochs", 2.5), ("epochs", float("nan")), ("batch_size", 2.5), ("lr", float("inf")),
-    ("warmup_epochs", float("nan")), ("min_lr", float("nan")), ("checkpoint_steps", "2"), ("betas", 5),
-    ("log_every", 1.5), ("seed", "x"), ("model_overrides", [1]), ("device", 3), ("resume", 5),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("epochs", None),
+        ("epochs", 2.5),
+        ("epochs", float("nan")),
+        ("batch_size", 2.5),
+        ("lr", float("inf")),
+        ("warmup_epochs", float("nan")),
+        ("min_lr", float("nan")),
+        ("checkpoint_steps", "2"),
+        ("betas", 5),
+        ("log_every", 1.5),
+        ("seed", "x"),
+        ("model_overrides", [1]),
+        ("device", 3),
+        ("resume", 5),
+    ],
+)
 def test_train_config_rejects_values_of_the_wrong_type(field, value):
     from mimir_fast.train import TrainConfig
 
@@ -1189,13 +1546,20 @@ def test_unknown_device_is_a_value_error(tmp_path):
 
 def test_evaluate_rejects_a_negative_max_images():
     import torch
-
     from mimir_fast.evaluate import evaluate
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
     with pytest.raises(ValueError, match="max_images"):
-        evaluate(model, (x, y), attacks="fgsm", eps=0.1, max_images=-1, sanity_checks=False, progress=False)
+        evaluate(
+            model,
+            (x, y),
+            attacks="fgsm",
+            eps=0.1,
+            max_images=-1,
+            sanity_checks=False,
+            progress=False,
+        )
 
 
 # ================================================================= the native parts' verdicts
@@ -1208,10 +1572,14 @@ def test_native_parts_never_crash_hang_or_panic(part, native_results, request):
     _report(request, _format(result))
     if part == "models" and "load_checkpoint" in result:
         lc = result["load_checkpoint"]
-        _report(request, f"fuzz   train.load_checkpoint (not asserted here): ok {lc.get('ok', 0)}  clean errors "
-                         f"{lc.get('clean_error', 0)}  unclear {lc.get('unclear', 0)} {lc.get('examples') or ''}")
-    assert result.get("crashes", 0) == 0, f"crash (rc {result.get('rc')}) at {result.get('last_case')}:\n" \
-                                          f"{result.get('stderr_tail')}"
+        _report(
+            request,
+            f"fuzz   train.load_checkpoint (not asserted here): ok {lc.get('ok', 0)}  clean errors "
+            f"{lc.get('clean_error', 0)}  unclear {lc.get('unclear', 0)} {lc.get('examples') or ''}",
+        )
+    assert result.get("crashes", 0) == 0, (
+        f"crash (rc {result.get('rc')}) at {result.get('last_case')}:\n{result.get('stderr_tail')}"
+    )
     assert result.get("hangs", 0) == 0, f"hang (> {CHILD_TIMEOUT_S} s) at {result.get('last_case')}"
     assert result["panic"] == 0, result["examples"].get("panic")
     assert result["unclear"] == 0, result["examples"].get("unclear")
@@ -1220,7 +1588,9 @@ def test_native_parts_never_crash_hang_or_panic(part, native_results, request):
     assert result["ok"] > 0 and result["clean_error"] > 0, "the cases must cover both outcomes"
     if part == "models":  # the last part: the child must also have ended cleanly
         assert meta["rc"] == 0, f"the child process ended with status {meta['rc']}"
-        assert meta["rust_panic_messages"] == 0, "a Rust panic message was printed during the native parts"
+        assert meta["rust_panic_messages"] == 0, (
+            "a Rust panic message was printed during the native parts"
+        )
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--child":

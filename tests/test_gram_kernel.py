@@ -38,12 +38,16 @@ def _compare(shape, sigma, scale_by_dim, dtype, device, ieee=True):
     return _rel(k_fast, k_ref), _rel(a_fast.grad.float(), a_ref.grad.float())
 
 
-@pytest.mark.parametrize("shape,sigma,scale_by_dim", [
-    ((7, 13), 1.3, False),
-    ((3, 33, 70), 5.0, True),
-    ((2, 17, 129), 0.9, False),
-    ((1, 5), 2.0, True),
-], ids=["m7-d13", "b3-m33-d70", "b2-m17-d129", "m1-d5"])
+@pytest.mark.parametrize(
+    "shape,sigma,scale_by_dim",
+    [
+        ((7, 13), 1.3, False),
+        ((3, 33, 70), 5.0, True),
+        ((2, 17, 129), 0.9, False),
+        ((1, 5), 2.0, True),
+    ],
+    ids=["m7-d13", "b3-m33-d70", "b2-m17-d129", "m1-d5"],
+)
 def test_kernel_matches_reference_fp32(shape, sigma, scale_by_dim):
     out_err, grad_err = _compare(shape, sigma, scale_by_dim, torch.float32, "cpu")
     assert out_err < 1e-5 and grad_err < 1e-4
@@ -64,7 +68,9 @@ def test_per_matrix_sigma_tensor():
         assert _rel(got[i], gaussian_gram(a[i], sigma[i].item(), scale_by_dim=False)) < 1e-5
 
 
-@pytest.mark.parametrize("estimator,bandwidth", [("nocca", "mimir"), ("biased", "median"), ("cka", "mimir")])
+@pytest.mark.parametrize(
+    "estimator,bandwidth", [("nocca", "mimir"), ("biased", "median"), ("cka", "mimir")]
+)
 def test_hsic_on_the_kernel_equals_reference(estimator, bandwidth):
     x = torch.rand(12, 3, 4, 4)
     z = torch.randn(12, 5, 8, requires_grad=True)
@@ -86,9 +92,10 @@ def test_auto_uses_the_reference_on_cpu():
 
 
 @pytest.mark.requires_cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: real-size kernel check")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: real-size kernel check"
+)
 @pytest.mark.parametrize("m,d", [(512, 3 * 32 * 32), (512, 65 * 384), (256, 3 * 224 * 224)])
 def test_kernel_matches_reference_real_sizes_on_gpu(m, d):
     out_err, grad_err = _compare((m, d), 5.0, True, torch.float32, "cuda")
     assert out_err < 1e-5 and grad_err < 1e-4
-

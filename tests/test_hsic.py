@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from mimir_fast.hsic import HSIC, hsic, median_sigma
 from mimir_fast.ops.hsic import gaussian_gram
 
@@ -30,8 +29,11 @@ def direct_hsic(kx, ky, estimator, eps=1e-5):
     if estimator == "unbiased":
         kt, lt = kx - np.diag(np.diag(kx)), ky - np.diag(np.diag(ky))
         one = np.ones(m)
-        return (np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((m - 1) * (m - 2))
-                - 2.0 / (m - 2) * (one @ kt @ lt @ one)) / (m * (m - 3))
+        return (
+            np.trace(kt @ lt)
+            + (one @ kt @ one) * (one @ lt @ one) / ((m - 1) * (m - 2))
+            - 2.0 / (m - 2) * (one @ kt @ lt @ one)
+        ) / (m * (m - 3))
     if estimator == "nocca":  # the paper's form, with explicit inverses
         rx = (kx @ h) @ np.linalg.inv(kx @ h + eps * m * np.eye(m))
         ry = (ky @ h) @ np.linalg.inv(ky @ h + eps * m * np.eye(m))
@@ -60,7 +62,9 @@ def test_mimir_defaults_sigma5_eps1e5_match_paper_form():
     x_adv = torch.rand(12, 3, 4, 4, generator=gen)  # flattened per sample to d = 48
     latent = torch.randn(12, 5, 8, generator=gen)  # (m, tokens, width) -> d = 40
     got = hsic(x_adv, latent).double().item()  # estimator "nocca", sigma 5, eps 1e-5
-    want = direct_hsic(direct_gram(x_adv.reshape(12, -1), 5.0), direct_gram(latent.reshape(12, -1), 5.0), "nocca")
+    want = direct_hsic(
+        direct_gram(x_adv.reshape(12, -1), 5.0), direct_gram(latent.reshape(12, -1), 5.0), "nocca"
+    )
     assert got == pytest.approx(want, rel=1e-3)
 
 
@@ -76,7 +80,9 @@ def test_gram_kernel_without_dim_scaling_and_centering():
 def test_median_heuristic():
     a = torch.randn(9, 4)
     d2 = [((a[i] - a[j]) ** 2).sum().item() for i in range(9) for j in range(9) if i != j]
-    assert median_sigma(a).item() ** 2 == pytest.approx(float(np.sort(d2)[(len(d2) - 1) // 2]), rel=1e-5)
+    assert median_sigma(a).item() ** 2 == pytest.approx(
+        float(np.sort(d2)[(len(d2) - 1) // 2]), rel=1e-5
+    )
     got = hsic(a, a[:, :2], "biased", bandwidth="median").item()
     s = median_sigma(a).item()
     s2 = median_sigma(a[:, :2]).item()
@@ -90,7 +96,10 @@ def test_independent_near_zero_and_grows_with_dependence(estimator):
     m, d = 256, 8  # the biased form's offset shrinks like 1/m
     x = torch.randn(m, d, generator=gen)
     noise = torch.randn(m, d, generator=gen)
-    values = [hsic(x, w * x + (1 - w) * noise, estimator, bandwidth="median").item() for w in (0.0, 0.3, 0.6, 1.0)]
+    values = [
+        hsic(x, w * x + (1 - w) * noise, estimator, bandwidth="median").item()
+        for w in (0.0, 0.3, 0.6, 1.0)
+    ]
     assert abs(values[0]) < 0.1 * values[-1]
     assert values == sorted(values)  # more dependence, larger HSIC
 
@@ -111,7 +120,11 @@ def test_gradient_reaches_latent_side_and_stays_fp32_under_autocast():
         value = hsic(x, latent)
     assert value.dtype == torch.float32
     value.backward()
-    assert latent.grad is not None and torch.isfinite(latent.grad).all() and latent.grad.abs().sum() > 0
+    assert (
+        latent.grad is not None
+        and torch.isfinite(latent.grad).all()
+        and latent.grad.abs().sum() > 0
+    )
 
 
 def test_non_finite_disables_the_term_without_sync():

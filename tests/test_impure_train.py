@@ -10,9 +10,20 @@ from mimir_fast.defenses import IMPurePurifier
 from mimir_fast.methods import get_method
 from mimir_fast.methods.impure import ImpureTraining
 
-ARCH = {"img_size": 16, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2,
-        "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2}
-PRESET_OVERRIDES = {k: v for k, v in ARCH.items() if k not in ("patch_size", "in_chans")}  # vit_tiny_patch4_32
+ARCH = {
+    "img_size": 16,
+    "patch_size": 4,
+    "in_chans": 1,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+}
+PRESET_OVERRIDES = {
+    k: v for k, v in ARCH.items() if k not in ("patch_size", "in_chans")
+}  # vit_tiny_patch4_32
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 3
 
 
@@ -32,11 +43,15 @@ def tiny_classifier(seed=1, **kw):
 
 def tiny_autoencoder(seed=0):
     torch.manual_seed(seed)
-    return mf.MaskedViT(**{**ARCH, "num_classes": 10, "norm_pix_loss": True})  # prepare_model turns it off
+    return mf.MaskedViT(
+        **{**ARCH, "num_classes": 10, "norm_pix_loss": True}
+    )  # prepare_model turns it off
 
 
 def method_with(classifier, **kw):
-    config = TrainConfig(method="impure", attack_eps=EPS, attack_step=ALPHA, attack_steps=STEPS, **kw)
+    config = TrainConfig(
+        method="impure", attack_eps=EPS, attack_step=ALPHA, attack_steps=STEPS, **kw
+    )
     return ImpureTraining(config, classifier=classifier)
 
 
@@ -51,7 +66,9 @@ def manual_pgd(classifier, x, y):
     for _ in range(STEPS):
         x_adv = x_adv.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(F.cross_entropy(classifier(x_adv), y), x_adv)
-        x_adv = torch.minimum(torch.maximum(x_adv + ALPHA * grad.sign(), x - EPS), x + EPS).clamp(0, 1)
+        x_adv = torch.minimum(torch.maximum(x_adv + ALPHA * grad.sign(), x - EPS), x + EPS).clamp(
+            0, 1
+        )
     return x_adv.detach()
 
 
@@ -59,8 +76,13 @@ def test_missing_or_mismatched_classifier_is_refused(tmp_path):
     with pytest.raises(ValueError, match="needs a target classifier"):
         get_method("impure")(TrainConfig(method="impure"))
     with pytest.raises(ValueError, match="needs a target classifier"):
-        mf.train(method="impure", model="vit_tiny_patch4_32", model_overrides=PRESET_OVERRIDES,
-                 out_dir=str(tmp_path), progress=False)
+        mf.train(
+            method="impure",
+            model="vit_tiny_patch4_32",
+            model_overrides=PRESET_OVERRIDES,
+            out_dir=str(tmp_path),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="no classification head"):
         method_with(tiny_classifier(num_classes=0))
     method = method_with(tiny_classifier(img_size=8))
@@ -85,12 +107,18 @@ def test_loss_equals_an_independent_recomputation():
     clean = batch.images
     x_adv = manual_pgd(classifier, clean, batch.labels)
     purifier = IMPurePurifier(model, 4)
-    purified = purifier(x_adv, clamp=False)  # the loss sees raw predictions (clamping stops gradients)
-    purified2 = purifier(purifier.random_combination(x_adv, purified.detach().clamp(0, 1)), clamp=False)
+    purified = purifier(
+        x_adv, clamp=False
+    )  # the loss sees raw predictions (clamping stops gradients)
+    purified2 = purifier(
+        purifier.random_combination(x_adv, purified.detach().clamp(0, 1)), clamp=False
+    )
     with torch.no_grad():
         features_clean = classifier.forward_features(clean)
-    parts = [(p - clean).abs().mean() + (classifier.forward_features(p) - features_clean).abs().mean()
-             for p in (purified, purified2)]
+    parts = [
+        (p - clean).abs().mean() + (classifier.forward_features(p) - features_clean).abs().mean()
+        for p in (purified, purified2)
+    ]
     want = (parts[0] + parts[1]) / 2
     torch.testing.assert_close(out.loss.detach(), want.detach(), rtol=1e-5, atol=1e-6)
     params = list(model.parameters())  # same gradients too: the pasted region is detached
@@ -102,9 +130,13 @@ def test_loss_equals_an_independent_recomputation():
         if g is not None:
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
     purified = purified.detach()
-    torch.testing.assert_close(out.metrics["pixel_l1"], (purified - clean).abs().mean(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        out.metrics["pixel_l1"], (purified - clean).abs().mean(), rtol=1e-5, atol=1e-7
+    )
     mse = ((purified - clean) ** 2).flatten(1).mean(1)
-    torch.testing.assert_close(out.metrics["psnr"], (-10 * torch.log10(mse)).mean(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        out.metrics["psnr"], (-10 * torch.log10(mse)).mean(), rtol=1e-4, atol=1e-4
+    )
     assert x_adv.sub(clean).abs().max() <= EPS + 1e-6 and x_adv.ne(clean).any()
 
 
@@ -120,7 +152,11 @@ def test_gradients_reach_the_purifier_only_and_the_classifier_stays_frozen():
         optimizer.zero_grad(set_to_none=True)
         method.training_step(model, batch).loss.backward()
         if step == 0:
-            for name in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "decoder_pred.weight"):
+            for name in (
+                "patch_embed.proj.weight",
+                "blocks.0.attn.qkv.weight",
+                "decoder_pred.weight",
+            ):
                 grad = dict(model.named_parameters())[name].grad
                 assert grad is not None and grad.abs().sum() > 0, name
             assert model.head.weight.grad is None  # the autoencoder's head takes no part
@@ -152,7 +188,9 @@ def test_evaluate_equals_a_direct_computation():
     method = method_with(classifier)
     model = method.prepare_model(tiny_autoencoder(), 10).eval()
     batches = [fixed_batch(6, seed=3), fixed_batch(4, seed=4)]
-    for batch in batches:  # label by the classifier itself: clean accuracy 1, for the attack to lower
+    for (
+        batch
+    ) in batches:  # label by the classifier itself: clean accuracy 1, for the attack to lower
         batch.labels = classifier(batch.images).argmax(1)
     torch.manual_seed(7)
     with torch.no_grad():  # as the trainer calls it: the attack must turn gradients back on
@@ -170,26 +208,52 @@ def test_evaluate_equals_a_direct_computation():
             psnr = [-10 * torch.log10(((t - x) ** 2).flatten(1).mean(1)) for t in (p_clean, p_adv)]
         rows.append(torch.stack(accuracy + psnr, dim=1))
     want = torch.cat(rows).mean(0).tolist()
-    keys = ("accuracy_clean", "accuracy_adv", "accuracy_purified_adv", "accuracy_purified_clean", "psnr_clean",
-            "psnr_adv")
+    keys = (
+        "accuracy_clean",
+        "accuracy_adv",
+        "accuracy_purified_adv",
+        "accuracy_purified_clean",
+        "psnr_clean",
+        "psnr_adv",
+    )
     for key, value in zip(keys, want):
         assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     assert got["accuracy_clean"] == 1.0 and got["accuracy_adv"] < 1.0  # the attack works
 
 
 def test_end_to_end_on_digits(tmp_path):
-    common = {"model": "vit_tiny_patch4_32", "model_overrides": PRESET_OVERRIDES, "data": "digits", "epochs": 1,
-              "max_steps": 3, "batch_size": 64, "warmup_epochs": 0, "progress": False, "eval_every": 0,
-              "checkpoint_every": 0}
+    common = {
+        "model": "vit_tiny_patch4_32",
+        "model_overrides": PRESET_OVERRIDES,
+        "data": "digits",
+        "epochs": 1,
+        "max_steps": 3,
+        "batch_size": 64,
+        "warmup_epochs": 0,
+        "progress": False,
+        "eval_every": 0,
+        "checkpoint_every": 0,
+    }
     finetuned = mf.train(method="finetune", out_dir=str(tmp_path / "classifier"), lr=3e-3, **common)
     path = tmp_path / "classifier" / "model.safetensors"
-    result = mf.train(method="impure", classifier=str(path), attack_steps=2, lr=1e-3,
-                      out_dir=str(tmp_path / "impure"), **common)
+    result = mf.train(
+        method="impure",
+        classifier=str(path),
+        attack_steps=2,
+        lr=1e-3,
+        out_dir=str(tmp_path / "impure"),
+        **common,
+    )
     assert result.steps == 3
     saved = mf.MaskedViT.load(tmp_path / "impure" / "model.safetensors")
     assert saved.config.norm_pix_loss is False
     metrics = result.final_metrics
-    for key in ("accuracy_clean", "accuracy_adv", "accuracy_purified_adv", "accuracy_purified_clean"):
+    for key in (
+        "accuracy_clean",
+        "accuracy_adv",
+        "accuracy_purified_adv",
+        "accuracy_purified_clean",
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
     # the same classifier on the same held-out digits as the finetune run's own evaluation
     assert metrics["accuracy_clean"] == pytest.approx(finetuned.final_metrics["accuracy"])

@@ -68,8 +68,14 @@ CHECKPOINT = "checkpoint-last.safetensors"
 class Zygote:
     def __init__(self) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     env=env, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+            bufsize=1,
+        )
 
     def _ask(self, line: str) -> int:
         self.proc.stdin.write(line + "\n")
@@ -194,7 +200,9 @@ def test_sigkill_and_resume_gives_bitwise_identical_weights(tmp_path):
                 time.sleep(rng.uniform(0.0, 0.4))
                 os.kill(pid, signal.SIGKILL)
             status = zygote.wait(pid)
-            assert status == -signal.SIGKILL, f"the child ended on its own (status {status}):\n{_log(killed_dir)}"
+            assert status == -signal.SIGKILL, (
+                f"the child ended on its own (status {status}):\n{_log(killed_dir)}"
+            )
             step = _checkpoint_step(killed_dir)  # the checkpoint on disk is intact after every kill
             assert step >= resumed_from[-1], "a checkpoint went back in time"
             resumed_from.append(step)
@@ -217,17 +225,23 @@ def test_sigkill_and_resume_gives_bitwise_identical_weights(tmp_path):
         want, got = _tensors(reference_dir / name), _tensors(killed_dir / name)
         assert want.keys() == got.keys(), name
         different = [k for k in want if not torch.equal(want[k], got[k])]
-        assert not different, f"{name}: {len(different)} tensors differ after resuming, e.g. {different[:5]}"
+        assert not different, (
+            f"{name}: {len(different)} tensors differ after resuming, e.g. {different[:5]}"
+        )
     records = [json.loads(line) for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
     marked = [r["step"] for r in records if r.get("marker")]
-    assert marked == [resumed_from[-1]], "the last run did not resume from the checkpoint (its log was rewritten)"
+    assert marked == [resumed_from[-1]], (
+        "the last run did not resume from the checkpoint (its log was rewritten)"
+    )
     summary = json.loads((killed_dir / "summary.json").read_text())
     assert summary["steps"] == MAX_STEPS
     assert _checkpoint_step(killed_dir) == MAX_STEPS
     leftovers = sorted(n for n in os.listdir(killed_dir) if n.endswith(".tmp"))
     assert not leftovers, "the temp file of a killed checkpoint write was not cleaned up"
-    print(f"\nkill-and-resume: {KILLS} kills, checkpoints at steps {resumed_from[1:]} when killed, "
-          f"{mid_write} inside a checkpoint write; {time.perf_counter() - started:.1f} s")
+    print(
+        f"\nkill-and-resume: {KILLS} kills, checkpoints at steps {resumed_from[1:]} when killed, "
+        f"{mid_write} inside a checkpoint write; {time.perf_counter() - started:.1f} s"
+    )
 
 
 def test_atomic_write_removes_only_temp_files_of_dead_writers(tmp_path):

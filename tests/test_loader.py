@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from mimir_fast.data import ArrayDataset, load_digits
 from mimir_fast.data.loader import Loader, LoaderBatch
 from mimir_fast.models.masked_vit import MaskedViT
+from PIL import Image
 
 
 def _images(n: int, size: int = 32, c: int = 3, seed: int = 0) -> np.ndarray:
@@ -31,8 +30,12 @@ def _all(loader) -> list[LoaderBatch]:
 
 
 def _same(a: LoaderBatch, b: LoaderBatch) -> bool:
-    if not (torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)
-            and torch.equal(a.labels, b.labels) and len(a.masks) == len(b.masks)):
+    if not (
+        torch.equal(a.images, b.images)
+        and torch.equal(a.indices, b.indices)
+        and torch.equal(a.labels, b.labels)
+        and len(a.masks) == len(b.masks)
+    ):
         return False
     for ma, mb in zip(a.masks, b.masks):
         if not all(torch.equal(x, y) for x, y in zip(ma, mb)):
@@ -69,7 +72,9 @@ def _threads_settled(at_most: int, timeout: float = 5.0) -> int:
 
 @pytest.mark.parametrize("size,patch,ratio", [(32, 4, 0.75), (28, 4, 0.6), (32, 2, 0.9)])
 def test_masks_are_mae_masks(size, patch, ratio):
-    loader = Loader(_images(40, size), batch_size=16, num_masks=2, mask_ratio=ratio, patch_size=patch)
+    loader = Loader(
+        _images(40, size), batch_size=16, num_masks=2, mask_ratio=ratio, patch_size=patch
+    )
     L = (size // patch) ** 2
     len_keep = int(L * (1 - ratio))
     assert (loader.num_patches, loader.len_keep) == (L, len_keep)
@@ -84,7 +89,9 @@ def test_masks_are_mae_masks(size, patch, ratio):
             assert torch.equal(ids_restore.sort(1).values, torch.arange(L).expand(n, L))
             ids_shuffle = torch.argsort(ids_restore, 1)
             assert torch.equal(ids_shuffle[:, :len_keep], ids_keep)
-            assert torch.equal(torch.gather(ids_restore, 1, ids_shuffle), torch.arange(L).expand(n, L))
+            assert torch.equal(
+                torch.gather(ids_restore, 1, ids_shuffle), torch.arange(L).expand(n, L)
+            )
             assert torch.equal(mask, (ids_restore >= len_keep).float())
             assert torch.equal(mask.sum(1), torch.full((n,), float(L - len_keep)))
             assert torch.all(torch.gather(mask, 1, ids_keep) == 0)
@@ -93,8 +100,17 @@ def test_masks_are_mae_masks(size, patch, ratio):
 
 def test_masks_feed_masked_vit():
     loader = Loader(_images(6), batch_size=6, num_masks=2, patch_size=8, shuffle=False)
-    model = MaskedViT(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
-                      decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, num_classes=0).eval()
+    model = MaskedViT(
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        num_classes=0,
+    ).eval()
     batch = next(iter(loader))
     for ids_keep, mask, ids_restore in batch.masks:
         with torch.no_grad():
@@ -103,7 +119,9 @@ def test_masks_feed_masked_vit():
         assert torch.equal(m_mask, mask)
         # The kept patches sit at the same positions of the shuffle in both (the model orders
         # the removed ones ascending, the loader in its shuffled order).
-        assert torch.equal(torch.gather(m_restore, 1, ids_keep), torch.gather(ids_restore, 1, ids_keep))
+        assert torch.equal(
+            torch.gather(m_restore, 1, ids_keep), torch.gather(ids_restore, 1, ids_keep)
+        )
         # The decoder unshuffles the loader's layout correctly with the loader's ids_restore.
         with torch.no_grad():
             pred = model.forward_decoder(latent, ids_restore)
@@ -132,8 +150,14 @@ def _keep_chi2(counts: np.ndarray, masks: int, len_keep: int) -> float:
 def test_keep_frequency_is_uniform_chi_square():
     # alpha = 1e-3: z = 3.0902 is the standard normal's upper 1e-3 quantile; with df = 63 the
     # Wilson-Hilferty value is ~103.4 (tables: 103.44).
-    loader = Loader(_images(4000, 16, 1), batch_size=1000, augment="none", num_masks=2,
-                    patch_size=2, mask_ratio=0.75)
+    loader = Loader(
+        _images(4000, 16, 1),
+        batch_size=1000,
+        augment="none",
+        num_masks=2,
+        patch_size=2,
+        mask_ratio=0.75,
+    )
     L, k = loader.num_patches, loader.len_keep
     crit = _chi2_crit(L - 1, 3.0902)
     assert abs(crit - 103.44) < 0.5
@@ -198,7 +222,11 @@ def test_noise_seed_and_host_noise():
     assert abs(float(z.var()) - 1.0) < 5 * math.sqrt(2 / n)
     plain = Loader(imgs, batch_size=64, sigma=("gamma", 25, 3))
     p = next(iter(plain))
-    assert p.noisy is None and torch.equal(p.sigma, b.sigma) and torch.equal(p.noise_seed, b.noise_seed)
+    assert (
+        p.noisy is None
+        and torch.equal(p.sigma, b.sigma)
+        and torch.equal(p.noise_seed, b.noise_seed)
+    )
 
 
 # --- augmentation ---------------------------------------------------------------------------
@@ -216,8 +244,13 @@ def _ref_crop_flip(img: np.ndarray, pad: int, top: int, left: int, flip: bool) -
 
 def _find_shift(out: np.ndarray, img: np.ndarray, pad: int) -> list[tuple[int, int, bool]]:
     """All (top, left, flip) whose padded crop equals ``out`` (exhaustive search)."""
-    return [(t, l, f) for t in range(2 * pad + 1) for l in range(2 * pad + 1) for f in (False, True)
-            if np.array_equal(_ref_crop_flip(img, pad, t, l, f), out)]
+    return [
+        (t, l, f)
+        for t in range(2 * pad + 1)
+        for l in range(2 * pad + 1)
+        for f in (False, True)
+        if np.array_equal(_ref_crop_flip(img, pad, t, l, f), out)
+    ]
 
 
 @pytest.mark.parametrize("augment", ["crop_flip", "crop", "flip", "none"])
@@ -259,13 +292,17 @@ def _smooth(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     out = []
     for _ in range(n):
         f = rng.uniform(0.02, 0.3, 3)
-        out.append(np.stack([127 + 120 * np.sin(f[c] * xx + 0.7 * f[c] * yy + c) for c in range(3)], -1))
+        out.append(
+            np.stack([127 + 120 * np.sin(f[c] * xx + 0.7 * f[c] * yy + c) for c in range(3)], -1)
+        )
     return np.clip(np.asarray(out), 0, 255).astype(np.uint8)
 
 
 def test_rrc_on_arrays_matches_pil():
     imgs = _smooth(24, 40, 40, seed=1)
-    loader = Loader(imgs, batch_size=8, augment="rrc_flip", image_size=24, rrc_scale=(0.2, 1.0), seed=4)
+    loader = Loader(
+        imgs, batch_size=8, augment="rrc_flip", image_size=24, rrc_scale=(0.2, 1.0), seed=4
+    )
     areas, flips = [], 0
     for batch in loader:
         for x, i in zip(batch.images.numpy(), batch.indices.tolist()):
@@ -309,7 +346,9 @@ def test_image_folder_rrc_matches_pil(tmp_path):
 def test_image_folder_center_crop_path_and_jpeg(tmp_path):
     imgs = _smooth(4, 48, 64, seed=7)
     _write_images(tmp_path, imgs, "jpg")
-    loader = Loader.from_image_folder(tmp_path, image_size=32, batch_size=4, augment="none", shuffle=False)
+    loader = Loader.from_image_folder(
+        tmp_path, image_size=32, batch_size=4, augment="none", shuffle=False
+    )
     b = next(iter(loader))
     for x, i in zip(b.images.numpy(), b.indices.tolist()):
         path = sorted(tmp_path.rglob("*.jpg"))[i]
@@ -325,8 +364,13 @@ def test_partial_jpeg_decode_is_exact(tmp_path, monkeypatch):
     for every JPEG layout (chroma subsampling, progressive, grayscale, restart markers)."""
     rng = np.random.default_rng(5)
     variants = [
-        {"subsampling": 0}, {"subsampling": 1}, {"subsampling": 2}, {"progressive": True},
-        {"restart_marker_rows": 1}, {"mode": "L"}, {"subsampling": 2, "optimize": True},
+        {"subsampling": 0},
+        {"subsampling": 1},
+        {"subsampling": 2},
+        {"progressive": True},
+        {"restart_marker_rows": 1},
+        {"mode": "L"},
+        {"subsampling": 2, "optimize": True},
     ]
     k = 0
     for v in variants:
@@ -349,7 +393,9 @@ def test_partial_jpeg_decode_is_exact(tmp_path, monkeypatch):
             return {**cfg, "partial_decode": partial}, pin
 
         monkeypatch.setattr(loader_mod, "_make_config", make_config)
-        loader = Loader.from_image_folder(tmp_path, image_size=16, batch_size=4, seed=3, rrc_scale=(0.05, 0.6))
+        loader = Loader.from_image_folder(
+            tmp_path, image_size=16, batch_size=4, seed=3, rrc_scale=(0.05, 0.6)
+        )
         return [b for e in range(3) for b in (loader.set_epoch(e) or _all(loader))]
 
     partial, full = run(True), run(False)
@@ -362,7 +408,9 @@ def test_partial_jpeg_decode_is_exact(tmp_path, monkeypatch):
 @pytest.mark.parametrize("output", ["float", "uint8"])
 def test_freed_batch_buffers_are_reused_and_held_ones_kept(output):
     imgs = _images(96, size=16, seed=4)
-    make = lambda: Loader(imgs, batch_size=8, augment="crop_flip", padding=2, seed=1, output=output, prefetch=1)
+    make = lambda: Loader(
+        imgs, batch_size=8, augment="crop_flip", padding=2, seed=1, output=output, prefetch=1
+    )
     held = _all(make())  # every batch kept alive: no buffer can be reused
     first = held[0].images.clone()
     ptrs, streamed = set(), []
@@ -379,7 +427,9 @@ def test_freed_batch_buffers_are_reused_and_held_ones_kept(output):
 
 def test_grayscale_digits_and_uint8_output():
     ds = load_digits("train")
-    loader = Loader.from_dataset(ds, batch_size=32, num_masks=1, patch_size=4, shuffle=False, augment="none")
+    loader = Loader.from_dataset(
+        ds, batch_size=32, num_masks=1, patch_size=4, shuffle=False, augment="none"
+    )
     b = next(iter(loader))
     assert b.images.shape == (32, 1, 32, 32) and loader.in_chans == 1
     ref = torch.stack([ds[i][0] for i in range(32)])
@@ -392,7 +442,9 @@ def test_grayscale_digits_and_uint8_output():
 
 def test_float_array_dataset_is_converted_once():
     x = _images(10, 8).astype(np.float32) / 255.0
-    loader = Loader.from_dataset(ArrayDataset(x, np.arange(10)), batch_size=10, augment="none", shuffle=False)
+    loader = Loader.from_dataset(
+        ArrayDataset(x, np.arange(10)), batch_size=10, augment="none", shuffle=False
+    )
     b = next(iter(loader))
     assert torch.allclose(b.images, torch.from_numpy(x).permute(0, 3, 1, 2), atol=1e-6)
     assert torch.equal(b.labels, torch.arange(10))
@@ -435,7 +487,9 @@ def test_memmap_dataset_is_borrowed(tmp_path):
     ds = load_npy(tmp_path / "x.npy")
     assert isinstance(ds.images, np.memmap)
     loader = Loader.from_dataset(ds, batch_size=20, augment="none", shuffle=False)
-    assert torch.equal(next(iter(loader)).images, torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255)
+    assert torch.equal(
+        next(iter(loader)).images, torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
+    )
 
 
 def test_from_cifar(tmp_path):
@@ -455,7 +509,9 @@ def test_from_cifar(tmp_path):
     batches = _all(loader)
     assert len(batches) == 3
     ref = np.concatenate(all_imgs)
-    assert torch.equal(batches[1].images, torch.from_numpy(ref[5:10]).permute(0, 3, 1, 2).float() / 255)
+    assert torch.equal(
+        batches[1].images, torch.from_numpy(ref[5:10]).permute(0, 3, 1, 2).float() / 255
+    )
     assert batches[0].labels.tolist() == [1, 1, 1, 2, 2]
 
 
@@ -496,7 +552,9 @@ def test_shards_disjoint_equal_and_covering():
     n, world = 100, 3
     seen = []
     for rank in range(world):
-        loader = Loader(_images(n, 4, 1), batch_size=5, drop_last=False, rank=rank, world_size=world, seed=2)
+        loader = Loader(
+            _images(n, 4, 1), batch_size=5, drop_last=False, rank=rank, world_size=world, seed=2
+        )
         loader.set_epoch(1)
         idx = torch.cat([b.indices for b in loader]).tolist()
         assert len(idx) == n // world == 33 and len(loader) == 7
@@ -593,8 +651,9 @@ def test_corrupt_file_raises_naming_it(tmp_path, which):
 
 def test_skip_corrupt_counts(tmp_path):
     bad = _corrupt_folder(tmp_path)
-    loader = Loader.from_image_folder(tmp_path, image_size=16, batch_size=3, drop_last=False,
-                                      skip_corrupt=True, shuffle=False)
+    loader = Loader.from_image_folder(
+        tmp_path, image_size=16, batch_size=3, drop_last=False, skip_corrupt=True, shuffle=False
+    )
     batches = _all(loader)
     assert loader.skipped == 3 and sum(b.skipped for b in batches) == 3
     assert sum(len(b) for b in batches) == 6  # a batch is shorter by its skipped samples
@@ -615,25 +674,28 @@ def test_missing_file_raises(tmp_path):
         _all(loader)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(batch_size=0), "batch_size"),
-    (dict(batch_size=4, augment="jitter"), "augment"),
-    (dict(batch_size=4, rank=3, world_size=3), "rank"),
-    (dict(batch_size=4, world_size=0), "world_size"),
-    (dict(batch_size=4, num_masks=1), "patch_size"),
-    (dict(batch_size=4, num_masks=1, patch_size=5), "divide"),
-    (dict(batch_size=4, num_masks=1, patch_size=4, mask_ratio=1.0), "mask_ratio"),
-    (dict(batch_size=4, num_masks=1, patch_size=4, mask_ratio=0.99), "keeps no patch"),
-    (dict(batch_size=4, sigma=("gamma", -1, 3)), "gamma"),
-    (dict(batch_size=4, sigma=("uniform", 5, 1)), "uniform"),
-    (dict(batch_size=4, sigma=("poisson", 1)), "sigma"),
-    (dict(batch_size=4, noisy=True), "noisy"),
-    (dict(batch_size=4, image_size=24), "image_size"),
-    (dict(batch_size=4, output="half"), "output"),
-    (dict(batch_size=4, rrc_scale=(0.5, 2.0)), "rrc_scale"),
-    (dict(batch_size=4, num_threads=0), "num_threads"),
-    (dict(batch_size=4, padding=-1), "padding"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=4, augment="jitter"), "augment"),
+        (dict(batch_size=4, rank=3, world_size=3), "rank"),
+        (dict(batch_size=4, world_size=0), "world_size"),
+        (dict(batch_size=4, num_masks=1), "patch_size"),
+        (dict(batch_size=4, num_masks=1, patch_size=5), "divide"),
+        (dict(batch_size=4, num_masks=1, patch_size=4, mask_ratio=1.0), "mask_ratio"),
+        (dict(batch_size=4, num_masks=1, patch_size=4, mask_ratio=0.99), "keeps no patch"),
+        (dict(batch_size=4, sigma=("gamma", -1, 3)), "gamma"),
+        (dict(batch_size=4, sigma=("uniform", 5, 1)), "uniform"),
+        (dict(batch_size=4, sigma=("poisson", 1)), "sigma"),
+        (dict(batch_size=4, noisy=True), "noisy"),
+        (dict(batch_size=4, image_size=24), "image_size"),
+        (dict(batch_size=4, output="half"), "output"),
+        (dict(batch_size=4, rrc_scale=(0.5, 2.0)), "rrc_scale"),
+        (dict(batch_size=4, num_threads=0), "num_threads"),
+        (dict(batch_size=4, padding=-1), "padding"),
+    ],
+)
 def test_bad_config_raises_value_error(kw, match):
     with pytest.raises(ValueError, match=match):
         Loader(_images(8, 16), **kw)

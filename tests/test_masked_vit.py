@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import math
 
+import mimir_fast
 import pytest
 import torch
-
-import mimir_fast
 from mimir_fast import MaskedViT, MaskedViTConfig, create_model, list_models, ops
 from mimir_fast._io import atomic_save_tensors, load_tensors
 from mimir_fast.models.presets import PRESETS
@@ -34,8 +33,18 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-TINY = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
-            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, num_classes=7)
+TINY = dict(
+    img_size=16,
+    patch_size=4,
+    in_chans=3,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    decoder_embed_dim=32,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    num_classes=7,
+)
 
 
 def tiny(seed: int = 0, **overrides) -> MaskedViT:
@@ -73,7 +82,9 @@ def ref_patches(x: torch.Tensor, p: int) -> torch.Tensor:
     out = torch.empty(n, gh * gw, p, p, c, dtype=x.dtype)
     for row in range(gh):
         for col in range(gw):
-            out[:, row * gw + col] = x[:, :, row * p:(row + 1) * p, col * p:(col + 1) * p].permute(0, 2, 3, 1)
+            out[:, row * gw + col] = x[
+                :, :, row * p : (row + 1) * p, col * p : (col + 1) * p
+            ].permute(0, 2, 3, 1)
     return out
 
 
@@ -104,7 +115,7 @@ def ref_block(x, sd, pre, heads, eps):
     qkv = h @ sd[pre + "attn.qkv.weight"].T
     if pre + "attn.qkv.bias" in sd:
         qkv = qkv + sd[pre + "attn.qkv.bias"]
-    q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
+    q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
     outs = []
     for hh in range(heads):
         sl = slice(hh * hd, (hh + 1) * hd)
@@ -131,7 +142,11 @@ class Ref:
         pt = ref_patches(x.double(), c.patch_size)  # (N, L, p, p, C)
         w = sd["patch_embed.proj.weight"]  # (D, C, p, p)
         tok = torch.einsum("nlijc,dcij->nld", pt, w) + sd["patch_embed.proj.bias"]
-        pos = ref_sincos(c.embed_dim, self.g, self.g) if not c.learnable_pos_embed else sd["pos_embed"][0]
+        pos = (
+            ref_sincos(c.embed_dim, self.g, self.g)
+            if not c.learnable_pos_embed
+            else sd["pos_embed"][0]
+        )
         return tok + pos[1:], sd["cls_token"][0] + pos[:1]
 
     def encode(self, x, ids_keep=None, final_norm=True):
@@ -142,7 +157,9 @@ class Ref:
         h = torch.cat([cls.expand(tok.shape[0], 1, -1), tok], dim=1)
         for i in range(c.depth):
             h = ref_block(h, sd, f"blocks.{i}.", c.num_heads, c.norm_eps)
-        return ref_layer_norm(h, sd["norm.weight"], sd["norm.bias"], c.norm_eps) if final_norm else h
+        return (
+            ref_layer_norm(h, sd["norm.weight"], sd["norm.bias"], c.norm_eps) if final_norm else h
+        )
 
     def logits(self, x, pre_logits=False):
         c, sd = self.c, self.sd
@@ -197,7 +214,9 @@ def close(a, b, rtol=1e-4, atol=1e-5):
 SHAPE_CASES = [
     pytest.param(dict(img_size=16, patch_size=4, in_chans=3), 0.75, id="16px-p4-C3-r0.75"),
     pytest.param(dict(img_size=12, patch_size=4, in_chans=1), 0.5, id="12px-p4-C1-r0.5"),
-    pytest.param(dict(img_size=15, patch_size=5, in_chans=5, global_pool="token"), 0.6, id="15px-p5-C5-token"),
+    pytest.param(
+        dict(img_size=15, patch_size=5, in_chans=5, global_pool="token"), 0.6, id="15px-p5-C5-token"
+    ),
 ]
 
 
@@ -213,11 +232,11 @@ def test_shapes(cfg, ratio):
     assert mask.shape == (3, length) and ids_restore.shape == (3, length)
     assert (mask.sum(1) == length - len_keep).all()
     pred = model.forward_decoder(latent, ids_restore)
-    assert pred.shape == (3, length, c.patch_size ** 2 * c.in_chans)
+    assert pred.shape == (3, length, c.patch_size**2 * c.in_chans)
     assert model(x).shape == (3, 7)
     loss, pred, mask = model(x, mask_ratio=ratio)
     assert loss.ndim == 0 and torch.isfinite(loss)
-    assert pred.shape == (3, length, c.patch_size ** 2 * c.in_chans)
+    assert pred.shape == (3, length, c.patch_size**2 * c.in_chans)
     assert mask.shape == (3, length)
     feats = model.forward_features(x)
     assert feats.shape == (3, 1 + length, c.embed_dim)
@@ -230,7 +249,9 @@ def test_shapes(cfg, ratio):
 @pytest.mark.parametrize("global_pool", ["avg", "token"])
 @pytest.mark.parametrize("learnable_pos_embed", [False, True], ids=["sincos", "learned"])
 def test_classifier_matches_float64_reference(global_pool, learnable_pos_embed):
-    model = tiny(seed=1, global_pool=global_pool, learnable_pos_embed=learnable_pos_embed, in_chans=5)
+    model = tiny(
+        seed=1, global_pool=global_pool, learnable_pos_embed=learnable_pos_embed, in_chans=5
+    )
     if learnable_pos_embed:
         with torch.no_grad():
             model.pos_embed.add_(0.3 * torch.randn_like(model.pos_embed))
@@ -238,7 +259,10 @@ def test_classifier_matches_float64_reference(global_pool, learnable_pos_embed):
     ref = Ref(model)
     with torch.no_grad():
         close(model(x), ref.logits(x))
-        close(model.forward_head(model.forward_features(x), pre_logits=True), ref.logits(x, pre_logits=True))
+        close(
+            model.forward_head(model.forward_features(x), pre_logits=True),
+            ref.logits(x, pre_logits=True),
+        )
 
 
 @pytest.mark.parametrize("norm_pix", [False, True], ids=["raw", "normpix"])
@@ -262,7 +286,9 @@ def test_mae_with_ids_keep_matches_float64_reference(norm_pix):
         loss, pred2, mask2 = model(x, ids_keep=ids_keep)
         close(pred2, ref_pred)
         assert torch.equal(mask2, expected_mask)
-        assert loss.item() == pytest.approx(ref_loss(ref_pred, ref.target(x), expected_mask, norm_pix), rel=1e-4)
+        assert loss.item() == pytest.approx(
+            ref_loss(ref_pred, ref.target(x), expected_mask, norm_pix), rel=1e-4
+        )
 
 
 def test_mask_ratio_zero_encodes_every_patch_in_order():
@@ -322,7 +348,9 @@ def test_masked_pixels_do_not_reach_the_encoder():
         for l_ in range(16):
             if l_ not in ids_keep[b].tolist():
                 r, c = divmod(l_, gw)
-                perturbed[b, :, r * p:(r + 1) * p, c * p:(c + 1) * p] += 5 * torch.randn(3, p, p, generator=g)
+                perturbed[b, :, r * p : (r + 1) * p, c * p : (c + 1) * p] += 5 * torch.randn(
+                    3, p, p, generator=g
+                )
     with torch.no_grad():
         base, _, _ = model.forward_encoder(x, ids_keep=ids_keep)
         same, _, _ = model.forward_encoder(perturbed, ids_keep=ids_keep)
@@ -345,11 +373,17 @@ def test_forward_denoise_loss_over_all_clean_patches(norm_pix):
         loss, pred = model.forward_denoise(noisy, clean)
         ref_pred = ref.decode(ref.encode(noisy), torch.arange(16).expand(3, 16))
         close(pred, ref_pred)
-        assert loss.item() == pytest.approx(ref_loss(pred, ref.target(clean), None, norm_pix), rel=1e-5)
-        assert loss.item() == pytest.approx(ref_loss(ref_pred, ref.target(clean), None, norm_pix), rel=1e-4)
+        assert loss.item() == pytest.approx(
+            ref_loss(pred, ref.target(clean), None, norm_pix), rel=1e-5
+        )
+        assert loss.item() == pytest.approx(
+            ref_loss(ref_pred, ref.target(clean), None, norm_pix), rel=1e-4
+        )
         # the target matters: the clean image, not the noisy input
         loss_self, _ = model.forward_denoise(noisy)
-        assert loss_self.item() == pytest.approx(ref_loss(pred, ref.target(noisy), None, norm_pix), rel=1e-5)
+        assert loss_self.item() == pytest.approx(
+            ref_loss(pred, ref.target(noisy), None, norm_pix), rel=1e-5
+        )
         # ... and the two targets give losses far apart compared with the tolerance above
         assert abs(loss_self.item() - loss.item()) > 1e-3 * loss.item()
 
@@ -361,7 +395,9 @@ def test_forward_mae_target_replaces_reconstruction_target():
     ids_keep = torch.tensor([[0, 1, 2, 3]] * 3)
     with torch.no_grad():
         loss, pred, mask = model.forward_mae(x, ids_keep=ids_keep, target=target)
-    assert loss.item() == pytest.approx(ref_loss(pred, Ref(model).target(target), mask, False), rel=1e-5)
+    assert loss.item() == pytest.approx(
+        ref_loss(pred, Ref(model).target(target), mask, False), rel=1e-5
+    )
 
 
 def test_pred_to_image_inverts_norm_pix():
@@ -397,11 +433,21 @@ BAD_IMAGES = [
     pytest.param(lambda: torch.randn(3, 4, 16, 16), "channels", id="wrong-channels"),
     pytest.param(lambda: torch.randn(3, 3, 20, 20), "16x16", id="wrong-size"),
     pytest.param(lambda: torch.randn(3, 3, 16, 12), "16x16", id="non-square"),
-    pytest.param(lambda: torch.randint(0, 255, (3, 3, 16, 16), dtype=torch.uint8), "floating-point", id="uint8"),
-    pytest.param(lambda: torch.randn(3, 3, 16, 16).index_fill_(2, torch.tensor([5]), float("nan")), "NaN",
-                 id="nan"),
-    pytest.param(lambda: torch.randn(3, 3, 16, 16).index_fill_(0, torch.tensor([1]), float("inf")), "infinite",
-                 id="inf"),
+    pytest.param(
+        lambda: torch.randint(0, 255, (3, 3, 16, 16), dtype=torch.uint8),
+        "floating-point",
+        id="uint8",
+    ),
+    pytest.param(
+        lambda: torch.randn(3, 3, 16, 16).index_fill_(2, torch.tensor([5]), float("nan")),
+        "NaN",
+        id="nan",
+    ),
+    pytest.param(
+        lambda: torch.randn(3, 3, 16, 16).index_fill_(0, torch.tensor([1]), float("inf")),
+        "infinite",
+        id="inf",
+    ),
     pytest.param(lambda: torch.randn(3, 16, 16), r"\(N, C, H, W\)", id="3d"),
     pytest.param(lambda: torch.randn(0, 3, 16, 16), "empty", id="empty-batch"),
     pytest.param(lambda: [[1.0]], "torch.Tensor", id="not-a-tensor"),
@@ -443,12 +489,18 @@ BAD_IDS = [
     pytest.param(lambda: torch.tensor([[0, 1, 2, 3]] * 3, dtype=torch.int32), "int64", id="int32"),
     pytest.param(lambda: torch.tensor([[0.0, 1.0, 2.0, 3.0]] * 3), "int64", id="float"),
     pytest.param(lambda: torch.tensor([0, 1, 2, 3]), "shape", id="1d"),
-    pytest.param(lambda: torch.tensor([[0, 1, 2, 3]] * 2), r"shape \(3, len_keep\)", id="wrong-batch"),
+    pytest.param(
+        lambda: torch.tensor([[0, 1, 2, 3]] * 2), r"shape \(3, len_keep\)", id="wrong-batch"
+    ),
     pytest.param(lambda: torch.zeros(3, 0, dtype=torch.int64), "keeps 0", id="keep-none"),
-    pytest.param(lambda: torch.arange(17).expand(3, 17).contiguous(), "keeps 17", id="keep-too-many"),
+    pytest.param(
+        lambda: torch.arange(17).expand(3, 17).contiguous(), "keeps 17", id="keep-too-many"
+    ),
     pytest.param(lambda: torch.tensor([[0, 1, 2, 16]] * 3), r"\[0, 16\)", id="too-large"),
     pytest.param(lambda: torch.tensor([[0, 1, -1, 3]] * 3), r"\[0, 16\)", id="negative"),
-    pytest.param(lambda: torch.tensor([[0, 1, 2, 3], [4, 5, 4, 6], [7, 8, 9, 10]]), "repeats", id="duplicate"),
+    pytest.param(
+        lambda: torch.tensor([[0, 1, 2, 3], [4, 5, 4, 6], [7, 8, 9, 10]]), "repeats", id="duplicate"
+    ),
 ]
 
 
@@ -463,7 +515,9 @@ def test_bad_ids_keep(val_model, make, msg):
 BAD_CONFIGS = [
     pytest.param(dict(img_size=18), "not divisible by patch_size", id="img-not-divisible"),
     pytest.param(dict(embed_dim=36, num_heads=5), "not divisible by num_heads", id="heads"),
-    pytest.param(dict(decoder_embed_dim=36, decoder_num_heads=5), "decoder_num_heads", id="decoder-heads"),
+    pytest.param(
+        dict(decoder_embed_dim=36, decoder_num_heads=5), "decoder_num_heads", id="decoder-heads"
+    ),
     pytest.param(dict(embed_dim=30, num_heads=3), "divisible by 4", id="embed-not-div-4"),
     pytest.param(dict(global_pool="max"), "global_pool", id="global-pool"),
     pytest.param(dict(drop_path_rate=1.0), "drop_path_rate", id="drop-path"),
@@ -543,7 +597,9 @@ def test_load_corrupt_file(tmp_path, damage):
     elif damage == "truncate-header":
         data = data[:20]
     elif damage == "garbage":
-        data = bytes(torch.randint(0, 256, (len(data),), generator=torch.Generator().manual_seed(0)).tolist())
+        data = bytes(
+            torch.randint(0, 256, (len(data),), generator=torch.Generator().manual_seed(0)).tolist()
+        )
     else:
         data = b""
     path.write_bytes(data)
@@ -562,8 +618,11 @@ def test_load_weights_from_other_architecture(tmp_path):
     tensors, _ = load_tensors(path)
     model = tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"other\.safetensors.*patch_embed\.proj\.weight: file \(32, 5, 4, 4\) "
-                                         r"vs model \(32, 3, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"other\.safetensors.*patch_embed\.proj\.weight: file \(32, 5, 4, 4\) "
+        r"vs model \(32, 3, 4, 4\)",
+    ):
         model.load_weights(tensors, source=str(path))
     with pytest.raises(ValueError, match=r"head\.weight: file \(5, 32\) vs model \(7, 32\)"):
         model.load_weights(tiny(num_classes=5).state_dict())
@@ -587,7 +646,9 @@ def test_kernels_torch_and_auto_agree_with_gradients():
     b.load_state_dict(tiny(seed=11).state_dict())
     a.load_state_dict(b.state_dict())
     # "auto" picks Triton only where CUDA exists; on CPU tensors both run the PyTorch reference
-    assert a.backend == "torch" and b.backend == ("triton" if torch.cuda.is_available() else "torch")
+    assert a.backend == "torch" and b.backend == (
+        "triton" if torch.cuda.is_available() else "torch"
+    )
     x = images(seed=17)
     ids_keep = torch.tensor([[1, 4, 7, 11, 13]] * 3)
     outs = []
@@ -660,7 +721,9 @@ def test_param_groups(learnable_pos_embed):
             seen.append(n)
             parts = n.split(".")
             is_token = n in ("cls_token", "mask_token", "pos_embed")
-            is_norm = len(parts) > 1 and "norm" in parts[-2]  # norm1, norm2, norm, fc_norm, decoder_norm
+            is_norm = (
+                len(parts) > 1 and "norm" in parts[-2]
+            )  # norm1, norm2, norm, fc_norm, decoder_norm
             no_decay = is_token or is_norm or parts[-1] == "bias"
             assert grp["weight_decay"] == (0.0 if no_decay else wd), n
             layer = expected_layer(n, depth)
@@ -676,7 +739,7 @@ def test_param_groups(learnable_pos_embed):
     assert by_name["blocks.0.attn.qkv.weight"]["weight_decay"] == wd
     assert by_name["blocks.0.norm1.weight"]["weight_decay"] == 0.0
     assert by_name["head.weight"]["lr_scale"] == 1.0
-    assert by_name["patch_embed.proj.weight"]["lr_scale"] == pytest.approx(ld ** 4)
+    assert by_name["patch_embed.proj.weight"]["lr_scale"] == pytest.approx(ld**4)
     assert by_name["blocks.2.mlp.fc1.weight"]["lr_scale"] == pytest.approx(ld)
 
 
@@ -715,7 +778,9 @@ def test_reset_classifier_to_avg_pool_keeps_a_norm():
     torch.testing.assert_close(pooled.mean(-1), torch.zeros(3), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("before,after", [("token", "avg"), ("avg", "token")], ids=["token-to-avg", "avg-to-token"])
+@pytest.mark.parametrize(
+    "before,after", [("token", "avg"), ("avg", "token")], ids=["token-to-avg", "avg-to-token"]
+)
 def test_reset_classifier_pool_change_survives_save_load(tmp_path, before, after):
     model = tiny(global_pool=before)
     model.reset_classifier(4, global_pool=after)
@@ -734,7 +799,9 @@ def test_set_drop_path_rates():
     assert probs == pytest.approx([0.0, 0.15, 0.3])
     assert model.config.drop_path_rate == 0.3
     built = tiny(depth=5, drop_path_rate=0.2)
-    assert [b.drop_path.drop_prob for b in built.blocks] == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+    assert [b.drop_path.drop_prob for b in built.blocks] == pytest.approx(
+        [0.0, 0.05, 0.1, 0.15, 0.2]
+    )
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match="drop path"):
             model.set_drop_path(bad)
@@ -782,12 +849,19 @@ def test_presets():
     want |= {f"vit_{s}_patch{p}_32" for s in ("tiny", "small", "base") for p in (2, 4)}
     assert want <= names
     assert mimir_fast.list_models() == sorted(names)
-    sizes = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
+    sizes = {
+        "tiny": (192, 12, 3),
+        "small": (384, 12, 6),
+        "base": (768, 12, 12),
+        "large": (1024, 24, 16),
+    }
     for name in want:
         cfg = PRESETS[name]
         size = name.split("_")[1]
         assert (cfg.embed_dim, cfg.depth, cfg.num_heads) == sizes[size], name
-        assert (cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads) == (128, 2, 16), name
+        assert (cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads) == (128, 2, 16), (
+            name
+        )
         patch = int(name.split("patch")[1].split("_")[0])
         img = int(name.rsplit("_", 1)[1])
         assert (cfg.patch_size, cfg.img_size) == (patch, img), name
@@ -817,12 +891,25 @@ def test_create_model_unknown_name():
 
 def test_tiny_mae_overfits_one_batch():
     torch.manual_seed(0)
-    model = MaskedViT(img_size=16, patch_size=4, in_chans=1, embed_dim=64, depth=2, num_heads=4,
-                      decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4, num_classes=0,
-                      norm_pix_loss=False, kernels="torch")
+    model = MaskedViT(
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=64,
+        decoder_depth=1,
+        decoder_num_heads=4,
+        num_classes=0,
+        norm_pix_loss=False,
+        kernels="torch",
+    )
     g = torch.Generator().manual_seed(1)
     x = torch.randn(8, 1, 16, 16, generator=g)
-    ids_keep = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(8)])  # 12 of 16 masked
+    ids_keep = torch.stack(
+        [torch.randperm(16, generator=g)[:4] for _ in range(8)]
+    )  # 12 of 16 masked
     mask = torch.ones(8, 16)
     for b in range(8):
         mask[b, ids_keep[b]] = 0.0
@@ -835,7 +922,9 @@ def test_tiny_mae_overfits_one_batch():
         for l_ in range(16):
             if mask[b, l_]:
                 r, c = divmod(l_, 4)
-                baseline_sum += ((xd[b, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] - m) ** 2).mean().item()
+                baseline_sum += (
+                    ((xd[b, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] - m) ** 2).mean().item()
+                )
     baseline = baseline_sum / mask.sum().item()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()

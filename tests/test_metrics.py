@@ -23,8 +23,14 @@ def test_ssim_matches_skimage(shape):
     assert ours.shape == (shape[0],)
     for i in range(shape[0]):
         ref = skimage_metrics.structural_similarity(
-            x[i].numpy().astype(np.float64), y[i].numpy().astype(np.float64), channel_axis=0,
-            gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+            x[i].numpy().astype(np.float64),
+            y[i].numpy().astype(np.float64),
+            channel_axis=0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+        )
         assert abs(float(ours[i]) - ref) <= 1e-4, (float(ours[i]), ref)
 
 
@@ -44,8 +50,9 @@ def test_psnr_matches_skimage(shape):
     x, y = _pairs(2, shape)
     ours = psnr(x, y)
     for i in range(shape[0]):
-        ref = skimage_metrics.peak_signal_noise_ratio(x[i].numpy().astype(np.float64),
-                                                      y[i].numpy().astype(np.float64), data_range=1.0)
+        ref = skimage_metrics.peak_signal_noise_ratio(
+            x[i].numpy().astype(np.float64), y[i].numpy().astype(np.float64), data_range=1.0
+        )
         assert abs(float(ours[i]) - ref) <= 1e-4
     assert float(psnr(x, y, reduction="mean")) == pytest.approx(float(ours.mean()), abs=1e-6)
     assert torch.isinf(psnr(x, x)).all()

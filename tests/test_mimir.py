@@ -11,8 +11,18 @@ from mimir_fast.hsic import hsic
 from mimir_fast.methods import MIMIRPretraining, get_method, mimir_attack
 from mimir_fast.train import CHECKPOINT_NAME
 
-TINY = {"img_size": 16, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2,
-        "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2, "num_classes": 10}
+TINY = {
+    "img_size": 16,
+    "patch_size": 4,
+    "in_chans": 1,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+    "num_classes": 10,
+}
 EPS, STEP = 8 / 255, 10 / 255
 N = 16
 LEN_KEEP = 4  # 16 patches, mask ratio 0.75
@@ -70,7 +80,9 @@ def test_attack_matches_a_reference_pgd_and_raises_the_loss(images):
     model.eval()
     loss, _, _ = MaskedReconstruction().per_sample_loss(model, start, images, keep)
     (grad,) = torch.autograd.grad(loss.sum(), start)
-    want = torch.minimum(torch.maximum(start + STEP * grad.sign(), images - EPS), images + EPS).clamp(0, 1)
+    want = torch.minimum(
+        torch.maximum(start + STEP * grad.sign(), images - EPS), images + EPS
+    ).clamp(0, 1)
     torch.testing.assert_close(x_adv, want.detach(), atol=1e-6, rtol=0)
 
     assert (x_adv - images).abs().max() <= EPS + 1e-6
@@ -81,7 +93,9 @@ def test_attack_matches_a_reference_pgd_and_raises_the_loss(images):
     # far more than a random corner of the same box does
     torch.manual_seed(8)
     corner = (images + EPS * torch.randn(images.shape).sign()).clamp(0, 1)
-    assert (adv - clean).mean() > 5 * (per_sample_recon(model, corner, images, keep) - clean).mean().abs()
+    assert (adv - clean).mean() > 5 * (
+        per_sample_recon(model, corner, images, keep) - clean
+    ).mean().abs()
     # more steps push it further
     torch.manual_seed(7)
     x_adv5 = mimir_attack(model, images, EPS, 2 / 255, 5, ids_keep=keep)
@@ -111,8 +125,14 @@ def test_attack_leaves_parameters_and_mode_alone(images):
 
 def test_attack_rejects_bad_arguments(images):
     model = tiny_model()
-    for kw, match in [({"eps": -0.1}, "eps"), ({"eps": 2.0}, "eps"), ({"step": 0.0}, "step"),
-                      ({"steps": 0}, "steps"), ({"steps": 1.5}, "steps"), ({"mask_ratio": 1.0}, "mask_ratio")]:
+    for kw, match in [
+        ({"eps": -0.1}, "eps"),
+        ({"eps": 2.0}, "eps"),
+        ({"step": 0.0}, "step"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 1.5}, "steps"),
+        ({"mask_ratio": 1.0}, "mask_ratio"),
+    ]:
         with pytest.raises(ValueError, match=match):
             mimir_attack(model, images, **kw)
     with pytest.raises(ValueError, match="N, C, H, W"):
@@ -132,7 +152,9 @@ def test_step_matches_an_independent_recomputation(images):
     torch.manual_seed(11)
     x_adv = mimir_attack(model, images, EPS, STEP, 1, ids_keep=keep0)
     with torch.no_grad():
-        recon = per_sample_recon(model, x_adv, images, keep1).mean()  # the encoder sees x_adv, the loss the clean x
+        recon = per_sample_recon(
+            model, x_adv, images, keep1
+        ).mean()  # the encoder sees x_adv, the loss the clean x
         latent, _, _ = model.forward_encoder(x_adv, ids_keep=keep1)
         dependence = hsic(x_adv.flatten(1), latent.flatten(1))
     torch.testing.assert_close(out.metrics["recon"], recon, rtol=1e-5, atol=1e-6)
@@ -144,8 +166,12 @@ def test_step_matches_an_independent_recomputation(images):
     torch.manual_seed(11)
     start = (images + (2 * torch.rand(images.shape) - 1) * EPS).clamp(0, 1)
     model.eval()
-    torch.testing.assert_close(out.metrics["attack_recon"], per_sample_recon(model, start, images, keep0).mean(),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.metrics["attack_recon"],
+        per_sample_recon(model, start, images, keep0).mean(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_hsic_gradient_reaches_the_encoder_and_weight_zero_is_plain_recon(images):
@@ -157,14 +183,19 @@ def test_hsic_gradient_reaches_the_encoder_and_weight_zero_is_plain_recon(images
     without = method(hsic_weight=0.0).training_step(model, batch(images, **extras))
     assert "hsic" not in without.metrics
     assert torch.equal(without.loss.detach(), without.metrics["recon"])
-    assert torch.equal(with_hsic.metrics["recon"], without.metrics["recon"])  # same x_adv, same masks
+    assert torch.equal(
+        with_hsic.metrics["recon"], without.metrics["recon"]
+    )  # same x_adv, same masks
     term = (with_hsic.loss - without.loss) / 0.1  # the HSIC term alone, with its graph
     torch.testing.assert_close(term.detach(), with_hsic.metrics["hsic"], rtol=1e-4, atol=1e-5)
-    encoder = [p for n, p in model.named_parameters() if n.startswith(("blocks.", "patch_embed.", "norm.",
-                                                                       "cls_token"))]
+    encoder = [
+        p
+        for n, p in model.named_parameters()
+        if n.startswith(("blocks.", "patch_embed.", "norm.", "cls_token"))
+    ]
     decoder = [p for n, p in model.named_parameters() if n.startswith(("decoder", "mask_token"))]
     grads = torch.autograd.grad(term, encoder + decoder, allow_unused=True)
-    enc_grads, dec_grads = grads[:len(encoder)], grads[len(encoder):]
+    enc_grads, dec_grads = grads[: len(encoder)], grads[len(encoder) :]
     assert all(g is not None and torch.isfinite(g).all() for g in enc_grads)
     assert sum(g.abs().sum() for g in enc_grads) > 0
     assert all(g is None or g.abs().sum() == 0 for g in dec_grads)  # HSIC does not see the decoder
@@ -183,7 +214,9 @@ def test_masks_come_from_extras_and_are_independent(images):
     base = step(ids_keep=keep0, ids_keep_1=keep1)
     assert all(torch.equal(base[k], v) for k, v in step(ids_keep=keep0, ids_keep_1=keep1).items())
     new_train_mask = step(ids_keep=keep0, ids_keep_1=other)
-    assert torch.equal(new_train_mask["attack_recon"], base["attack_recon"])  # the attack kept its mask
+    assert torch.equal(
+        new_train_mask["attack_recon"], base["attack_recon"]
+    )  # the attack kept its mask
     assert not torch.equal(new_train_mask["recon"], base["recon"])
     new_attack_mask = step(ids_keep=other, ids_keep_1=keep1)
     assert not torch.equal(new_attack_mask["attack_recon"], base["attack_recon"])
@@ -229,8 +262,12 @@ def test_training_lowers_the_objective_on_a_fixed_batch(images):
 
     (start, h_start), (end, h_default) = first_and_last(1e-5)  # MIMIR's lambda
     assert end < 0.9 * start
-    (start_w, h_start_w), (end_w, h_weighted) = first_and_last(0.1)  # HSIC is a third of the objective
-    assert h_start_w == h_start and start_w > start + 0.2 * 0.1 * h_start  # same model: the term counts
+    (start_w, h_start_w), (end_w, h_weighted) = first_and_last(
+        0.1
+    )  # HSIC is a third of the objective
+    assert (
+        h_start_w == h_start and start_w > start + 0.2 * 0.1 * h_start
+    )  # same model: the term counts
     assert end_w < 0.9 * start_w
     assert h_weighted < 0.95 * h_default < h_start  # the penalty pulls the dependence down further
 
@@ -300,10 +337,23 @@ def test_train_end_to_end_on_digits(tmp_path, loader):
     seen_extras.clear()
     model = tiny_model()
     test = load_digits("test", image_size=16)
-    held_out = ArrayDataset(test.images[:48], test.labels[:48], num_classes=10)  # a short final evaluation
-    result = train(method="test-mimir-probe", model=model, train_data=load_digits("train", image_size=16),
-                   test_data=held_out, epochs=1, max_steps=3, batch_size=16, loader=loader, out_dir=str(tmp_path),
-                   progress=False, log_every=1, hsic_weight=1e-2)
+    held_out = ArrayDataset(
+        test.images[:48], test.labels[:48], num_classes=10
+    )  # a short final evaluation
+    result = train(
+        method="test-mimir-probe",
+        model=model,
+        train_data=load_digits("train", image_size=16),
+        test_data=held_out,
+        epochs=1,
+        max_steps=3,
+        batch_size=16,
+        loader=loader,
+        out_dir=str(tmp_path),
+        progress=False,
+        log_every=1,
+        hsic_weight=1e-2,
+    )
     assert result.steps == 3
     assert (tmp_path / "model.safetensors").is_file()
     loaded = mf.MaskedViT.load(tmp_path / "model.safetensors")
@@ -313,7 +363,9 @@ def test_train_end_to_end_on_digits(tmp_path, loader):
     assert all(set(r) >= {"loss", "recon", "hsic", "attack_recon"} for r in records)
     assert all(r["loss"] == pytest.approx(r["recon"] + 1e-2 * r["hsic"], rel=1e-5) for r in records)
     assert set(result.final_metrics) == {"loss", "adv_loss"}
-    assert result.final_metrics["adv_loss"] > result.final_metrics["loss"]  # the attack hurts held-out recon
+    assert (
+        result.final_metrics["adv_loss"] > result.final_metrics["loss"]
+    )  # the attack hurts held-out recon
     extras = seen_extras["extras"]
     if loader == "native":  # two independent masks from the loader
         assert extras["ids_keep"].shape == extras["ids_keep_1"].shape == (16, LEN_KEEP)
@@ -324,12 +376,26 @@ def test_train_end_to_end_on_digits(tmp_path, loader):
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
     rng = np.random.default_rng(0)
-    data = ArrayDataset(rng.integers(0, 256, size=(24, 16, 16, 1), dtype=np.uint8), np.arange(24) % 3)
-    held_out = ArrayDataset(rng.integers(0, 256, size=(8, 16, 16, 1), dtype=np.uint8), np.arange(8) % 3)
-    cfg = TrainConfig(method="mimir", model="vit_tiny_patch4_32", model_overrides={k: v for k, v in TINY.items()
-                                                                                 if k != "num_classes"},
-                      epochs=2, batch_size=8, blr=1e-3, warmup_epochs=1, progress=False, log_every=1,
-                      hsic_weight=1e-2, loader="native", eval_every=0)
+    data = ArrayDataset(
+        rng.integers(0, 256, size=(24, 16, 16, 1), dtype=np.uint8), np.arange(24) % 3
+    )
+    held_out = ArrayDataset(
+        rng.integers(0, 256, size=(8, 16, 16, 1), dtype=np.uint8), np.arange(8) % 3
+    )
+    cfg = TrainConfig(
+        method="mimir",
+        model="vit_tiny_patch4_32",
+        model_overrides={k: v for k, v in TINY.items() if k != "num_classes"},
+        epochs=2,
+        batch_size=8,
+        blr=1e-3,
+        warmup_epochs=1,
+        progress=False,
+        log_every=1,
+        hsic_weight=1e-2,
+        loader="native",
+        eval_every=0,
+    )
 
     def run(out, **kw):
         return train(cfg, train_data=data, test_data=held_out, out_dir=str(tmp_path / out), **kw)

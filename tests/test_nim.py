@@ -2,15 +2,16 @@
 
 import math
 
+import mimir_fast as mf
 import pytest
 import torch
-
-import mimir_fast as mf
 from mimir_fast.data import load_digits
 from mimir_fast.defenses import NIMDefense
 from mimir_fast.noise import add_noise, parse_sigma_spec, sample_sigma
 
-TINY = dict(embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4)
+TINY = dict(
+    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
+)
 
 
 def test_sigma_specs_parse_and_reject():
@@ -24,8 +25,10 @@ def test_sigma_specs_parse_and_reject():
         mf.TrainConfig(noise="gamma:0,3")
 
 
-@pytest.mark.parametrize("spec,mean,var", [("gamma:25,3", 75.0, 225.0), ("uniform:0,30", 15.0, 75.0),
-                                           ("constant:70", 70.0, 0.0)])
+@pytest.mark.parametrize(
+    "spec,mean,var",
+    [("gamma:25,3", 75.0, 225.0), ("uniform:0,30", 15.0, 75.0), ("constant:70", 70.0, 0.0)],
+)
 def test_sigma_moments(spec, mean, var):
     torch.manual_seed(0)
     n = 20000
@@ -47,8 +50,17 @@ def test_add_noise_scale():
 
 @pytest.fixture(scope="module")
 def nim_model(tmp_path_factory):
-    result = mf.train(method="nim", model="vit_tiny_patch4_32", model_overrides=TINY, epochs=4, batch_size=64,
-                      blr=2e-3, augment="crop", out_dir=str(tmp_path_factory.mktemp("nim")), progress=False)
+    result = mf.train(
+        method="nim",
+        model="vit_tiny_patch4_32",
+        model_overrides=TINY,
+        epochs=4,
+        batch_size=64,
+        blr=2e-3,
+        augment="crop",
+        out_dir=str(tmp_path_factory.mktemp("nim")),
+        progress=False,
+    )
     return result.model.eval()
 
 
@@ -95,21 +107,35 @@ def test_defense_output_does_not_copy_input_patch_statistics():
         out_dark, out_bright = defense(dark), defense(bright)
     # no path from the input's statistics to the output other than through the network
     assert torch.equal(out_dark, out_bright)
-    assert torch.allclose(out_dark[0], model.unpatchify(model.decoder_pred.bias.expand(1, 16, -1))[0])
+    assert torch.allclose(
+        out_dark[0], model.unpatchify(model.decoder_pred.bias.expand(1, 16, -1))[0]
+    )
 
 
 def test_defense_refuses_norm_pix_autoencoders():
     with pytest.raises(ValueError, match="leak"):
         NIMDefense(mf.MaskedViT(img_size=16, patch_size=4, in_chans=1, norm_pix_loss=True, **TINY))
     with pytest.raises(ValueError, match="sigma"):
-        NIMDefense(mf.MaskedViT(img_size=16, patch_size=4, in_chans=1, norm_pix_loss=False, **TINY), -1.0)
+        NIMDefense(
+            mf.MaskedViT(img_size=16, patch_size=4, in_chans=1, norm_pix_loss=False, **TINY), -1.0
+        )
 
 
 def test_finetuning_on_denoised_images(nim_model, test_images, tmp_path):
     nim_model.save(tmp_path / "nim.safetensors")
-    cfg = mf.TrainConfig(method="finetune", model="vit_tiny_patch4_32", model_overrides=TINY, epochs=1,
-                         batch_size=32, blr=3e-3, denoiser=str(tmp_path / "nim.safetensors"),
-                         out_dir=str(tmp_path / "fin"), progress=False, log_every=1, max_steps=12)
+    cfg = mf.TrainConfig(
+        method="finetune",
+        model="vit_tiny_patch4_32",
+        model_overrides=TINY,
+        epochs=1,
+        batch_size=32,
+        blr=3e-3,
+        denoiser=str(tmp_path / "nim.safetensors"),
+        out_dir=str(tmp_path / "fin"),
+        progress=False,
+        log_every=1,
+        max_steps=12,
+    )
     method = mf.methods.get_method("finetune")(cfg)
     torch.manual_seed(5)
     seen = method.inputs(test_images[:16])
@@ -124,5 +150,10 @@ def test_finetuning_on_denoised_images(nim_model, test_images, tmp_path):
     pixel_model = mf.MaskedViT(img_size=32, patch_size=4, in_chans=1, norm_pix_loss=True, **TINY)
     pixel_model.save(tmp_path / "normpix.safetensors")
     with pytest.raises(ValueError, match="pixels"):
-        mf.train(method="finetune", epochs=1, denoiser=str(tmp_path / "normpix.safetensors"),
-                 out_dir=str(tmp_path / "bad"), progress=False)
+        mf.train(
+            method="finetune",
+            epochs=1,
+            denoiser=str(tmp_path / "normpix.safetensors"),
+            out_dir=str(tmp_path / "bad"),
+            progress=False,
+        )

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-
 from mimir_fast import ops
 
 # --------------------------------------------------------------------------- patchify
@@ -27,7 +26,9 @@ def loop_patchify(images: torch.Tensor, p: int) -> torch.Tensor:
                 for i in range(p):
                     for j in range(p):
                         for ch in range(c):
-                            out[b, row * gw + col, (i * p + j) * c + ch] = images[b, ch, row * p + i, col * p + j]
+                            out[b, row * gw + col, (i * p + j) * c + ch] = images[
+                                b, ch, row * p + i, col * p + j
+                            ]
     return out
 
 
@@ -220,7 +221,9 @@ def test_masked_mse_loss_ignores_unmasked_patches(norm_pix):
     g = torch.Generator().manual_seed(5)
     pred = torch.randn(3, 6, 5, generator=g)
     target = torch.randn(3, 6, 5, generator=g)
-    mask = torch.tensor([[1, 0, 1, 0, 0, 1], [0, 0, 1, 1, 0, 0], [1, 1, 1, 0, 1, 0]], dtype=torch.float32)
+    mask = torch.tensor(
+        [[1, 0, 1, 0, 0, 1], [0, 0, 1, 1, 0, 0], [1, 1, 1, 0, 1, 0]], dtype=torch.float32
+    )
     base = ops.masked_mse_loss(pred, target, mask, norm_pix=norm_pix)
     changed = pred.clone()
     changed[mask == 0] += 10.0 * torch.randn(int((mask == 0).sum()), 5, generator=g)
@@ -228,7 +231,9 @@ def test_masked_mse_loss_ignores_unmasked_patches(norm_pix):
     # but a change on a masked patch does change it
     changed2 = pred.clone()
     changed2[0, 0] += 1.0
-    assert ops.masked_mse_loss(changed2, target, mask, norm_pix=norm_pix).item() != pytest.approx(base.item())
+    assert ops.masked_mse_loss(changed2, target, mask, norm_pix=norm_pix).item() != pytest.approx(
+        base.item()
+    )
 
 
 def test_masked_mse_loss_mask_none_is_mean_over_all_patches():
@@ -238,7 +243,9 @@ def test_masked_mse_loss_mask_none_is_mean_over_all_patches():
     ones = torch.ones(3, 4)
     got = ops.masked_mse_loss(pred, target, None)
     assert got.item() == pytest.approx(ops.masked_mse_loss(pred, target, ones).item(), rel=1e-6)
-    assert got.item() == pytest.approx(loop_loss(pred.double(), target.double(), None, False), rel=1e-5)
+    assert got.item() == pytest.approx(
+        loop_loss(pred.double(), target.double(), None, False), rel=1e-5
+    )
 
 
 def test_masked_mse_loss_all_visible_is_zero_not_nan():
@@ -255,7 +262,9 @@ def test_masked_mse_loss_computes_in_fp32_for_half_inputs():
     mask = torch.ones(3, 5)
     loss = ops.masked_mse_loss(pred, target, mask, norm_pix=True)
     assert loss.dtype == torch.float32
-    assert loss.item() == pytest.approx(loop_loss(pred.double(), target.double(), mask, True), rel=1e-4)
+    assert loss.item() == pytest.approx(
+        loop_loss(pred.double(), target.double(), mask, True), rel=1e-4
+    )
 
 
 def test_normalize_patches_uses_unbiased_variance():

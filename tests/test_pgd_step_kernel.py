@@ -45,7 +45,7 @@ def make_inputs(norm: str, dtype: torch.dtype, shape, per_sample: bool, seed: in
     else:
         d = x0[0].numel()
         # per-sample radii around the current perturbation norm: the projection is active for some
-        eps = torch.rand(n, generator=g) * 0.02 * d ** 0.5 + 0.2 if per_sample else 0.5
+        eps = torch.rand(n, generator=g) * 0.02 * d**0.5 + 0.2 if per_sample else 0.5
         alpha = torch.rand(n, generator=g) * 0.3 + 0.05 if per_sample else 0.25
         x_adv = (x0 + 0.02 * torch.randn(shape, generator=g)).clamp(0, 1)
     grad = torch.randn(shape, generator=g)
@@ -66,14 +66,20 @@ def run_cases(device: str = "cpu") -> dict[str, dict[str, float]]:
     out = {}
     for i, (cid, norm, dtype_name, shape, per_sample) in enumerate(CASES):
         dtype = getattr(torch, dtype_name)
-        x_adv, grad, x0, alpha, eps = make_inputs(norm, dtype, shape, per_sample, seed=100 + i, device=device)
+        x_adv, grad, x0, alpha, eps = make_inputs(
+            norm, dtype, shape, per_sample, seed=100 + i, device=device
+        )
         got = pgd_step_triton(x_adv, grad, x0, alpha, eps, norm)
         want = reference(x_adv, grad, x0, alpha, eps, norm)
         proj_got = pgd_step_triton(x_adv, grad, x0, 0.0, eps, norm)
         proj_want = project(x_adv, x0, eps, norm)
-        out[cid] = {"rel": rel_err(got, want), "max_abs": float((got.double() - want.double()).abs().max()),
-                    "proj_rel": rel_err(proj_got, proj_want), "dtype_kept": got.dtype == dtype,
-                    "changed": float((want.double() - x_adv.double()).abs().max())}
+        out[cid] = {
+            "rel": rel_err(got, want),
+            "max_abs": float((got.double() - want.double()).abs().max()),
+            "proj_rel": rel_err(proj_got, proj_want),
+            "dtype_kept": got.dtype == dtype,
+            "changed": float((want.double() - x_adv.double()).abs().max()),
+        }
     return out
 
 
@@ -82,8 +88,14 @@ def interpreter_results():
     if os.environ.get("TRITON_INTERPRET") == "1":
         return run_cases()
     env = {**os.environ, "TRITON_INTERPRET": "1", "MIMIR_FAST_KERNELS": "triton"}
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -104,7 +116,10 @@ def test_kernel_matches_reference_interpreter(interpreter_results, case):
 def test_auto_uses_the_reference_on_cpu():
     assert resolve_kernels("auto", ("pgd_step",), device="cpu") == "torch"
     x_adv, grad, x0, alpha, eps = make_inputs("linf", torch.float32, (3, 1, 7, 5), False, seed=1)
-    assert torch.equal(pgd_step(x_adv, grad, x0, alpha, eps, "linf"), reference(x_adv, grad, x0, alpha, eps, "linf"))
+    assert torch.equal(
+        pgd_step(x_adv, grad, x0, alpha, eps, "linf"),
+        reference(x_adv, grad, x0, alpha, eps, "linf"),
+    )
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -137,7 +152,9 @@ def test_bad_step_inputs_raise():
 
 
 @pytest.mark.requires_cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: real-size kernel check")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: real-size kernel check"
+)
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", [(128, 3, 32, 32), (64, 3, 224, 224), (7, 3, 33, 31)], ids=str)
@@ -145,18 +162,24 @@ def test_kernel_matches_reference_cuda(norm, dtype, shape):
     from mimir_fast.kernels.pgd_step import pgd_step_triton
 
     for per_sample in (False, True):
-        x_adv, grad, x0, alpha, eps = make_inputs(norm, dtype, shape, per_sample, seed=3, device="cuda")
+        x_adv, grad, x0, alpha, eps = make_inputs(
+            norm, dtype, shape, per_sample, seed=3, device="cuda"
+        )
         got = pgd_step_triton(x_adv, grad, x0, alpha, eps, norm)
         want = reference(x_adv, grad, x0, alpha, eps, norm)
         assert got.dtype == dtype
         assert rel_err(got, want) <= TOL[str(dtype).split(".")[1]]
         if dtype == torch.float32:
             assert float((got - want).abs().max()) <= 1e-6
-        assert torch.equal(pgd_step(x_adv, grad, x0, alpha, eps, norm), got)  # "auto" picks Triton on CUDA
+        assert torch.equal(
+            pgd_step(x_adv, grad, x0, alpha, eps, norm), got
+        )  # "auto" picks Triton on CUDA
 
 
 @pytest.mark.requires_cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: real-size kernel check")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: real-size kernel check"
+)
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_pgd_attack_same_with_kernel_and_reference_cuda(norm):
     """End to end: PGD/APGD on CUDA through the Triton step agree with the reference path."""
@@ -168,14 +191,21 @@ def test_pgd_attack_same_with_kernel_and_reference_cuda(norm):
     x = torch.rand(64, 3, 32, 32, device="cuda")
     y = torch.randint(0, 10, (64,), device="cuda")
     eps, alpha = (8 / 255, 2 / 255) if norm == "linf" else (0.5, 0.1)
-    for cls, kw in ((PGD, {"alpha": alpha, "steps": 5, "random_start": False}), (APGD, {"steps": 5, "seed": 0})):
+    for cls, kw in (
+        (PGD, {"alpha": alpha, "steps": 5, "random_start": False}),
+        (APGD, {"steps": 5, "seed": 0}),
+    ):
         fast = cls(model, eps, norm=norm, kernels="triton", **kw)(x, y)
         ref = cls(model, eps, norm=norm, kernels="torch", **kw)(x, y)
         d = (fast - x).flatten(1)
         dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
         assert (dist <= eps * (1 + 1e-5)).all() and fast.min() >= 0 and fast.max() <= 1
         # identical steps, up to fp32 rounding in the model's backward
-        assert (fast - ref).abs().max() <= 2 * alpha + 1e-6 if cls is APGD else rel_err(fast, ref) < 1e-3
+        assert (
+            (fast - ref).abs().max() <= 2 * alpha + 1e-6
+            if cls is APGD
+            else rel_err(fast, ref) < 1e-3
+        )
 
 
 if __name__ == "__main__":  # the interpreter subprocess

@@ -6,13 +6,18 @@ import json
 import os
 from pathlib import Path
 
+import mimir_fast
 import numpy as np
 import pytest
 import torch
+from mimir_fast.report import (
+    format_table,
+    load_records,
+    plot_loss_curves,
+    save_reconstruction_grid,
+    write_json,
+)
 from PIL import Image
-
-import mimir_fast
-from mimir_fast.report import format_table, load_records, plot_loss_curves, save_reconstruction_grid, write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,9 +45,20 @@ def _records(with_accuracy: bool = False) -> list[dict]:
 
 def _tiny_model(norm_pix_loss: bool = True, in_chans: int = 1) -> mimir_fast.MaskedViT:
     torch.manual_seed(0)
-    return mimir_fast.MaskedViT(img_size=16, patch_size=4, in_chans=in_chans, embed_dim=32, depth=1,
-                                num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
-                                num_classes=3, norm_pix_loss=norm_pix_loss, kernels="torch")
+    return mimir_fast.MaskedViT(
+        img_size=16,
+        patch_size=4,
+        in_chans=in_chans,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        num_classes=3,
+        norm_pix_loss=norm_pix_loss,
+        kernels="torch",
+    )
 
 
 def _images(n: int = 5, c: int = 1, seed: int = 1) -> torch.Tensor:
@@ -50,6 +66,7 @@ def _images(n: int = 5, c: int = 1, seed: int = 1) -> torch.Tensor:
 
 
 # --- loss curves -----------------------------------------------------------------------------
+
 
 def test_plot_loss_curves_from_records(tmp_path):
     out = plot_loss_curves(_records(), tmp_path / "sub" / "loss.png", title="MAE")
@@ -87,8 +104,11 @@ def test_plot_loss_curves_several_runs_side_by_side(tmp_path):
     jsonl = tmp_path / "finetune.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in _records(with_accuracy=True)))
     single = _png_pixels(plot_loss_curves(_records(), tmp_path / "one.png"))
-    both = _png_pixels(plot_loss_curves({"pretrain": _records(), "finetune": jsonl}, tmp_path / "two.png",
-                                        title="demo"))
+    both = _png_pixels(
+        plot_loss_curves(
+            {"pretrain": _records(), "finetune": jsonl}, tmp_path / "two.png", title="demo"
+        )
+    )
     assert both.shape[1] > single.shape[1] * 1.5  # two columns
     assert both.shape[0] > single.shape[0] * 1.5  # accuracy row (finetuning has accuracy)
     with pytest.raises(ValueError):
@@ -96,6 +116,7 @@ def test_plot_loss_curves_several_runs_side_by_side(tmp_path):
 
 
 # --- reconstruction grid ---------------------------------------------------------------------
+
 
 def test_reconstruction_grid_is_deterministic_and_keeps_state(tmp_path):
     model = _tiny_model()
@@ -117,8 +138,12 @@ def test_reconstruction_grid_is_deterministic_and_keeps_state(tmp_path):
 def test_reconstruction_grid_restores_eval_mode_and_limits_images(tmp_path):
     model = _tiny_model()
     model.eval()
-    few = _png_pixels(save_reconstruction_grid(model, _images(8), tmp_path / "few.png", max_images=2))
-    many = _png_pixels(save_reconstruction_grid(model, _images(8), tmp_path / "many.png", max_images=8))
+    few = _png_pixels(
+        save_reconstruction_grid(model, _images(8), tmp_path / "few.png", max_images=2)
+    )
+    many = _png_pixels(
+        save_reconstruction_grid(model, _images(8), tmp_path / "many.png", max_images=8)
+    )
     assert not model.training
     assert many.shape[1] > few.shape[1] * 2
     assert few.shape[0] == many.shape[0]
@@ -152,8 +177,13 @@ def test_reconstruction_grid_shows_masked_patches_and_pastes_prediction(tmp_path
     # the prediction is the model's own decoding of the same masks
     from mimir_fast.ops import random_masking
 
-    ids_keep, _, _ = random_masking(2, model.num_patches, 0.5, "cpu",
-                                    torch.rand(2, model.num_patches, generator=torch.Generator().manual_seed(0)))
+    ids_keep, _, _ = random_masking(
+        2,
+        model.num_patches,
+        0.5,
+        "cpu",
+        torch.rand(2, model.num_patches, generator=torch.Generator().manual_seed(0)),
+    )
     model.eval()
     with torch.no_grad():
         _, p, _ = model.forward_mae(images, 0.5, ids_keep=ids_keep)
@@ -183,9 +213,12 @@ def test_reconstruction_grid_rgb_and_other_channel_counts(tmp_path, monkeypatch)
 
 # --- tables ----------------------------------------------------------------------------------
 
+
 def test_format_table_exact():
-    rows = [{"method": "mae", "loss": 0.123456, "steps": 1200},
-            {"method": "finetune", "loss": 1.5, "accuracy": 0.987654, "steps": 30}]
+    rows = [
+        {"method": "mae", "loss": 0.123456, "steps": 1200},
+        {"method": "finetune", "loss": 1.5, "accuracy": 0.987654, "steps": 30},
+    ]
     expected = (
         "| method   |   loss | steps | accuracy |\n"
         "| -------- | -----: | ----: | -------: |\n"
@@ -198,28 +231,41 @@ def test_format_table_exact():
 def test_format_table_columns_and_escaping():
     rows = [{"a": "x|y", "b": None, "c": True, "d": 12345.678}]
     assert format_table(rows, columns=["d", "a"]) == (
-        "|         d | a    |\n"
-        "| --------: | ---- |\n"
-        "| 1.235e+04 | x\\|y |"
+        "|         d | a    |\n| --------: | ---- |\n| 1.235e+04 | x\\|y |"
     )
     assert format_table(rows, columns=["c"]) == "| c    |\n| ---- |\n| True |"
     assert format_table([]) == ""
     assert format_table([{"x": np.float32(0.5), "y": torch.tensor(2)}]) == (
-        "|   x |   y |\n| --: | --: |\n| 0.5 |   2 |")
+        "|   x |   y |\n| --: | --: |\n| 0.5 |   2 |"
+    )
 
 
 # --- json ------------------------------------------------------------------------------------
 
+
 def test_write_json_round_trips_atomically(tmp_path, monkeypatch):
-    obj = {"name": "mae", "loss": 0.25, "betas": (0.9, 0.95), "nested": {"ok": True, "none": None},
-           "path": tmp_path / "x", "array": np.arange(3), "tensor": torch.tensor([1.5])}
+    obj = {
+        "name": "mae",
+        "loss": 0.25,
+        "betas": (0.9, 0.95),
+        "nested": {"ok": True, "none": None},
+        "path": tmp_path / "x",
+        "array": np.arange(3),
+        "tensor": torch.tensor([1.5]),
+    }
     out = write_json(obj, tmp_path / "d" / "summary.json")
     assert out == tmp_path / "d" / "summary.json"
     text = out.read_text()
     assert text.endswith("\n") and "\n  " in text  # indented
-    assert json.loads(text) == {"name": "mae", "loss": 0.25, "betas": [0.9, 0.95],
-                                "nested": {"ok": True, "none": None}, "path": str(tmp_path / "x"),
-                                "array": [0, 1, 2], "tensor": [1.5]}
+    assert json.loads(text) == {
+        "name": "mae",
+        "loss": 0.25,
+        "betas": [0.9, 0.95],
+        "nested": {"ok": True, "none": None},
+        "path": str(tmp_path / "x"),
+        "array": [0, 1, 2],
+        "tensor": [1.5],
+    }
     assert os.listdir(tmp_path / "d") == ["summary.json"]
 
     # a failing write leaves the old file intact and no temp file behind

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mimir_fast import MaskedViT
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-
-from mimir_fast import MaskedViT
 
 
 @pytest.fixture(autouse=True)
@@ -41,25 +40,108 @@ def randomize(vit: nn.Module, seed: int) -> None:
                 p.copy_(0.1 * noise + 0.02)
             else:  # matrices: ~unit-variance outputs for these widths
                 fan_in = p[0].numel()
-                p.copy_(noise / fan_in ** 0.5 + 0.01)
+                p.copy_(noise / fan_in**0.5 + 0.01)
 
 
 TIMM_CASES = [
-    pytest.param(dict(img_size=32, patch_size=8, in_chans=3, embed_dim=48, depth=2, num_heads=3,
-                      num_classes=10, global_pool="token", qkv_bias=True), id="32px-p8-C3-d48-token"),
-    pytest.param(dict(img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2,
-                      num_classes=7, global_pool="avg", qkv_bias=True), id="32px-p4-C1-d32-avg"),
-    pytest.param(dict(img_size=48, patch_size=16, in_chans=5, embed_dim=64, depth=3, num_heads=4,
-                      num_classes=7, global_pool="avg", qkv_bias=False), id="48px-p16-C5-d64-avg-noqkvbias"),
-    pytest.param(dict(img_size=48, patch_size=8, in_chans=3, embed_dim=96, depth=2, num_heads=4,
-                      num_classes=10, global_pool="token", qkv_bias=False, mlp_ratio=2.0),
-                 id="48px-p8-C3-d96-token-noqkvbias-mlp2"),
-    pytest.param(dict(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=2,
-                      num_classes=7, global_pool="token", fc_norm=True), id="token-with-fc_norm"),
-    pytest.param(dict(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=2,
-                      num_classes=7, global_pool="avg", fc_norm=False), id="avg-without-fc_norm"),
-    pytest.param(dict(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=1, num_heads=2,
-                      num_classes=0, global_pool="avg"), id="no-head"),
+    pytest.param(
+        dict(
+            img_size=32,
+            patch_size=8,
+            in_chans=3,
+            embed_dim=48,
+            depth=2,
+            num_heads=3,
+            num_classes=10,
+            global_pool="token",
+            qkv_bias=True,
+        ),
+        id="32px-p8-C3-d48-token",
+    ),
+    pytest.param(
+        dict(
+            img_size=32,
+            patch_size=4,
+            in_chans=1,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            num_classes=7,
+            global_pool="avg",
+            qkv_bias=True,
+        ),
+        id="32px-p4-C1-d32-avg",
+    ),
+    pytest.param(
+        dict(
+            img_size=48,
+            patch_size=16,
+            in_chans=5,
+            embed_dim=64,
+            depth=3,
+            num_heads=4,
+            num_classes=7,
+            global_pool="avg",
+            qkv_bias=False,
+        ),
+        id="48px-p16-C5-d64-avg-noqkvbias",
+    ),
+    pytest.param(
+        dict(
+            img_size=48,
+            patch_size=8,
+            in_chans=3,
+            embed_dim=96,
+            depth=2,
+            num_heads=4,
+            num_classes=10,
+            global_pool="token",
+            qkv_bias=False,
+            mlp_ratio=2.0,
+        ),
+        id="48px-p8-C3-d96-token-noqkvbias-mlp2",
+    ),
+    pytest.param(
+        dict(
+            img_size=32,
+            patch_size=8,
+            in_chans=3,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            num_classes=7,
+            global_pool="token",
+            fc_norm=True,
+        ),
+        id="token-with-fc_norm",
+    ),
+    pytest.param(
+        dict(
+            img_size=32,
+            patch_size=8,
+            in_chans=3,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            num_classes=7,
+            global_pool="avg",
+            fc_norm=False,
+        ),
+        id="avg-without-fc_norm",
+    ),
+    pytest.param(
+        dict(
+            img_size=32,
+            patch_size=8,
+            in_chans=3,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            num_classes=0,
+            global_pool="avg",
+        ),
+        id="no-head",
+    ),
 ]
 
 
@@ -75,13 +157,26 @@ def test_from_timm_matches_timm(kwargs):
     vit = build(kwargs, seed=len(str(kwargs)))
     model = MaskedViT.from_timm(vit, kernels="torch", **SMALL_DECODER).eval()
     c = model.config
-    assert (c.img_size, c.patch_size, c.in_chans) == (kwargs["img_size"], kwargs["patch_size"], kwargs["in_chans"])
-    assert (c.embed_dim, c.depth, c.num_heads) == (kwargs["embed_dim"], kwargs["depth"], kwargs["num_heads"])
+    assert (c.img_size, c.patch_size, c.in_chans) == (
+        kwargs["img_size"],
+        kwargs["patch_size"],
+        kwargs["in_chans"],
+    )
+    assert (c.embed_dim, c.depth, c.num_heads) == (
+        kwargs["embed_dim"],
+        kwargs["depth"],
+        kwargs["num_heads"],
+    )
     assert c.num_classes == kwargs["num_classes"] and c.global_pool == kwargs["global_pool"]
     assert c.qkv_bias == kwargs.get("qkv_bias", True)
     assert c.learnable_pos_embed and isinstance(model.pos_embed, nn.Parameter)
-    x = torch.randn(3, kwargs["in_chans"], kwargs["img_size"], kwargs["img_size"],
-                    generator=torch.Generator().manual_seed(1))
+    x = torch.randn(
+        3,
+        kwargs["in_chans"],
+        kwargs["img_size"],
+        kwargs["img_size"],
+        generator=torch.Generator().manual_seed(1),
+    )
     with torch.no_grad():
         feats_timm = vit.forward_features(x)
         feats = model.forward_features(x)
@@ -104,8 +199,13 @@ def test_from_timm_matches_timm(kwargs):
 def test_mae_path_on_converted_model(kwargs):
     vit = build(kwargs, seed=3)
     model = MaskedViT.from_timm(vit, kernels="torch", **SMALL_DECODER).train()
-    x = torch.randn(3, kwargs["in_chans"], kwargs["img_size"], kwargs["img_size"],
-                    generator=torch.Generator().manual_seed(2))
+    x = torch.randn(
+        3,
+        kwargs["in_chans"],
+        kwargs["img_size"],
+        kwargs["img_size"],
+        generator=torch.Generator().manual_seed(2),
+    )
     torch.manual_seed(0)
     loss, pred, mask = model(x, mask_ratio=0.75)
     length = (kwargs["img_size"] // kwargs["patch_size"]) ** 2
@@ -113,8 +213,14 @@ def test_mae_path_on_converted_model(kwargs):
     assert pred.shape == (3, length, kwargs["patch_size"] ** 2 * kwargs["in_chans"])
     assert mask.sum().item() == 3 * (length - int(length * 0.25))
     loss.backward()
-    for name in ("patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.attn.qkv.weight",
-                 f"blocks.{kwargs['depth'] - 1}.mlp.fc2.weight", "decoder_pred.weight"):
+    for name in (
+        "patch_embed.proj.weight",
+        "pos_embed",
+        "cls_token",
+        "blocks.0.attn.qkv.weight",
+        f"blocks.{kwargs['depth'] - 1}.mlp.fc2.weight",
+        "decoder_pred.weight",
+    ):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
@@ -147,8 +253,16 @@ def test_from_timm_non_integer_mlp_ratio():
     # timm sizes the MLP as int(embed_dim * mlp_ratio) = int(76 * 3.3) = 250. from_timm stores
     # mlp_ratio = 250 / 76 and Block rebuilds int(76 * (250 / 76)), which is 249 in floating
     # point, so the weights no longer fit.
-    kwargs = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=76, depth=1, num_heads=2,
-                  num_classes=7, mlp_ratio=3.3)
+    kwargs = dict(
+        img_size=32,
+        patch_size=8,
+        in_chans=3,
+        embed_dim=76,
+        depth=1,
+        num_heads=2,
+        num_classes=7,
+        mlp_ratio=3.3,
+    )
     vit = build(kwargs, seed=7)
     assert vit.blocks[0].mlp.fc1.out_features == 250
     model = MaskedViT.from_timm(vit, kernels="torch", **SMALL_DECODER).eval()
@@ -171,7 +285,9 @@ UNSUPPORTED = [
 
 @pytest.mark.parametrize("extra,feature", UNSUPPORTED)
 def test_from_timm_rejects_unsupported_features(extra, feature):
-    kwargs = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=1, num_heads=2, num_classes=7)
+    kwargs = dict(
+        img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=1, num_heads=2, num_classes=7
+    )
     kwargs.update(extra)
     vit = VisionTransformer(**kwargs)
     with pytest.raises(ValueError, match=feature):

@@ -4,18 +4,24 @@ import json
 import math
 from pathlib import Path
 
+import mimir_fast
 import numpy as np
 import pytest
 import torch
-
-import mimir_fast
 from mimir_fast import Batch, Method, StepOutput, TrainConfig, register_method, train
 from mimir_fast.data import ArrayDataset
 from mimir_fast.data.batch_augment import crop_with_padding_and_flip
 from mimir_fast.train import CHECKPOINT_NAME, learning_rate, load_checkpoint, save_checkpoint
 
-TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1,
-        "decoder_num_heads": 2, "img_size": 16}
+TINY = {
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+    "img_size": 16,
+}
 
 
 def tiny_data(n=48, seed=0, classes=3):
@@ -26,9 +32,20 @@ def tiny_data(n=48, seed=0, classes=3):
 
 
 def tiny_config(tmp_path, **kw):
-    base = dict(method="mae", model="vit_tiny_patch4_32", model_overrides=TINY, epochs=2, batch_size=8,
-                blr=1e-3, warmup_epochs=1, out_dir=str(tmp_path), progress=False, log_every=1,
-                eval_every=1, checkpoint_every=1)
+    base = dict(
+        method="mae",
+        model="vit_tiny_patch4_32",
+        model_overrides=TINY,
+        epochs=2,
+        batch_size=8,
+        blr=1e-3,
+        warmup_epochs=1,
+        out_dir=str(tmp_path),
+        progress=False,
+        log_every=1,
+        eval_every=1,
+        checkpoint_every=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -55,7 +72,14 @@ def test_learning_rate_schedule():
 def test_mae_run_writes_everything_and_learns(tmp_path):
     result = run(tiny_config(tmp_path, epochs=3))
     out = Path(tmp_path)
-    for name in ("metrics.jsonl", "metrics.csv", CHECKPOINT_NAME, "model.safetensors", "summary.json", "config.json"):
+    for name in (
+        "metrics.jsonl",
+        "metrics.csv",
+        CHECKPOINT_NAME,
+        "model.safetensors",
+        "summary.json",
+        "config.json",
+    ):
         assert (out / name).is_file(), name
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["loss"] for r in records if r["split"] == "train"]
@@ -139,8 +163,8 @@ def test_corrupt_checkpoint_raises_clear_error(tmp_path):
 
 
 def test_damaged_optimizer_entries_raise_clear_error(tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     cfg = tiny_config(tmp_path, epochs=1)
     run(cfg)
@@ -190,7 +214,9 @@ def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
     monkeypatch.undo()
     model = mimir_fast.MaskedViT.load(ckpt)  # a checkpoint is also a loadable model file
-    assert load_checkpoint(ckpt, model, torch.optim.AdamW(model.param_groups()), cfg) == result.steps
+    assert (
+        load_checkpoint(ckpt, model, torch.optim.AdamW(model.param_groups()), cfg) == result.steps
+    )
 
 
 def test_finetune_starts_from_pretrained_weights(tmp_path):
@@ -208,9 +234,17 @@ def test_finetune_starts_from_pretrained_weights(tmp_path):
             return super().training_step(model, batch)
 
     data = tiny_data(classes=5)
-    result = train(tiny_config(tmp_path / "fin", method="test-probe-finetune", epochs=1,
-                               pretrained=str(tmp_path / "pre" / "model.safetensors"), model_overrides={}),
-                   train_data=data, test_data=tiny_data(12, seed=1, classes=5))
+    result = train(
+        tiny_config(
+            tmp_path / "fin",
+            method="test-probe-finetune",
+            epochs=1,
+            pretrained=str(tmp_path / "pre" / "model.safetensors"),
+            model_overrides={},
+        ),
+        train_data=data,
+        test_data=tiny_data(12, seed=1, classes=5),
+    )
     assert result.model.num_classes == 5  # head replaced for the new label set
     for k, v in pretrained.items():
         if k.startswith(("blocks", "patch_embed", "cls_token")):
@@ -243,8 +277,17 @@ def test_custom_method_plugs_into_the_seam(tmp_path):
 def test_unknown_method_and_bad_config(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         run(tiny_config(tmp_path, method="nope"))
-    bad = [dict(epochs=0), dict(batch_size=0), dict(mask_ratio=1.0), dict(lr=-1.0), dict(betas=(0.9, 1.5)),
-           dict(layer_decay=0.0), dict(augment="rotate"), dict(amp="fp8"), dict(clip_grad=0.0)]
+    bad = [
+        dict(epochs=0),
+        dict(batch_size=0),
+        dict(mask_ratio=1.0),
+        dict(lr=-1.0),
+        dict(betas=(0.9, 1.5)),
+        dict(layer_decay=0.0),
+        dict(augment="rotate"),
+        dict(amp="fp8"),
+        dict(clip_grad=0.0),
+    ]
     for kw in bad:
         with pytest.raises(ValueError, match="invalid TrainConfig"):
             tiny_config(tmp_path, **kw)
@@ -255,9 +298,17 @@ def test_unknown_method_and_bad_config(tmp_path):
 
 
 def test_data_model_mismatch_is_reported(tmp_path):
-    rgb = ArrayDataset(np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8), np.arange(16) % 2)
+    rgb = ArrayDataset(
+        np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+        np.arange(16) % 2,
+    )
     with pytest.raises(ValueError, match="1-channel|3-channel"):
-        train(tiny_config(tmp_path), model=mimir_fast.MaskedViT(in_chans=1, **TINY), train_data=rgb, test_data=rgb)
+        train(
+            tiny_config(tmp_path),
+            model=mimir_fast.MaskedViT(in_chans=1, **TINY),
+            train_data=rgb,
+            test_data=rgb,
+        )
 
 
 def test_batch_augmentation_matches_per_sample_slicing():
@@ -271,7 +322,7 @@ def test_batch_augmentation_matches_per_sample_slicing():
         padded = torch.zeros(3, 12, 12)
         padded[:, 2:10, 2:10] = images[i]
         top, left = offsets[i].tolist()
-        crop = padded[:, top:top + 8, left:left + 8]
+        crop = padded[:, top : top + 8, left : left + 8]
         if flips[i]:
             crop = torch.flip(crop, dims=[2])
         assert torch.equal(out[i], crop), i
@@ -293,13 +344,21 @@ def test_native_loader_feeds_masks_and_sigmas_to_methods(tmp_path):
             seen.setdefault("images", batch.images.clone())
             return super().training_step(model, batch)
 
-    run(tiny_config(tmp_path, method="test-probe-loader", epochs=1, max_steps=1, noise="constant:30"))
+    run(
+        tiny_config(
+            tmp_path, method="test-probe-loader", epochs=1, max_steps=1, noise="constant:30"
+        )
+    )
     extras = seen["extras"]
     len_keep = int(16 * (1 - 0.75))  # 16x16 images, patch 4: 16 patches
     assert extras["ids_keep"].shape == extras["ids_keep_1"].shape == (8, len_keep)
     assert not torch.equal(extras["ids_keep"], extras["ids_keep_1"])  # independent masks
     assert torch.equal(extras["sigma"], torch.full((8,), 30.0))
-    assert seen["images"].dtype == torch.float32 and 0 <= seen["images"].min() and seen["images"].max() <= 1
+    assert (
+        seen["images"].dtype == torch.float32
+        and 0 <= seen["images"].min()
+        and seen["images"].max() <= 1
+    )
 
 
 def test_loader_choice_is_validated(tmp_path):

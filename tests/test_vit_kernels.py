@@ -47,7 +47,11 @@ def _gen(seed):
 
 
 def _leaf(*shape, gen, scale=1.0, shift=0.0, dtype=torch.float32, device=DEV):
-    return (torch.randn(*shape, generator=gen) * scale + shift).to(device=device, dtype=dtype).requires_grad_(True)
+    return (
+        (torch.randn(*shape, generator=gen) * scale + shift)
+        .to(device=device, dtype=dtype)
+        .requires_grad_(True)
+    )
 
 
 def _ids_keep(n, length, k, gen, device=DEV):
@@ -68,13 +72,18 @@ def _check_grads(fast_out, ref_out, fast_in, ref_in, names, tol_out, tol_grad, g
 # ------------------------------------------------------------------------------- attention
 
 
-@pytest.mark.parametrize("n,t,h,dh", [(3, 7, 2, 16), (3, 13, 3, 24), (2, 11, 1, 32), (3, 9, 4, 8)],
-                         ids=["b3-t7-h2-d16", "b3-t13-h3-d24", "b2-t11-h1-d32", "b3-t9-h4-d8"])
+@pytest.mark.parametrize(
+    "n,t,h,dh",
+    [(3, 7, 2, 16), (3, 13, 3, 24), (2, 11, 1, 32), (3, 9, 4, 8)],
+    ids=["b3-t7-h2-d16", "b3-t13-h3-d24", "b2-t11-h1-d32", "b3-t9-h4-d8"],
+)
 def test_attention_matches_reference_fp32(n, t, h, dh):
     gen = _gen(n * t * h + dh)
     qkv = _leaf(n, t, 3, h, dh, gen=gen, scale=1.5)
     ref_in = qkv.detach().clone().requires_grad_(True)
-    _check_grads(attention_triton(qkv), attention(ref_in), (qkv,), (ref_in,), ["qkv"], 1e-5, 1e-4, gen)
+    _check_grads(
+        attention_triton(qkv), attention(ref_in), (qkv,), (ref_in,), ["qkv"], 1e-5, 1e-4, gen
+    )
 
 
 def test_attention_spans_several_key_blocks():
@@ -82,7 +91,9 @@ def test_attention_spans_several_key_blocks():
     gen = _gen(5)
     qkv = _leaf(1, 150, 3, 1, 16, gen=gen, scale=2.0)
     ref_in = qkv.detach().clone().requires_grad_(True)
-    _check_grads(attention_triton(qkv), attention(ref_in), (qkv,), (ref_in,), ["qkv"], 1e-5, 1e-4, gen)
+    _check_grads(
+        attention_triton(qkv), attention(ref_in), (qkv,), (ref_in,), ["qkv"], 1e-5, 1e-4, gen
+    )
 
 
 def test_attention_reads_a_view_of_the_qkv_linear():
@@ -97,8 +108,11 @@ def test_attention_reads_a_view_of_the_qkv_linear():
 # ----------------------------------------------------------------------- masked patch embed
 
 
-@pytest.mark.parametrize("c,img,p,k,bias", [(3, 12, 4, 4, True), (5, 12, 4, 9, False), (3, 10, 2, 7, True)],
-                         ids=["c3-img12-p4-keep4", "c5-keepall-nobias", "c3-img10-p2-keep7"])
+@pytest.mark.parametrize(
+    "c,img,p,k,bias",
+    [(3, 12, 4, 4, True), (5, 12, 4, 9, False), (3, 10, 2, 7, True)],
+    ids=["c3-img12-p4-keep4", "c5-keepall-nobias", "c3-img10-p2-keep7"],
+)
 def test_masked_patch_embed_matches_reference_fp32(c, img, p, k, bias):
     gen = _gen(c * img + k)
     n, d, length = 3, 20, (img // p) ** 2
@@ -112,8 +126,16 @@ def test_masked_patch_embed_matches_reference_fp32(c, img, p, k, bias):
     rx, rw, *rest = ref_in
     rb, rpos = (rest[0], rest[1]) if bias else (None, rest[0])
     names = ["x", "weight"] + (["bias"] if bias else []) + ["pos"]
-    _check_grads(masked_patch_embed_triton(x, ids, w, b, pos), masked_patch_embed(rx, ids, rw, rb, rpos),
-                 fast_in, ref_in, names, 1e-5, 1e-5, gen)
+    _check_grads(
+        masked_patch_embed_triton(x, ids, w, b, pos),
+        masked_patch_embed(rx, ids, rw, rb, rpos),
+        fast_in,
+        ref_in,
+        names,
+        1e-5,
+        1e-5,
+        gen,
+    )
 
 
 def test_masked_patch_embed_image_gradient_is_zero_on_removed_patches():
@@ -131,25 +153,40 @@ def test_masked_patch_embed_image_gradient_is_zero_on_removed_patches():
 # -------------------------------------------------------------------------- decoder scatter
 
 
-@pytest.mark.parametrize("length,k,d", [(9, 3, 16), (13, 5, 24), (7, 7, 8)], ids=["L9-K3-d16", "L13-K5-d24", "keepall"])
+@pytest.mark.parametrize(
+    "length,k,d", [(9, 3, 16), (13, 5, 24), (7, 7, 8)], ids=["L9-K3-d16", "L13-K5-d24", "keepall"]
+)
 def test_decoder_scatter_matches_reference_fp32(length, k, d):
     gen = _gen(length * k + d)
     n = 3
-    _, _, ids_restore = random_masking(n, length, 1 - k / length, DEV, torch.rand(n, length, generator=gen).to(DEV))
+    _, _, ids_restore = random_masking(
+        n, length, 1 - k / length, DEV, torch.rand(n, length, generator=gen).to(DEV)
+    )
     x = _leaf(n, 1 + k, d, gen=gen)
     tok = _leaf(1, 1, d, gen=gen)
     pos = _leaf(1, 1 + length, d, gen=gen)
     ref_in = [t.detach().clone().requires_grad_(True) for t in (x, tok, pos)]
-    _check_grads(decoder_scatter_triton(x, ids_restore, tok, pos), decoder_scatter(ref_in[0], ids_restore, *ref_in[1:]),
-                 (x, tok, pos), ref_in, ["x", "mask_token", "pos"], 1e-6, 1e-5, gen)
+    _check_grads(
+        decoder_scatter_triton(x, ids_restore, tok, pos),
+        decoder_scatter(ref_in[0], ids_restore, *ref_in[1:]),
+        (x, tok, pos),
+        ref_in,
+        ["x", "mask_token", "pos"],
+        1e-6,
+        1e-5,
+        gen,
+    )
 
 
 # ---------------------------------------------------------------------------- norm-pix loss
 
 
 @pytest.mark.parametrize("norm_pix", [True, False], ids=["norm_pix", "raw"])
-@pytest.mark.parametrize("c,img,p,masked", [(3, 12, 4, True), (5, 12, 4, False), (3, 10, 2, True)],
-                         ids=["c3-p4-mask", "c5-p4-nomask", "c3-p2-mask"])
+@pytest.mark.parametrize(
+    "c,img,p,masked",
+    [(3, 12, 4, True), (5, 12, 4, False), (3, 10, 2, True)],
+    ids=["c3-p4-mask", "c5-p4-nomask", "c3-p2-mask"],
+)
 def test_norm_pix_loss_matches_reference_fp32(norm_pix, c, img, p, masked):
     gen = _gen(c * img + p + masked)
     n, length = 3, (img // p) ** 2
@@ -157,8 +194,16 @@ def test_norm_pix_loss_matches_reference_fp32(norm_pix, c, img, p, masked):
     pred = _leaf(n, length, p * p * c, gen=gen)
     mask = (torch.rand(n, length, generator=gen) < 0.6).float().to(DEV) if masked else None
     ref_in = [t.detach().clone().requires_grad_(True) for t in (image, pred)]
-    _check_grads(norm_pix_loss_triton(image, pred, mask, p, norm_pix), image_mse_loss(ref_in[0], ref_in[1], mask, p, norm_pix),
-                 (image, pred), ref_in, ["image", "pred"], 1e-5, 1e-4, gen)
+    _check_grads(
+        norm_pix_loss_triton(image, pred, mask, p, norm_pix),
+        image_mse_loss(ref_in[0], ref_in[1], mask, p, norm_pix),
+        (image, pred),
+        ref_in,
+        ["image", "pred"],
+        1e-5,
+        1e-4,
+        gen,
+    )
 
 
 def test_norm_pix_loss_non_contiguous_pred_and_empty_mask():
@@ -171,17 +216,29 @@ def test_norm_pix_loss_non_contiguous_pred_and_empty_mask():
     (g,) = torch.autograd.grad(loss, full)
     assert loss.item() == 0.0 and torch.isfinite(g).all() and (g == 0).all()
     mask = (torch.rand(3, 9, generator=gen) < 0.5).float().to(DEV)
-    assert _rel(norm_pix_loss_triton(image, pred, mask, 4, True), image_mse_loss(image, pred, mask, 4, True)) < 1e-6
+    assert (
+        _rel(
+            norm_pix_loss_triton(image, pred, mask, 4, True),
+            image_mse_loss(image, pred, mask, 4, True),
+        )
+        < 1e-6
+    )
 
 
 def test_kernels_reject_mismatched_shapes():
     with pytest.raises(ValueError, match="pred must be"):
-        norm_pix_loss_triton(torch.rand(2, 3, 12, 12, device=DEV), torch.rand(2, 9, 47, device=DEV), None, 4)
+        norm_pix_loss_triton(
+            torch.rand(2, 3, 12, 12, device=DEV), torch.rand(2, 9, 47, device=DEV), None, 4
+        )
     with pytest.raises(ValueError, match="qkv"):
         attention_triton(torch.rand(2, 5, 4, 2, 16, device=DEV))
     with pytest.raises(ValueError, match="pos"):
-        decoder_scatter_triton(torch.rand(2, 3, 8, device=DEV), torch.zeros(2, 9, dtype=torch.int64, device=DEV),
-                               torch.rand(8, device=DEV), torch.rand(9, 8, device=DEV))
+        decoder_scatter_triton(
+            torch.rand(2, 3, 8, device=DEV),
+            torch.zeros(2, 9, dtype=torch.int64, device=DEV),
+            torch.rand(8, device=DEV),
+            torch.rand(9, 8, device=DEV),
+        )
 
 
 # ------------------------------------------------------------------- autograd.Function / ops
@@ -191,16 +248,31 @@ def test_autograd_functions_equal_the_custom_ops():
     gen = _gen(11)
     qkv = torch.randn(3, 7, 3, 2, 16, generator=gen).to(DEV)
     assert torch.equal(AttentionFunction.apply(qkv)[0], attention_triton(qkv))
-    x, w, pos = torch.rand(3, 3, 12, 12).to(DEV), torch.randn(8, 3, 4, 4).to(DEV), torch.randn(9, 8).to(DEV)
+    x, w, pos = (
+        torch.rand(3, 3, 12, 12).to(DEV),
+        torch.randn(8, 3, 4, 4).to(DEV),
+        torch.randn(9, 8).to(DEV),
+    )
     ids = _ids_keep(3, 9, 4, gen)
-    assert torch.equal(MaskedPatchEmbedFunction.apply(x, ids, w, None, pos)[0],
-                       masked_patch_embed_triton(x, ids, w, None, pos))
+    assert torch.equal(
+        MaskedPatchEmbedFunction.apply(x, ids, w, None, pos)[0],
+        masked_patch_embed_triton(x, ids, w, None, pos),
+    )
     _, _, ids_restore = random_masking(3, 9, 0.6, DEV)
-    lat, tok, dpos = torch.randn(3, 4, 8).to(DEV), torch.randn(8).to(DEV), torch.randn(10, 8).to(DEV)
-    assert torch.equal(DecoderScatterFunction.apply(lat, ids_restore, tok, dpos),
-                       decoder_scatter_triton(lat, ids_restore, tok, dpos))
+    lat, tok, dpos = (
+        torch.randn(3, 4, 8).to(DEV),
+        torch.randn(8).to(DEV),
+        torch.randn(10, 8).to(DEV),
+    )
+    assert torch.equal(
+        DecoderScatterFunction.apply(lat, ids_restore, tok, dpos),
+        decoder_scatter_triton(lat, ids_restore, tok, dpos),
+    )
     pred = torch.randn(3, 9, 48).to(DEV)
-    assert torch.equal(NormPixLossFunction.apply(x, pred, None, 4, True), norm_pix_loss_triton(x, pred, None, 4, True))
+    assert torch.equal(
+        NormPixLossFunction.apply(x, pred, None, 4, True),
+        norm_pix_loss_triton(x, pred, None, 4, True),
+    )
 
 
 def _opcheck_cases():
@@ -209,26 +281,52 @@ def _opcheck_cases():
     _, mask, ids_restore = random_masking(3, 9, 0.6, DEV)
     return {
         "attention": (custom_ops.attention, (_leaf(3, 7, 3, 2, 16, gen=gen),)),
-        "masked_patch_embed": (custom_ops.masked_patch_embed,
-                               (_leaf(3, 3, 12, 12, gen=gen), ids, _leaf(8, 3, 4, 4, gen=gen), _leaf(8, gen=gen),
-                                _leaf(9, 8, gen=gen))),
-        "decoder_scatter": (custom_ops.decoder_scatter,
-                            (_leaf(3, 4, 8, gen=gen), ids_restore, _leaf(8, gen=gen), torch.randn(10, 8).to(DEV))),
-        "norm_pix_loss": (custom_ops.norm_pix_loss,
-                          (torch.rand(3, 3, 12, 12).to(DEV), _leaf(3, 9, 48, gen=gen), mask, 4, True)),
+        "masked_patch_embed": (
+            custom_ops.masked_patch_embed,
+            (
+                _leaf(3, 3, 12, 12, gen=gen),
+                ids,
+                _leaf(8, 3, 4, 4, gen=gen),
+                _leaf(8, gen=gen),
+                _leaf(9, 8, gen=gen),
+            ),
+        ),
+        "decoder_scatter": (
+            custom_ops.decoder_scatter,
+            (_leaf(3, 4, 8, gen=gen), ids_restore, _leaf(8, gen=gen), torch.randn(10, 8).to(DEV)),
+        ),
+        "norm_pix_loss": (
+            custom_ops.norm_pix_loss,
+            (torch.rand(3, 3, 12, 12).to(DEV), _leaf(3, 9, 48, gen=gen), mask, 4, True),
+        ),
     }
 
 
-@pytest.mark.parametrize("name", ["attention", "masked_patch_embed", "decoder_scatter", "norm_pix_loss"])
+@pytest.mark.parametrize(
+    "name", ["attention", "masked_patch_embed", "decoder_scatter", "norm_pix_loss"]
+)
 def test_custom_op_registration(name):
     op, args = _opcheck_cases()[name]
-    torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    torch.library.opcheck(
+        op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
+    )
 
 
 # ------------------------------------------------------------------------ MaskedViT switch
 
-TINY = {"img_size": 12, "patch_size": 4, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 24,
-            "decoder_depth": 1, "decoder_num_heads": 3, "num_classes": 5, "global_pool": "avg"}
+TINY = {
+    "img_size": 12,
+    "patch_size": 4,
+    "in_chans": 3,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "decoder_embed_dim": 24,
+    "decoder_depth": 1,
+    "decoder_num_heads": 3,
+    "num_classes": 5,
+    "global_pool": "avg",
+}
 
 
 def _pair(**overrides):
@@ -342,22 +440,32 @@ def test_torch_compile(kernels):
 
 @requires_cuda
 @pytest.mark.requires_cuda
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("n,t,h,dh", [(512, 65, 6, 64), (128, 50, 12, 64), (128, 197, 16, 8), (64, 300, 8, 128)],
-                         ids=["vits2-enc", "vitb16-enc", "vitb16-dec", "t300-d128"])
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"]
+)
+@pytest.mark.parametrize(
+    "n,t,h,dh",
+    [(512, 65, 6, 64), (128, 50, 12, 64), (128, 197, 16, 8), (64, 300, 8, 128)],
+    ids=["vits2-enc", "vitb16-enc", "vitb16-dec", "t300-d128"],
+)
 def test_attention_real_shapes(n, t, h, dh, dtype, tol):
     gen = _gen(t + dh)
     qkv = _leaf(n, t, 3, h, dh, gen=gen, dtype=dtype)
     ref_in = qkv.detach().clone().requires_grad_(True)
-    _check_grads(attention_triton(qkv), attention(ref_in), (qkv,), (ref_in,), ["qkv"], tol, 2 * tol, gen)
+    _check_grads(
+        attention_triton(qkv), attention(ref_in), (qkv,), (ref_in,), ["qkv"], tol, 2 * tol, gen
+    )
 
 
 @requires_cuda
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("preset", ["vits2", "vitb16"])
 def test_switch_real_shapes_bf16(preset):
-    cfg = ({"img_size": 32, "patch_size": 2, "embed_dim": 384, "depth": 2, "num_heads": 6} if preset == "vits2"
-           else {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 2, "num_heads": 12})
+    cfg = (
+        {"img_size": 32, "patch_size": 2, "embed_dim": 384, "depth": 2, "num_heads": 6}
+        if preset == "vits2"
+        else {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 2, "num_heads": 12}
+    )
     ref = MaskedViT(MaskedViTConfig(**cfg, num_classes=10), kernels="torch").cuda()
     fast = MaskedViT(MaskedViTConfig(**cfg, num_classes=10), kernels="triton").cuda()
     fast.load_state_dict(ref.state_dict())

@@ -29,7 +29,7 @@ def _remove_stale_temp_files(path: Path) -> None:
     for name in names:
         if not (name.startswith(head) and name.endswith(".tmp")):
             continue
-        writer_host, _, rest = name[len(head):-len(".tmp")].rpartition(".")[0].rpartition(".")
+        writer_host, _, rest = name[len(head) : -len(".tmp")].rpartition(".")[0].rpartition(".")
         if writer_host != host or not rest.isdigit() or int(rest) == os.getpid():
             continue
         try:
@@ -67,16 +67,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                        metadata: dict[str, Any] | None = None) -> Path:
+def atomic_save_tensors(
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
     """Write ``tensors`` to a safetensors file atomically; ``metadata`` values are stored as JSON."""
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu"
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_tensors(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a safetensors file written by :func:`atomic_save_tensors`.
 
     Raises:
@@ -91,7 +95,9 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu"
             raw_meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for corrupt headers/data
-        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({type(e).__name__}: {e})"
+        ) from e
     try:
         meta = {k: json.loads(v) for k, v in raw_meta.items()}
     except json.JSONDecodeError as e:

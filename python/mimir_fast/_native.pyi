@@ -27,13 +27,19 @@ class NativeLoader:
     """
 
     @staticmethod
-    def from_array(images: np.ndarray, labels: np.ndarray | None, config: dict[str, Any]) -> NativeLoader:
+    def from_array(
+        images: np.ndarray, labels: np.ndarray | None, config: dict[str, Any]
+    ) -> NativeLoader:
         """Borrow a C-contiguous uint8 (N, H, W[, C]) array (no copy; must not be modified)."""
     @staticmethod
-    def from_npy(path: str | PathLike[str], labels: np.ndarray | None, config: dict[str, Any]) -> NativeLoader:
+    def from_npy(
+        path: str | PathLike[str], labels: np.ndarray | None, config: dict[str, Any]
+    ) -> NativeLoader:
         """Memory-map a C-order uint8 ``.npy`` file."""
     @staticmethod
-    def from_files(paths: list[str], labels: np.ndarray | None, config: dict[str, Any]) -> NativeLoader:
+    def from_files(
+        paths: list[str], labels: np.ndarray | None, config: dict[str, Any]
+    ) -> NativeLoader:
         """JPEG/PNG files decoded as RGB on the worker threads."""
     def __len__(self) -> int:
         """Batches per epoch for this rank."""

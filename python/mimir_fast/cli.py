@@ -67,11 +67,27 @@ def field_comments(cls: type | None = None) -> dict[str, str]:
     depth = 0  # bracket nesting: a field's default may span lines
 
     def finish(tokens: list[tokenize.TokenInfo]) -> None:
-        significant = [t for t in tokens if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
-                                                           tokenize.DEDENT, tokenize.COMMENT)]
+        significant = [
+            t
+            for t in tokens
+            if t.type
+            not in (
+                tokenize.NL,
+                tokenize.NEWLINE,
+                tokenize.INDENT,
+                tokenize.DEDENT,
+                tokenize.COMMENT,
+            )
+        ]
         found = [t for t in tokens if t.type == tokenize.COMMENT]
-        if (len(significant) >= 2 and significant[0].type == tokenize.NAME and significant[0].string in names
-                and significant[1].string == ":" and found and significant[0].start[1] > 0):
+        if (
+            len(significant) >= 2
+            and significant[0].type == tokenize.NAME
+            and significant[0].string in names
+            and significant[1].string == ":"
+            and found
+            and significant[0].start[1] > 0
+        ):
             text = found[-1].string.lstrip("#").strip()
             if text:
                 comments.setdefault(significant[0].string, text)
@@ -117,11 +133,15 @@ def _split_top(text: str, sep: str) -> list[str]:
 
 def parse_annotation(annotation: Any) -> _FlagType:
     """Classify a field annotation (a string under ``from __future__ import annotations``)."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    text = (
+        annotation
+        if isinstance(annotation, str)
+        else getattr(annotation, "__name__", str(annotation))
+    )
     text = text.replace("typing.", "").strip()
     optional = False
     if text.startswith("Optional[") and text.endswith("]"):
-        text, optional = text[len("Optional["):-1].strip(), True
+        text, optional = text[len("Optional[") : -1].strip(), True
     parts = [p for p in _split_top(text, "|")]
     if "None" in parts:
         optional = True
@@ -173,11 +193,16 @@ def _parse_json_object(text: str) -> dict[str, Any]:
 
 def _item_base(ft: _FlagType) -> str:
     bases = {i.strip() for i in ft.items if i.strip() != "..."}
-    return bases.pop() if len(bases) == 1 and next(iter(bases)) in ("int", "float", "str", "bool") else "str"
+    return (
+        bases.pop()
+        if len(bases) == 1 and next(iter(bases)) in ("int", "float", "str", "bool")
+        else "str"
+    )
 
 
 def _argparse_type(ft: _FlagType) -> Callable[[str], Any]:
     """The ``type=`` callable of one flag (one command-line word -> value)."""
+
     def convert(text: str) -> Any:
         if ft.optional and text.strip().lower() in _NONE_WORDS:
             return None
@@ -205,10 +230,13 @@ def coerce_value(name: str, value: Any, ft: _FlagType) -> Any:
     Raises:
         ValueError: the value cannot be a ``ft``.
     """
+
     def bad(expected: str) -> ValueError:
         return ValueError(f"{name} must be {expected}, got {value!r}")
 
-    if value is None or (isinstance(value, str) and ft.optional and value.strip().lower() in _NONE_WORDS):
+    if value is None or (
+        isinstance(value, str) and ft.optional and value.strip().lower() in _NONE_WORDS
+    ):
         if ft.optional or ft.base == "any":
             return None
         raise bad(f"a{'n' if ft.base == 'int' else ''} {ft.base} (not null)")
@@ -299,7 +327,8 @@ def _add_field_flags(parser: argparse.ArgumentParser, command: str) -> None:
     """One flag per TrainConfig field; values default to SUPPRESS so only given flags show up."""
     comments = field_comments()
     group = parser.add_argument_group(
-        "training options (TrainConfig fields; also spelled with underscores, e.g. --batch_size)")
+        "training options (TrainConfig fields; also spelled with underscores, e.g. --batch_size)"
+    )
     for f in dataclasses.fields(_train_config_cls()):
         ft = parse_annotation(f.type)
         default = _field_default(f)
@@ -318,8 +347,11 @@ def _add_field_flags(parser: argparse.ArgumentParser, command: str) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif ft.base == "tuple" and ft.items and "..." not in ft.items:
             parser_args = [_flag_name(f.name)]
-            kwargs.update(type=_argparse_type(ft), nargs=len(ft.items),
-                          metavar=tuple(_item_base(ft).upper() for _ in ft.items))
+            kwargs.update(
+                type=_argparse_type(ft),
+                nargs=len(ft.items),
+                metavar=tuple(_item_base(ft).upper() for _ in ft.items),
+            )
         elif ft.base in ("tuple", "list"):
             parser_args = [_flag_name(f.name)]
             kwargs.update(type=_argparse_type(ft), nargs="+", metavar=_item_base(ft).upper())
@@ -337,8 +369,10 @@ _DEFAULT_METHOD = {"pretrain": "mae", "finetune": "finetune"}
 def _read_config_file(path: Path) -> Any:
     suffix = path.suffix.lower()
     if suffix not in CONFIG_SUFFIXES:
-        raise CLIError(f"config file {path}: unsupported format {suffix or '(no suffix)'!r}; "
-                       f"use one of {', '.join(CONFIG_SUFFIXES)}")
+        raise CLIError(
+            f"config file {path}: unsupported format {suffix or '(no suffix)'!r}; "
+            f"use one of {', '.join(CONFIG_SUFFIXES)}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     if suffix == ".toml":
@@ -360,8 +394,10 @@ def _read_config_file(path: Path) -> Any:
     try:
         import yaml
     except ImportError:
-        raise CLIError(f"config file {path}: reading YAML needs PyYAML; pip install pyyaml "
-                       "(or use a .toml or .json config)") from None
+        raise CLIError(
+            f"config file {path}: reading YAML needs PyYAML; pip install pyyaml "
+            "(or use a .toml or .json config)"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -383,14 +419,18 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     data = _read_config_file(path)
     if not isinstance(data, dict):
-        raise CLIError(f"config file {path} must hold a table/mapping of TrainConfig fields, "
-                       f"got {type(data).__name__}")
+        raise CLIError(
+            f"config file {path} must hold a table/mapping of TrainConfig fields, "
+            f"got {type(data).__name__}"
+        )
     types = field_types()
     if "train" in data and "train" not in types:
         rest = sorted(str(k) for k in data if k != "train")
         if rest:
-            raise CLIError(f"config file {path}: unknown top-level keys {rest}; with a [train] table "
-                           "every setting goes inside it")
+            raise CLIError(
+                f"config file {path}: unknown top-level keys {rest}; with a [train] table "
+                "every setting goes inside it"
+            )
         data = data["train"]
         if not isinstance(data, dict):
             raise CLIError(f"config file {path}: 'train' must be a table/mapping")
@@ -406,8 +446,10 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         except ValueError as e:
             raise CLIError(f"config file {path}: {e}") from None
     if unknown:
-        raise CLIError(f"config file {path}: unknown keys {sorted(unknown)}; known TrainConfig fields: "
-                       f"{', '.join(sorted(types))}")
+        raise CLIError(
+            f"config file {path}: unknown keys {sorted(unknown)}; known TrainConfig fields: "
+            f"{', '.join(sorted(types))}"
+        )
     return values
 
 
@@ -435,65 +477,136 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     """The ``mimir-fast`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=_HelpFormatter, allow_abbrev=False,
+        prog=PROG,
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
         description="mimir-fast: robust masked image modeling on Vision Transformers.",
-        epilog="Run 'mimir-fast COMMAND --help' for the options of a command.")
+        epilog="Run 'mimir-fast COMMAND --help' for the options of a command.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for command, summary in (("pretrain", "self-supervised pretraining (MAE by default)"),
-                             ("finetune", "supervised finetuning of a (pretrained) MaskedViT")):
+    for command, summary in (
+        ("pretrain", "self-supervised pretraining (MAE by default)"),
+        ("finetune", "supervised finetuning of a (pretrained) MaskedViT"),
+    ):
         p = sub.add_parser(
-            command, help=summary, formatter_class=_HelpFormatter, allow_abbrev=False,
+            command,
+            help=summary,
+            formatter_class=_HelpFormatter,
+            allow_abbrev=False,
             description=f"{summary[0].upper()}{summary[1:]}.\n\nSettings are resolved as TrainConfig "
-                        "defaults <- --config FILE <- the flags given here.",
+            "defaults <- --config FILE <- the flags given here.",
             epilog="Config files (.toml, .json, .yaml) hold TrainConfig fields as top-level keys or "
-                   "under a [train] table, e.g.\n  [train]\n  epochs = 20\n  batch_size = 128\n"
-                   "  model_overrides = { depth = 6 }")
-        p.add_argument("--config", metavar="FILE", help="TOML, JSON or YAML file of TrainConfig values "
-                                                        "(flags given here override it)")
-        p.add_argument("--dry-run", action="store_true",
-                       help="print the resolved TrainConfig as JSON and exit without training")
+            "under a [train] table, e.g.\n  [train]\n  epochs = 20\n  batch_size = 128\n"
+            "  model_overrides = { depth = 6 }",
+        )
+        p.add_argument(
+            "--config",
+            metavar="FILE",
+            help="TOML, JSON or YAML file of TrainConfig values (flags given here override it)",
+        )
+        p.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print the resolved TrainConfig as JSON and exit without training",
+        )
         _add_field_flags(p, command)
         p.set_defaults(handler=_cmd_train)
-    p = sub.add_parser("demo", help="run the end-to-end demo (pretrain, finetune, report)",
-                       formatter_class=_HelpFormatter, allow_abbrev=False,
-                       description="Run the end-to-end demo: pretrain, finetune and write a report.")
-    p.add_argument("--out", metavar="DIR", default="mimir-fast-demo",
-                   help="folder for the demo's runs, figures and report (default: mimir-fast-demo)")
+    p = sub.add_parser(
+        "demo",
+        help="run the end-to-end demo (pretrain, finetune, report)",
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
+        description="Run the end-to-end demo: pretrain, finetune and write a report.",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="mimir-fast-demo",
+        help="folder for the demo's runs, figures and report (default: mimir-fast-demo)",
+    )
     p.add_argument("--quick", action="store_true", help="a smaller, faster demo (for a smoke test)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show progress bars (default: the demo's own choice)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars (default: the demo's own choice)",
+    )
     p.set_defaults(handler=_cmd_demo)
-    p = sub.add_parser("evaluate", help="robust accuracy of a trained classifier under attacks",
-                       formatter_class=_HelpFormatter, allow_abbrev=False,
-                       description="Evaluate a MaskedViT classifier: clean and robust accuracy per attack and eps, "
-                                   "with gradient-masking checks; writes evaluation.json, evaluation.md and "
-                                   "robust_accuracy_vs_eps.png.")
-    p.add_argument("model", metavar="MODEL", help="a MaskedViT file (model.safetensors) or a run's checkpoint")
-    p.add_argument("--data", default="digits", help="dataset spec, as for training (default: digits)")
+    p = sub.add_parser(
+        "evaluate",
+        help="robust accuracy of a trained classifier under attacks",
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
+        description="Evaluate a MaskedViT classifier: clean and robust accuracy per attack and eps, "
+        "with gradient-masking checks; writes evaluation.json, evaluation.md and "
+        "robust_accuracy_vs_eps.png.",
+    )
+    p.add_argument(
+        "model", metavar="MODEL", help="a MaskedViT file (model.safetensors) or a run's checkpoint"
+    )
+    p.add_argument(
+        "--data", default="digits", help="dataset spec, as for training (default: digits)"
+    )
     p.add_argument("--split", default="test", help="which split to evaluate (default: test)")
-    p.add_argument("--attacks", default="pgd,autoattack",
-                   help="comma-separated: fgsm, pgd, mifgsm, apgd, apgd-dlr, apgd-t, square, autoattack, mim")
-    p.add_argument("--eps", default="2/255,4/255,8/255", help="comma-separated radii; fractions like 8/255 allowed")
-    p.add_argument("--norm", choices=("linf", "l2"), default="linf", help="threat model (default: linf)")
+    p.add_argument(
+        "--attacks",
+        default="pgd,autoattack",
+        help="comma-separated: fgsm, pgd, mifgsm, apgd, apgd-dlr, apgd-t, square, autoattack, mim",
+    )
+    p.add_argument(
+        "--eps",
+        default="2/255,4/255,8/255",
+        help="comma-separated radii; fractions like 8/255 allowed",
+    )
+    p.add_argument(
+        "--norm", choices=("linf", "l2"), default="linf", help="threat model (default: linf)"
+    )
     p.add_argument("--steps", type=int, default=None, help="override the attacks' iteration counts")
-    p.add_argument("--n-queries", type=int, default=None, help="Square's query budget (default 5000)")
-    p.add_argument("--threat", choices=("white", "gray", "black"), default="white",
-                   help="white-box, gray-box (classifier only) or black-box (default: white)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per attack batch (default: 128)")
+    p.add_argument(
+        "--n-queries", type=int, default=None, help="Square's query budget (default 5000)"
+    )
+    p.add_argument(
+        "--threat",
+        choices=("white", "gray", "black"),
+        default="white",
+        help="white-box, gray-box (classifier only) or black-box (default: white)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=128, help="images per attack batch (default: 128)"
+    )
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    p.add_argument("--kernels", choices=("auto", "torch", "triton"), default="auto",
-                   help="projected-step fast path (default: auto = Triton on CUDA)")
-    p.add_argument("--no-sanity-checks", dest="sanity_checks", action="store_false",
-                   help="skip the gradient-masking checks")
-    p.add_argument("--out", metavar="DIR", default="mimir-fast-eval", help="report folder (default: mimir-fast-eval)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
+    p.add_argument(
+        "--kernels",
+        choices=("auto", "torch", "triton"),
+        default="auto",
+        help="projected-step fast path (default: auto = Triton on CUDA)",
+    )
+    p.add_argument(
+        "--no-sanity-checks",
+        dest="sanity_checks",
+        action="store_false",
+        help="skip the gradient-masking checks",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="mimir-fast-eval",
+        help="report folder (default: mimir-fast-eval)",
+    )
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars"
+    )
     p.set_defaults(handler=_cmd_evaluate)
-    p = sub.add_parser("info", help="print versions, build and device information",
-                       formatter_class=_HelpFormatter, allow_abbrev=False,
-                       description="Print versions, build and device information.")
+    p = sub.add_parser(
+        "info",
+        help="print versions, build and device information",
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
+        description="Print versions, build and device information.",
+    )
     p.set_defaults(handler=_cmd_info)
     return parser
 
@@ -527,7 +640,9 @@ def _check_model_overrides(overrides: dict[str, Any]) -> None:
     known = {f.name for f in dataclasses.fields(MaskedViTConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise CLIError(f"unknown model_overrides keys {unknown}; MaskedViTConfig fields: {', '.join(sorted(known))}")
+        raise CLIError(
+            f"unknown model_overrides keys {unknown}; MaskedViTConfig fields: {', '.join(sorted(known))}"
+        )
 
 
 def _check_method(command: str, method: str) -> None:
@@ -552,8 +667,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     result = train(config)
     if _is_main_process():
-        metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                            for k, v in result.final_metrics.items())
+        metrics = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in result.final_metrics.items()
+        )
         print(f"{PROG} {args.command}: method {config.method}, {result.steps} steps")
         print(f"  held-out: {metrics or '(none)'}")
         print(f"  out_dir:  {Path(result.out_dir).resolve()}")
@@ -567,7 +684,9 @@ def _parse_eps(text: str) -> list[float]:
         try:
             values.append(float(num) / (float(den) if den else 1.0))
         except (ValueError, ZeroDivisionError):
-            raise CLIError(f"--eps: cannot read {part!r}; use numbers or fractions like 8/255") from None
+            raise CLIError(
+                f"--eps: cannot read {part!r}; use numbers or fractions like 8/255"
+            ) from None
     return values
 
 
@@ -601,10 +720,22 @@ def _evaluate_on(args: argparse.Namespace, device: Any) -> None:
         if args.n_queries is not None and name in ("square", "autoattack"):
             spec["n_queries"] = args.n_queries
         specs.append(spec)
-    evaluate(model, data, attacks=specs, eps=_parse_eps(args.eps), threat=args.threat,
-             batch_size=args.batch_size, max_images=args.max_images, out_dir=args.out, seed=args.seed,
-             progress=args.progress, norm=args.norm, sanity_checks=args.sanity_checks, kernels=args.kernels,
-             device=device)
+    evaluate(
+        model,
+        data,
+        attacks=specs,
+        eps=_parse_eps(args.eps),
+        threat=args.threat,
+        batch_size=args.batch_size,
+        max_images=args.max_images,
+        out_dir=args.out,
+        seed=args.seed,
+        progress=args.progress,
+        norm=args.norm,
+        sanity_checks=args.sanity_checks,
+        kernels=args.kernels,
+        device=device,
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

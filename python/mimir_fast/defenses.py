@@ -30,8 +30,10 @@ class NIMDefense(nn.Module):
     def __init__(self, autoencoder: MaskedViT, sigma: float = 75.0):
         super().__init__()
         if autoencoder.config.norm_pix_loss:
-            raise ValueError("NIMDefense needs an autoencoder that predicts pixels (norm_pix_loss=False); "
-                             "a norm-pix model would leak the input's patch statistics into the output")
+            raise ValueError(
+                "NIMDefense needs an autoencoder that predicts pixels (norm_pix_loss=False); "
+                "a norm-pix model would leak the input's patch statistics into the output"
+            )
         if not sigma >= 0:
             raise ValueError(f"sigma must be >= 0 (0..255 scale), got {sigma}")
         self.autoencoder = autoencoder
@@ -67,11 +69,19 @@ class IMPurePurifier(nn.Module):
     def __init__(self, autoencoder: MaskedViT, num_groups: int = 4):
         super().__init__()
         if autoencoder.config.norm_pix_loss:
-            raise ValueError("IMPurePurifier needs an autoencoder that predicts pixels (norm_pix_loss=False); "
-                             "a norm-pix model would need the attacker's patch statistics to produce pixels")
-        if not isinstance(num_groups, int) or num_groups < 2 or autoencoder.num_patches % num_groups:
-            raise ValueError(f"num_groups must be an integer >= 2 dividing the {autoencoder.num_patches} patches, "
-                             f"got {num_groups!r}")
+            raise ValueError(
+                "IMPurePurifier needs an autoencoder that predicts pixels (norm_pix_loss=False); "
+                "a norm-pix model would need the attacker's patch statistics to produce pixels"
+            )
+        if (
+            not isinstance(num_groups, int)
+            or num_groups < 2
+            or autoencoder.num_patches % num_groups
+        ):
+            raise ValueError(
+                f"num_groups must be an integer >= 2 dividing the {autoencoder.num_patches} patches, "
+                f"got {num_groups!r}"
+            )
         self.autoencoder = autoencoder
         self.num_groups = num_groups
 
@@ -79,7 +89,9 @@ class IMPurePurifier(nn.Module):
         """A random patch order per sample, (N, L): group ``g`` is the ``g``-th block of L/k."""
         return torch.argsort(torch.rand(n, self.autoencoder.num_patches, device=device), dim=1)
 
-    def forward(self, x: torch.Tensor, order: torch.Tensor | None = None, clamp: bool = True) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, order: torch.Tensor | None = None, clamp: bool = True
+    ) -> torch.Tensor:
         """Purify ``x`` (N, C, H, W) -> (N, C, H, W) in [0, 1]; ``order`` (N, L) fixes the groups.
 
         ``clamp=False`` returns the raw prediction (training: a clamped pixel has no gradient).
@@ -90,16 +102,23 @@ class IMPurePurifier(nn.Module):
         size = length // k
         groups = order.view(n, k, size)  # (N, k, L/k) patch indices of each group
         # pass g keeps every group but g: (N, k, L - L/k) kept indices
-        keep = torch.stack([torch.cat([groups[:, :g], groups[:, g + 1:]], dim=1).flatten(1)
-                            for g in range(k)], dim=1)
+        keep = torch.stack(
+            [torch.cat([groups[:, :g], groups[:, g + 1 :]], dim=1).flatten(1) for g in range(k)],
+            dim=1,
+        )
         x_rep = x.repeat_interleave(k, dim=0)  # (N*k, C, H, W), pass g of sample i at i*k + g
         latent, _, ids_restore = ae.forward_encoder(x_rep, ids_keep=keep.flatten(0, 1))
         pred = ae.forward_decoder(latent, ids_restore).view(n, k, length, -1)  # (N, k, L, P)
         # patch j comes from the pass whose hidden group contains it
         group_of = torch.empty_like(order)
-        group_of.scatter_(1, order, torch.arange(length, device=x.device).div(size, rounding_mode="floor")
-                          .expand(n, -1))
-        patches = torch.gather(pred, 1, group_of[:, None, :, None].expand(-1, 1, -1, pred.shape[-1])).squeeze(1)
+        group_of.scatter_(
+            1,
+            order,
+            torch.arange(length, device=x.device).div(size, rounding_mode="floor").expand(n, -1),
+        )
+        patches = torch.gather(
+            pred, 1, group_of[:, None, :, None].expand(-1, 1, -1, pred.shape[-1])
+        ).squeeze(1)
         out = ae.unpatchify(patches)
         return out.clamp(0.0, 1.0) if clamp else out
 
@@ -111,16 +130,22 @@ class IMPurePurifier(nn.Module):
         parts = torch.randint(2, 5, (n, 1), device=x_adv.device)  # k' per sample
         span = length // parts  # (N, 1) patches pasted
         start = (torch.rand(n, 1, device=x_adv.device) * (length - span + 1)).long()
-        rank = torch.argsort(self.group_order(n, x_adv.device), dim=1)  # position of each patch in the order
+        rank = torch.argsort(
+            self.group_order(n, x_adv.device), dim=1
+        )  # position of each patch in the order
         pasted = ((rank >= start) & (rank < start + span)).to(x_adv.dtype)  # (N, L)
         p = ae.config.patch_size
         region = pasted.view(n, 1, *ae.grid_size).repeat_interleave(p, 2).repeat_interleave(p, 3)
         return region * purified + (1 - region) * x_adv
 
 
-def impure_loss(purified: torch.Tensor, clean: torch.Tensor,
-                features: Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]] | None = None,
-                pixel_weight: float = 1.0, feature_weights: float | list[float] = 1.0) -> torch.Tensor:
+def impure_loss(
+    purified: torch.Tensor,
+    clean: torch.Tensor,
+    features: Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]] | None = None,
+    pixel_weight: float = 1.0,
+    feature_weights: float | list[float] = 1.0,
+) -> torch.Tensor:
     """Pixel L1 to the clean image, plus L1 between frozen features of the two (perceptual loss).
 
     Args:
@@ -134,7 +159,11 @@ def impure_loss(purified: torch.Tensor, clean: torch.Tensor,
     got, want = features(purified), features(clean)
     got = [got] if torch.is_tensor(got) else list(got)
     want = [want] if torch.is_tensor(want) else list(want)
-    weights = feature_weights if isinstance(feature_weights, (list, tuple)) else [feature_weights] * len(got)
+    weights = (
+        feature_weights
+        if isinstance(feature_weights, (list, tuple))
+        else [feature_weights] * len(got)
+    )
     if len(weights) != len(got):
         raise ValueError(f"{len(weights)} feature weights for {len(got)} feature tensors")
     for w, a, b in zip(weights, got, want):

@@ -147,8 +147,10 @@ def fsdp_wrap(root: torch.nn.Module, blocks: list[torch.nn.Module]) -> torch.nn.
         RuntimeError: this PyTorch's ``fully_shard`` is missing or too old.
     """
     fully_shard = _fully_shard_api()
-    too_old = RuntimeError(f"distributed='fsdp' needs PyTorch's fully_shard with reshard control (PyTorch >= 2.4), "
-                           f"which PyTorch {torch.__version__} lacks; use distributed='ddp' or a newer PyTorch")
+    too_old = RuntimeError(
+        f"distributed='fsdp' needs PyTorch's fully_shard with reshard control (PyTorch >= 2.4), "
+        f"which PyTorch {torch.__version__} lacks; use distributed='ddp' or a newer PyTorch"
+    )
     if fully_shard is None:
         raise too_old
     for block in blocks:
@@ -177,8 +179,12 @@ def fsdp_clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> to
     return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
-def fsdp_full_state(root: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                    rank0_only: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+def fsdp_full_state(
+    root: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    rank0_only: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The full (unsharded) model state dict of a sharded ``root``, and the full optimizer state
     dict keyed by parameter name. A collective: every rank calls it. With ``rank0_only`` the
     tensors are gathered to rank 0's CPU memory and the other ranks get empty dicts; otherwise
@@ -192,14 +198,20 @@ def fsdp_full_state(root: torch.nn.Module, optimizer: torch.optim.Optimizer | No
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
     model_state = get_model_state_dict(root, options=options)
-    optim_state = None if optimizer is None else get_optimizer_state_dict(root, optimizer, options=options)
+    optim_state = (
+        None if optimizer is None else get_optimizer_state_dict(root, optimizer, options=options)
+    )
     return model_state, optim_state
 
 
-def fsdp_load_optimizer(root: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def fsdp_load_optimizer(
+    root: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
     """Load a full optimizer state dict keyed by parameter name (as :func:`fsdp_full_state`
     returns it, given on every rank) into the optimizer of a sharded ``root``."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     # not strict: parameters that never had a gradient (the head while pretraining) have no state
-    set_optimizer_state_dict(root, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    set_optimizer_state_dict(
+        root, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False)
+    )

@@ -45,15 +45,33 @@ from .report import format_table, write_json
 
 __all__ = ["ATTACK_NAMES", "build_attack", "evaluate"]
 
-ATTACK_NAMES = ("fgsm", "pgd", "mifgsm", "apgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack", "mim")
+ATTACK_NAMES = (
+    "fgsm",
+    "pgd",
+    "mifgsm",
+    "apgd",
+    "apgd-ce",
+    "apgd-dlr",
+    "apgd-t",
+    "square",
+    "autoattack",
+    "mim",
+)
 GRADIENT_FREE = ("square",)
 SINGLE_STEP = ("fgsm",)
 SANITY_ACCURACY = 0.10  # robust accuracy at large_eps above this is reported
 RECON_KEYS = ("psnr_input", "ssim_input", "psnr_recon", "ssim_recon", "loss_clean", "loss_adv")
 
 
-def build_attack(name: str, model: Any, eps: float, norm: str = "linf", seed: int = 0, kernels: str = "auto",
-                 **kwargs: Any) -> Attack | Ensemble:
+def build_attack(
+    name: str,
+    model: Any,
+    eps: float,
+    norm: str = "linf",
+    seed: int = 0,
+    kernels: str = "auto",
+    **kwargs: Any,
+) -> Attack | Ensemble:
     """An attack from its name and the threat model; ``kwargs`` override the defaults.
 
     Defaults: PGD-20 with ``alpha = 2.5 eps / steps`` and a random start; MI-FGSM-10;
@@ -68,7 +86,9 @@ def build_attack(name: str, model: Any, eps: float, norm: str = "linf", seed: in
         steps = kwargs.pop("steps", 20)
         alpha = kwargs.pop("alpha", 2.5 * eps / steps)
         if key == "mim":
-            kwargs.setdefault("loss", MaskedReconstruction(kwargs.pop("mask_ratio", 0.75), seed=seed))
+            kwargs.setdefault(
+                "loss", MaskedReconstruction(kwargs.pop("mask_ratio", 0.75), seed=seed)
+            )
         return PGD(model, eps, alpha=alpha, steps=steps, **{**common, **kwargs})
     if key == "mifgsm":
         return MIFGSM(model, eps, **{**common, **kwargs})
@@ -81,14 +101,17 @@ def build_attack(name: str, model: Any, eps: float, norm: str = "linf", seed: in
         return Square(model, eps, seed=seed, **kwargs)
     if key in ("autoattack", "ensemble"):
         return AutoAttack(model, eps, **{**common, **kwargs})
-    raise ValueError(f"unknown attack {name!r}; use one of {ATTACK_NAMES}, a spec dict, a factory "
-                     "(model, eps) -> attack, or an attack instance")
+    raise ValueError(
+        f"unknown attack {name!r}; use one of {ATTACK_NAMES}, a spec dict, a factory "
+        "(model, eps) -> attack, or an attack instance"
+    )
 
 
 # ---------------------------------------------------------------------- inputs
 def _load_data(data: Any, max_images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int)
-                                   or max_images < 1):
+    if max_images is not None and (
+        isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1
+    ):
         raise ValueError(f"max_images must be an integer >= 1 or None, got {max_images!r}")
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
@@ -108,7 +131,9 @@ def _load_data(data: Any, max_images: int | None) -> tuple[torch.Tensor, torch.T
         x = torch.stack([torch.as_tensor(im) for im, _ in items])
         y = torch.as_tensor([int(lbl) for _, lbl in items])
     else:
-        raise ValueError("data must be a dataset of (image, label), an (x, y) tensor pair or a DataLoader")
+        raise ValueError(
+            "data must be a dataset of (image, label), an (x, y) tensor pair or a DataLoader"
+        )
     if max_images is not None:
         x, y = x[:max_images], y[:max_images]
     if x.shape[0] != y.shape[0]:
@@ -117,7 +142,9 @@ def _load_data(data: Any, max_images: int | None) -> tuple[torch.Tensor, torch.T
 
 
 def _as_specs(attacks: Any) -> list[tuple[str, Any]]:
-    if isinstance(attacks, (str, Mapping, Attack, Ensemble)) or (callable(attacks) and not isinstance(attacks, (list, tuple))):
+    if isinstance(attacks, (str, Mapping, Attack, Ensemble)) or (
+        callable(attacks) and not isinstance(attacks, (list, tuple))
+    ):
         attacks = [attacks]
     specs = []
     for a in attacks:
@@ -157,7 +184,13 @@ def _make(spec: Any, model: Any, eps: float, norm: str, seed: int, kernels: str)
 
 
 def _kind(spec: Any, atk: Any) -> str:
-    name = (spec["name"] if isinstance(spec, dict) else spec if isinstance(spec, str) else getattr(atk, "name", "")).lower()
+    name = (
+        spec["name"]
+        if isinstance(spec, dict)
+        else spec
+        if isinstance(spec, str)
+        else getattr(atk, "name", "")
+    ).lower()
     if name == "mim" or (isinstance(atk, Attack) and not atk.objective.classification):
         return "reconstruction"
     if name in GRADIENT_FREE or getattr(atk, "uses_gradients", True) is False:
@@ -172,26 +205,50 @@ def _distance(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
     return d.abs().amax(1) if norm == "linf" else torch.linalg.vector_norm(d, dim=1)
 
 
-def _check_threat_model(name: str, x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> None:
-    slack = 1e-5 + (2 ** -7 if x_adv.dtype == torch.bfloat16 else 0.0)
+def _check_threat_model(
+    name: str, x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str
+) -> None:
+    slack = 1e-5 + (2**-7 if x_adv.dtype == torch.bfloat16 else 0.0)
     dist = _distance(x_adv, x, norm)
-    if bool((dist > eps * (1 + 1e-5) + slack).any()) or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
-        raise RuntimeError(f"attack {name} returned points outside the threat model (max distance "
-                           f"{float(dist.max()):.6g} > eps {eps:.6g}, or outside [0, 1]); this is a bug")
+    if (
+        bool((dist > eps * (1 + 1e-5) + slack).any())
+        or float(x_adv.min()) < 0
+        or float(x_adv.max()) > 1
+    ):
+        raise RuntimeError(
+            f"attack {name} returned points outside the threat model (max distance "
+            f"{float(dist.max()):.6g} > eps {eps:.6g}, or outside [0, 1]); this is a bug"
+        )
 
 
 @torch.no_grad()
 def _predict(model: Any, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     with attack_mode(model):
-        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
+        return torch.cat(
+            [model(x[i : i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)]
+        )
 
 
 # ---------------------------------------------------------------------- the evaluation
-def evaluate(model: Any, data: Any, attacks: Any = ("pgd",), eps: float | Sequence[float] = (2 / 255, 4 / 255, 8 / 255),
-             defense: Any = None, threat: str = "white", batch_size: int = 128, max_images: int | None = None,
-             out_dir: str | Path | None = None, seed: int = 0, progress: bool = True, norm: str = "linf",
-             sanity_checks: bool = True, large_eps: float | None = None, kernels: str = "auto",
-             device: str | torch.device | None = None, shard: bool = True) -> dict[str, Any]:
+def evaluate(
+    model: Any,
+    data: Any,
+    attacks: Any = ("pgd",),
+    eps: float | Sequence[float] = (2 / 255, 4 / 255, 8 / 255),
+    defense: Any = None,
+    threat: str = "white",
+    batch_size: int = 128,
+    max_images: int | None = None,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    norm: str = "linf",
+    sanity_checks: bool = True,
+    large_eps: float | None = None,
+    kernels: str = "auto",
+    device: str | torch.device | None = None,
+    shard: bool = True,
+) -> dict[str, Any]:
     """Evaluate ``model`` (optionally behind ``defense``) against ``attacks`` at every ``eps``.
 
     Args:
@@ -268,7 +325,7 @@ def evaluate(model: Any, data: Any, attacks: Any = ("pgd",), eps: float | Sequen
         _check_same_images(ctx, x_all, y_all)
     # whole batches go to the ranks in turn: an attack draws its randomness per batch, and every
     # random draw below is seeded by (seed, salt, batch index), so no result depends on the ranks
-    mine = list(range(0, n, batch_size))[ctx.rank::ctx.world_size]
+    mine = list(range(0, n, batch_size))[ctx.rank :: ctx.world_size]
 
     @contextlib.contextmanager
     def seeded(salt: int, start: int, stream: int) -> Iterator[None]:
@@ -284,27 +341,49 @@ def evaluate(model: Any, data: Any, attacks: Any = ("pgd",), eps: float | Sequen
     started = time.perf_counter()
     clean_correct = torch.zeros(n, dtype=torch.bool, device=device)
     for i in mine:
-        clean_correct[i:i + batch_size] = seeded_predict(x_all[i:i + batch_size], 0, i) == y_all[i:i + batch_size]
+        clean_correct[i : i + batch_size] = (
+            seeded_predict(x_all[i : i + batch_size], 0, i) == y_all[i : i + batch_size]
+        )
     clean_correct = _union(ctx, clean_correct)
     clean_acc = clean_correct.float().mean().item()
 
     runs: list[tuple[str, Any, float, Attack | Ensemble, str]] = []
     for label, spec in specs:
         fixed = isinstance(spec, (Attack, Ensemble))
-        for e in ([None] if fixed else eps_list):
+        for e in [None] if fixed else eps_list:
             atk, e_run = _make(spec, attacked, e, norm, seed, kernels)
             kind = _kind(spec, atk)
             if threat == "black" and kind != "black":
-                raise ValueError(f"threat='black' allows only gradient-free attacks (e.g. 'square'), got {label!r}")
+                raise ValueError(
+                    f"threat='black' allows only gradient-free attacks (e.g. 'square'), got {label!r}"
+                )
             runs.append((label, spec, e_run, atk, kind))
     extra: list[tuple[str, Any, float, Attack | Ensemble, str]] = []
     if sanity_checks and threat != "black" and any(r[4] != "reconstruction" for r in runs):
         d = x_all[0].numel()
-        big = large_eps if large_eps is not None else (0.5 if norm == "linf" else 0.5 * math.sqrt(d))
-        extra.append(("pgd@large_eps", "pgd", big, build_attack("pgd", attacked, big, norm, seed, kernels), "iterative"))
+        big = (
+            large_eps if large_eps is not None else (0.5 if norm == "linf" else 0.5 * math.sqrt(d))
+        )
+        extra.append(
+            (
+                "pgd@large_eps",
+                "pgd",
+                big,
+                build_attack("pgd", attacked, big, norm, seed, kernels),
+                "iterative",
+            )
+        )
         if not any(r[4] == "single" for r in runs):
             for e in eps_list:
-                extra.append(("fgsm", "fgsm", e, build_attack("fgsm", attacked, e, norm, seed, kernels), "single"))
+                extra.append(
+                    (
+                        "fgsm",
+                        "fgsm",
+                        e,
+                        build_attack("fgsm", attacked, e, norm, seed, kernels),
+                        "single",
+                    )
+                )
 
     bar = None
     if progress and ctx.is_main:
@@ -319,27 +398,35 @@ def evaluate(model: Any, data: Any, attacks: Any = ("pgd",), eps: float | Sequen
         keys = RECON_KEYS if isinstance(objective, MaskedReconstruction) else RECON_KEYS[:2]
         recon = {k: torch.zeros(n, dtype=torch.float32, device=device) for k in keys}
         for i in mine:
-            xb, yb = x_all[i:i + batch_size], y_all[i:i + batch_size]
+            xb, yb = x_all[i : i + batch_size], y_all[i : i + batch_size]
             with seeded(salt, i, 1):
                 x_adv = atk(xb, yb)
             _check_threat_model(label, x_adv, xb, e, norm)
             if kind == "reconstruction":
                 for k, v in _reconstruction_metrics(attacked, atk, xb, x_adv).items():
-                    recon[k][i:i + batch_size] = v.float()
+                    recon[k][i : i + batch_size] = v.float()
             else:
-                robust[i:i + batch_size] = seeded_predict(x_adv, salt, i) == yb
+                robust[i : i + batch_size] = seeded_predict(x_adv, salt, i) == yb
             if bar is not None:
                 bar.set_postfix_str(f"{label} eps={e:.4g}")
                 bar.update(1)
         seconds = _slowest(ctx, time.perf_counter() - t0)
-        row: dict[str, Any] = {"attack": label, "eps": e, "kind": kind, "n_images": n, "seconds": round(seconds, 3)}
+        row: dict[str, Any] = {
+            "attack": label,
+            "eps": e,
+            "kind": kind,
+            "n_images": n,
+            "seconds": round(seconds, 3),
+        }
         if kind == "reconstruction":
             row.update({k: float(_union(ctx, v).mean()) for k, v in recon.items()})
             return row, None
         robust = _union(ctx, robust) & clean_correct
         n_correct = int(clean_correct.sum())
         row["robust_accuracy"] = robust.float().mean().item()
-        row["attack_success_rate"] = (1 - robust.sum().item() / n_correct) if n_correct else float("nan")
+        row["attack_success_rate"] = (
+            (1 - robust.sum().item() / n_correct) if n_correct else float("nan")
+        )
         return row, robust
 
     results, rec_rows, flags = [], [], {}
@@ -364,16 +451,33 @@ def evaluate(model: Any, data: Any, attacks: Any = ("pgd",), eps: float | Sequen
         for (lbl, e2), f in flags.items():
             if e2 == e:
                 all_robust &= f
-        worst.append({"eps": e, "robust_accuracy": all_robust.float().mean().item(),
-                      "attacks": sorted(lbl for (lbl, e2) in flags if e2 == e)})
+        worst.append(
+            {
+                "eps": e,
+                "robust_accuracy": all_robust.float().mean().item(),
+                "attacks": sorted(lbl for (lbl, e2) in flags if e2 == e),
+            }
+        )
 
     warnings = _masking_warnings(results, sanity_rows, tol, threat)
     report = {
-        "clean_accuracy": clean_acc, "n_images": n, "norm": norm, "eps": eps_list, "threat": threat,
-        "defense": None if defense is None else repr(pipeline.purifier if isinstance(pipeline, Defended) else defense),
-        "seed": seed, "results": results, "robust_accuracy": robust_acc, "worst_case": worst,
-        "reconstruction": rec_rows, "sanity": sanity_rows, "warnings": warnings,
-        "tolerance": tol, "seconds": round(_slowest(ctx, time.perf_counter() - started), 2),
+        "clean_accuracy": clean_acc,
+        "n_images": n,
+        "norm": norm,
+        "eps": eps_list,
+        "threat": threat,
+        "defense": None
+        if defense is None
+        else repr(pipeline.purifier if isinstance(pipeline, Defended) else defense),
+        "seed": seed,
+        "results": results,
+        "robust_accuracy": robust_acc,
+        "worst_case": worst,
+        "reconstruction": rec_rows,
+        "sanity": sanity_rows,
+        "warnings": warnings,
+        "tolerance": tol,
+        "seconds": round(_slowest(ctx, time.perf_counter() - started), 2),
         "attacks": [f"{label}: {atk!r}" for label, _, _, atk, _ in runs],
     }
     if out_dir is not None and ctx.is_main:
@@ -391,7 +495,9 @@ def _union(ctx: distributed.DistContext, t: torch.Tensor) -> torch.Tensor:
     """Per-image values each rank filled for its own images (zeros elsewhere), from all ranks."""
     if not ctx.enabled:
         return t
-    return distributed.all_reduce(ctx, t.to(torch.int32) if t.dtype == torch.bool else t, "sum").to(t.dtype)
+    return distributed.all_reduce(ctx, t.to(torch.int32) if t.dtype == torch.bool else t, "sum").to(
+        t.dtype
+    )
 
 
 def _slowest(ctx: distributed.DistContext, seconds: float) -> float:
@@ -404,13 +510,24 @@ def _check_same_images(ctx: distributed.DistContext, x: torch.Tensor, y: torch.T
     """Every rank must hold the same images and labels (each evaluates its share of them)."""
     order = torch.arange(1, x.shape[0] + 1, dtype=torch.float64, device=x.device)
     pixels = x.double().flatten(1).sum(1)
-    prints = torch.stack([torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device), pixels.sum(),
-                          (pixels * order).sum(), (y.double() * order).sum()])
-    high, low = distributed.all_reduce(ctx, prints, "max"), -distributed.all_reduce(ctx, -prints, "max")
+    prints = torch.stack(
+        [
+            torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device),
+            pixels.sum(),
+            (pixels * order).sum(),
+            (y.double() * order).sum(),
+        ]
+    )
+    high, low = (
+        distributed.all_reduce(ctx, prints, "max"),
+        -distributed.all_reduce(ctx, -prints, "max"),
+    )
     if not torch.equal(high, low):
-        raise ValueError(f"the {ctx.world_size} processes were given different images or labels to evaluate; "
-                         "pass every process the same data in the same order (no shuffling): each evaluates "
-                         "its share of them")
+        raise ValueError(
+            f"the {ctx.world_size} processes were given different images or labels to evaluate; "
+            "pass every process the same data in the same order (no shuffling): each evaluates "
+            "its share of them"
+        )
 
 
 def _eps_key(e: float) -> str:
@@ -418,7 +535,9 @@ def _eps_key(e: float) -> str:
 
 
 @torch.no_grad()
-def _reconstruction_metrics(model: Any, atk: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
+def _reconstruction_metrics(
+    model: Any, atk: Attack, x: torch.Tensor, x_adv: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per image: PSNR/SSIM x vs x_adv ("input"), and for a masked-reconstruction attack the
     reconstruction of x vs of x_adv under the same mask ("recon") and both losses."""
     out = {"psnr_input": psnr(x_adv, x), "ssim_input": ssim(x_adv, x)}
@@ -436,7 +555,9 @@ def _reconstruction_metrics(model: Any, atk: Attack, x: torch.Tensor, x_adv: tor
     return out
 
 
-def _masking_warnings(results: list[dict], sanity: list[dict], tol: float, threat: str) -> list[str]:
+def _masking_warnings(
+    results: list[dict], sanity: list[dict], tol: float, threat: str
+) -> list[str]:
     out = []
     by_attack: dict[str, list[dict]] = {}
     for r in results:
@@ -445,26 +566,40 @@ def _masking_warnings(results: list[dict], sanity: list[dict], tol: float, threa
         rows = sorted(rows, key=lambda r: r["eps"])
         for a, b in itertools.pairwise(rows):
             if b["robust_accuracy"] > a["robust_accuracy"] + tol:
-                out.append(f"gradient masking? {name}: robust accuracy rises from {a['robust_accuracy']:.3f} at eps "
-                           f"{a['eps']:.4g} to {b['robust_accuracy']:.3f} at eps {b['eps']:.4g}")
+                out.append(
+                    f"gradient masking? {name}: robust accuracy rises from {a['robust_accuracy']:.3f} at eps "
+                    f"{a['eps']:.4g} to {b['robust_accuracy']:.3f} at eps {b['eps']:.4g}"
+                )
     for r in sanity:
         if r["attack"] == "pgd@large_eps" and r["robust_accuracy"] > SANITY_ACCURACY:
-            out.append(f"gradient masking? robust accuracy under PGD at the large eps {r['eps']:.4g} is "
-                       f"{r['robust_accuracy']:.3f}, not near 0")
+            out.append(
+                f"gradient masking? robust accuracy under PGD at the large eps {r['eps']:.4g} is "
+                f"{r['robust_accuracy']:.3f}, not near 0"
+            )
     singles = [r for r in results + sanity if r["kind"] == "single"]
     iters = [r for r in results if r["kind"] == "iterative"]
     for s in singles:
         for it in iters:
-            if abs(it["eps"] - s["eps"]) < 1e-12 and s["robust_accuracy"] < it["robust_accuracy"] - tol:
-                out.append(f"gradient masking? single-step {s['attack']} ({s['robust_accuracy']:.3f}) is stronger "
-                           f"than iterative {it['attack']} ({it['robust_accuracy']:.3f}) at eps {s['eps']:.4g}")
+            if (
+                abs(it["eps"] - s["eps"]) < 1e-12
+                and s["robust_accuracy"] < it["robust_accuracy"] - tol
+            ):
+                out.append(
+                    f"gradient masking? single-step {s['attack']} ({s['robust_accuracy']:.3f}) is stronger "
+                    f"than iterative {it['attack']} ({it['robust_accuracy']:.3f}) at eps {s['eps']:.4g}"
+                )
     if threat == "white":
         for b in (r for r in results if r["kind"] == "black"):
-            white = [r["robust_accuracy"] for r in results
-                     if r["kind"] in ("iterative", "single") and abs(r["eps"] - b["eps"]) < 1e-12]
+            white = [
+                r["robust_accuracy"]
+                for r in results
+                if r["kind"] in ("iterative", "single") and abs(r["eps"] - b["eps"]) < 1e-12
+            ]
             if white and b["robust_accuracy"] < min(white) - tol:
-                out.append(f"gradient masking? black-box {b['attack']} ({b['robust_accuracy']:.3f}) is stronger than "
-                           f"every white-box attack ({min(white):.3f}) at eps {b['eps']:.4g}")
+                out.append(
+                    f"gradient masking? black-box {b['attack']} ({b['robust_accuracy']:.3f}) is stronger than "
+                    f"every white-box attack ({min(white):.3f}) at eps {b['eps']:.4g}"
+                )
     return out
 
 
@@ -478,22 +613,74 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": write_json(report, out / "evaluation.json")}
     norm = report["norm"]
-    rows = [{"attack": "clean", "eps": "0", "robust accuracy": report["clean_accuracy"], "attack success rate": None}]
-    rows += [{"attack": r["attack"], "eps": _eps_label(r["eps"], norm), "robust accuracy": r["robust_accuracy"],
-              "attack success rate": r["attack_success_rate"], "seconds": r["seconds"]} for r in report["results"]]
-    rows += [{"attack": "worst case (all attacks)", "eps": _eps_label(w["eps"], norm),
-              "robust accuracy": w["robust_accuracy"]} for w in report["worst_case"]]
-    lines = [f"# Robustness evaluation ({report['n_images']} images, {norm}, {report['threat']}-box"
-             + (f", defense {report['defense']}" if report["defense"] else "") + ")", "", format_table(rows), ""]
+    rows = [
+        {
+            "attack": "clean",
+            "eps": "0",
+            "robust accuracy": report["clean_accuracy"],
+            "attack success rate": None,
+        }
+    ]
+    rows += [
+        {
+            "attack": r["attack"],
+            "eps": _eps_label(r["eps"], norm),
+            "robust accuracy": r["robust_accuracy"],
+            "attack success rate": r["attack_success_rate"],
+            "seconds": r["seconds"],
+        }
+        for r in report["results"]
+    ]
+    rows += [
+        {
+            "attack": "worst case (all attacks)",
+            "eps": _eps_label(w["eps"], norm),
+            "robust accuracy": w["robust_accuracy"],
+        }
+        for w in report["worst_case"]
+    ]
+    lines = [
+        f"# Robustness evaluation ({report['n_images']} images, {norm}, {report['threat']}-box"
+        + (f", defense {report['defense']}" if report["defense"] else "")
+        + ")",
+        "",
+        format_table(rows),
+        "",
+    ]
     if report["reconstruction"]:
-        lines += ["## Reconstruction attacks", "",
-                  "`*_input`: x vs x_adv; `*_recon`: reconstruction of x vs reconstruction of x_adv (same mask).", "",
-                  format_table([{k: (_eps_label(v, norm) if k == "eps" else v) for k, v in r.items()
-                                 if k not in ("kind", "n_images")} for r in report["reconstruction"]]), ""]
+        lines += [
+            "## Reconstruction attacks",
+            "",
+            "`*_input`: x vs x_adv; `*_recon`: reconstruction of x vs reconstruction of x_adv (same mask).",
+            "",
+            format_table(
+                [
+                    {
+                        k: (_eps_label(v, norm) if k == "eps" else v)
+                        for k, v in r.items()
+                        if k not in ("kind", "n_images")
+                    }
+                    for r in report["reconstruction"]
+                ]
+            ),
+            "",
+        ]
     if report["sanity"]:
-        lines += ["## Sanity checks", "", format_table([{"attack": r["attack"], "eps": _eps_label(r["eps"], norm),
-                                                          "robust accuracy": r["robust_accuracy"]}
-                                                         for r in report["sanity"]]), ""]
+        lines += [
+            "## Sanity checks",
+            "",
+            format_table(
+                [
+                    {
+                        "attack": r["attack"],
+                        "eps": _eps_label(r["eps"], norm),
+                        "robust accuracy": r["robust_accuracy"],
+                    }
+                    for r in report["sanity"]
+                ]
+            ),
+            "",
+        ]
     lines += ["## Warnings", ""] + ([f"- {w}" for w in report["warnings"]] or ["none"]) + [""]
     (out / "evaluation.md").write_text("\n".join(lines))
     paths["md"] = out / "evaluation.md"
@@ -515,8 +702,13 @@ def _plot(report: dict[str, Any], path: Path) -> Path:
     series["worst case"] = [(w["eps"] * scale, w["robust_accuracy"]) for w in report["worst_case"]]
     for name, pts in series.items():
         pts = sorted(pts)
-        ax.plot([0.0] + [p[0] for p in pts], [report["clean_accuracy"]] + [p[1] for p in pts], marker="o",
-                label=name, linestyle="--" if name == "worst case" else "-")
+        ax.plot(
+            [0.0] + [p[0] for p in pts],
+            [report["clean_accuracy"]] + [p[1] for p in pts],
+            marker="o",
+            label=name,
+            linestyle="--" if name == "worst case" else "-",
+        )
     ax.set_xlabel("eps (x 1/255)" if report["norm"] == "linf" else "eps (L2)")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(-0.02, 1.02)
@@ -526,5 +718,3 @@ def _plot(report: dict[str, Any], path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
     return path
-
-

@@ -50,7 +50,9 @@ def _gram(a: torch.Tensor, sigma: float, bandwidth: str, kernels: str = "auto") 
     return gaussian_gram(a, sigma, scale_by_dim=scale_by_dim)
 
 
-def hsic_from_grams(kx: torch.Tensor, ky: torch.Tensor, estimator: str = "nocca", eps: float = 1e-5) -> torch.Tensor:
+def hsic_from_grams(
+    kx: torch.Tensor, ky: torch.Tensor, estimator: str = "nocca", eps: float = 1e-5
+) -> torch.Tensor:
     """HSIC between two (batches of) (m, m) Gram matrices; returns fp32 of shape (...).
 
     The m x m algebra runs in float64: Gram matrices of wide inputs are close to constant, and
@@ -64,7 +66,9 @@ def hsic_from_grams(kx: torch.Tensor, ky: torch.Tensor, estimator: str = "nocca"
         def r(k: torch.Tensor) -> torch.Tensor:
             kc = k - k.mean(dim=-1, keepdim=True)  # K H
             # solve_ex: no error check, so no host sync (a singular system gives non-finite values)
-            return torch.linalg.solve_ex(kc + eps * m * eye, kc, left=False)[0]  # Kc (Kc + eps m I)^-1
+            return torch.linalg.solve_ex(kc + eps * m * eye, kc, left=False)[
+                0
+            ]  # Kc (Kc + eps m I)^-1
 
         return (r(kx) * r(ky).mT).sum(dim=(-2, -1)).float()
     if estimator == "biased":
@@ -86,9 +90,16 @@ def hsic_from_grams(kx: torch.Tensor, ky: torch.Tensor, estimator: str = "nocca"
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
 
 
-def hsic(x: torch.Tensor, y: torch.Tensor, estimator: str = "nocca", sigma: float = 5.0,
-         bandwidth: str = "mimir", eps: float = 1e-5, zero_if_nonfinite: bool = True,
-         kernels: str = "auto") -> torch.Tensor:
+def hsic(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    estimator: str = "nocca",
+    sigma: float = 5.0,
+    bandwidth: str = "mimir",
+    eps: float = 1e-5,
+    zero_if_nonfinite: bool = True,
+    kernels: str = "auto",
+) -> torch.Tensor:
     """HSIC between two batches, each flattened per sample.
 
     Args:
@@ -126,8 +137,14 @@ class HSIC(nn.Module):
     Returns a tensor of shape (number of others,); the Gram matrix of ``x`` is computed once.
     """
 
-    def __init__(self, estimator: str = "nocca", sigma: float = 5.0, bandwidth: str = "mimir", eps: float = 1e-5,
-                 kernels: str = "auto"):
+    def __init__(
+        self,
+        estimator: str = "nocca",
+        sigma: float = 5.0,
+        bandwidth: str = "mimir",
+        eps: float = 1e-5,
+        kernels: str = "auto",
+    ):
         super().__init__()
         if kernels not in KERNEL_CHOICES:
             raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
@@ -147,11 +164,17 @@ class HSIC(nn.Module):
                 raise ValueError(f"tensor {i} has batch size {o.shape[0]}, x has {m}")
         with torch.autocast(device_type=x.device.type, enabled=False):
             kx = _gram(x.reshape(m, -1).float(), self.sigma, self.bandwidth, self.kernels)
-            values = torch.stack([
-                hsic_from_grams(kx, _gram(o.reshape(m, -1).float(), self.sigma, self.bandwidth, self.kernels),
-                                self.estimator, self.eps)
-                for o in others
-            ])
+            values = torch.stack(
+                [
+                    hsic_from_grams(
+                        kx,
+                        _gram(o.reshape(m, -1).float(), self.sigma, self.bandwidth, self.kernels),
+                        self.estimator,
+                        self.eps,
+                    )
+                    for o in others
+                ]
+            )
         return torch.where(torch.isfinite(values), values, torch.zeros_like(values))
 
     def extra_repr(self) -> str:

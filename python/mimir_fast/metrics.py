@@ -16,11 +16,14 @@ import torch.nn.functional as F
 
 __all__ = ["psnr", "ssim"]
 
+
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise ValueError("psnr/ssim take two tensors")  # noqa: TRY004 (bad input is a ValueError throughout)
     if x.shape != y.shape:
-        raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if x.ndim != 4:
         raise ValueError(f"images must be batches (N, C, H, W), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
@@ -34,6 +37,7 @@ def _check_positive(**values: float) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
 
+
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "none":
         return values
@@ -41,7 +45,10 @@ def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
         return values.mean()
     raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
 
-def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, reduction: str = "none") -> torch.Tensor:
+
+def psnr(
+    x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, reduction: str = "none"
+) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB, per image: ``10 log10(data_range^2 / MSE)``.
 
     Args:
@@ -52,17 +59,28 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, reduction: s
     _check_pair(x, y)
     _check_positive(data_range=data_range)
     mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
-    return _reduce((10.0 * torch.log10(data_range ** 2 / mse)).float(), reduction)
+    return _reduce((10.0 * torch.log10(data_range**2 / mse)).float(), reduction)
 
-def gaussian_window(sigma: float = 1.5, truncate: float = 3.5, dtype=torch.float64, device=None) -> torch.Tensor:
+
+def gaussian_window(
+    sigma: float = 1.5, truncate: float = 3.5, dtype=torch.float64, device=None
+) -> torch.Tensor:
     """The normalised 1-D Gaussian of scipy's ``gaussian_filter`` (radius ``int(truncate*sigma+0.5)``)."""
     radius = int(truncate * sigma + 0.5)
     t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
     w = torch.exp(-0.5 * (t / sigma) ** 2)
     return w / w.sum()
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, sigma: float = 1.5, k1: float = 0.01,
-         k2: float = 0.03, reduction: str = "none") -> torch.Tensor:
+
+def ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    reduction: str = "none",
+) -> torch.Tensor:
     """Structural similarity per image (mean SSIM over valid windows and channels).
 
     Args:
@@ -87,10 +105,11 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, sigma: float
         return F.conv2d(F.conv2d(t, kh, groups=c), kw, groups=c)
 
     mu_x, mu_y = blur(xd), blur(yd)
-    var_x = blur(xd * xd) - mu_x ** 2
-    var_y = blur(yd * yd) - mu_y ** 2
+    var_x = blur(xd * xd) - mu_x**2
+    var_y = blur(yd * yd) - mu_y**2
     cov = blur(xd * yd) - mu_x * mu_y
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
     return _reduce(s.flatten(1).mean(1).float(), reduction)
-

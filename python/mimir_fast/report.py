@@ -19,7 +19,7 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,13 @@ import torch
 
 from ._io import atomic_write
 
-__all__ = ["format_table", "load_records", "plot_loss_curves", "save_reconstruction_grid", "write_json"]
+__all__ = [
+    "format_table",
+    "load_records",
+    "plot_loss_curves",
+    "save_reconstruction_grid",
+    "write_json",
+]
 
 PathLike = str | os.PathLike
 Records = Sequence[Mapping[str, Any]]
@@ -75,7 +81,9 @@ def _save_figure(fig: Any, out_png: PathLike, dpi: int) -> Path:
 def _cell(value: Any) -> str:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    elif hasattr(value, "item") and getattr(value, "size", None) == 1 and not isinstance(value, str):
+    elif (
+        hasattr(value, "item") and getattr(value, "size", None) == 1 and not isinstance(value, str)
+    ):
         value = value.item()  # numpy scalars
     if value is None:
         return ""
@@ -115,8 +123,11 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     if not columns:
         return ""
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    numeric = [all(_is_number(row[c]) for row in rows if row.get(c) is not None)
-               and any(row.get(c) is not None for row in rows) for c in columns]
+    numeric = [
+        all(_is_number(row[c]) for row in rows if row.get(c) is not None)
+        and any(row.get(c) is not None for row in rows)
+        for c in columns
+    ]
     headers = [c.replace("|", "\\|") for c in columns]
     widths = [max([3, len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
@@ -124,8 +135,11 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
         padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
         return "| " + " | ".join(padded) + " |"
 
-    separator = "| " + " | ".join("-" * (w - 1) + ":" if num else "-" * w
-                                  for w, num in zip(widths, numeric)) + " |"
+    separator = (
+        "| "
+        + " | ".join("-" * (w - 1) + ":" if num else "-" * w for w, num in zip(widths, numeric))
+        + " |"
+    )
     return "\n".join([line(headers), separator] + [line(r) for r in cells])
 
 
@@ -172,7 +186,10 @@ def _series(records: list[dict[str, Any]], split: str, key: str) -> tuple[list[f
 
 def _plot_metric(ax: Any, records: list[dict[str, Any]], key: str) -> bool:
     drew = False
-    for split, style in (("train", {"linewidth": 1.2}), ("test", {"marker": "o", "linewidth": 1.5})):
+    for split, style in (
+        ("train", {"linewidth": 1.2}),
+        ("test", {"marker": "o", "linewidth": 1.5}),
+    ):
         xs, ys = _series(records, split, key)
         if xs:
             ax.plot(xs, ys, label=f"{split} {key}", **style)
@@ -185,8 +202,11 @@ def _plot_metric(ax: Any, records: list[dict[str, Any]], key: str) -> bool:
     return drew
 
 
-def plot_loss_curves(records: Records | PathLike | Mapping[str, Records | PathLike], out_png: PathLike,
-                     title: str | None = None) -> Path:
+def plot_loss_curves(
+    records: Records | PathLike | Mapping[str, Records | PathLike],
+    out_png: PathLike,
+    title: str | None = None,
+) -> Path:
     """Plot train and test loss against the step (and accuracy when the records have it).
 
     Args:
@@ -208,7 +228,9 @@ def plot_loss_curves(records: Records | PathLike | Mapping[str, Records | PathLi
             raise ValueError("plot_loss_curves got an empty dict of runs")
     else:
         runs = {"": load_records(records)}
-    with_accuracy = any(_series(r, s, "accuracy")[0] for r in runs.values() for s in ("train", "test"))
+    with_accuracy = any(
+        _series(r, s, "accuracy")[0] for r in runs.values() for s in ("train", "test")
+    )
     nrows, ncols = (2 if with_accuracy else 1), len(runs)
     fig = Figure(figsize=(4.8 * ncols, 3.2 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -237,8 +259,14 @@ def _to_display(img: torch.Tensor) -> tuple[Any, str | None]:
 
 
 @torch.no_grad()
-def save_reconstruction_grid(model: Any, images: torch.Tensor, out_png: PathLike, mask_ratio: float = 0.75,
-                             seed: int = 0, max_images: int = 8) -> Path:
+def save_reconstruction_grid(
+    model: Any,
+    images: torch.Tensor,
+    out_png: PathLike,
+    mask_ratio: float = 0.75,
+    seed: int = 0,
+    max_images: int = 8,
+) -> Path:
     """Draw a MaskedViT's masked autoencoding of ``images``, one column per image.
 
     Rows: the original; the masked input (removed patches grey, 0.5); the reconstruction
@@ -258,7 +286,6 @@ def save_reconstruction_grid(model: Any, images: torch.Tensor, out_png: PathLike
     Returns:
         ``out_png`` as a :class:`~pathlib.Path`.
     """
-    from matplotlib.figure import Figure
 
     from .ops import random_masking
 
@@ -276,10 +303,15 @@ def save_reconstruction_grid(model: Any, images: torch.Tensor, out_png: PathLike
     n = x.shape[0]
 
     noise = torch.rand(n, model.num_patches, generator=torch.Generator().manual_seed(seed))
-    ids_keep, _, _ = random_masking(n, model.num_patches, float(mask_ratio), torch.device("cpu"), noise)
+    ids_keep, _, _ = random_masking(
+        n, model.num_patches, float(mask_ratio), torch.device("cpu"), noise
+    )
     was_training = model.training
-    fork_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    fork_devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
     try:
         model.eval()
         with torch.random.fork_rng(devices=fork_devices):
@@ -296,14 +328,21 @@ def save_reconstruction_grid(model: Any, images: torch.Tensor, out_png: PathLike
     prediction = prediction.clamp(0, 1)
     masked = original * (1 - removed) + 0.5 * removed
     reconstruction = original * (1 - removed) + prediction * removed
-    rows = [("original", original), ("masked", masked), ("reconstruction", reconstruction),
-            ("prediction", prediction)]
+    rows = [
+        ("original", original),
+        ("masked", masked),
+        ("reconstruction", reconstruction),
+        ("prediction", prediction),
+    ]
 
-    return save_image_grid(rows, out_png, title=f"mask ratio {mask_ratio:g}, loss {float(loss):.4g}")
+    return save_image_grid(
+        rows, out_png, title=f"mask ratio {mask_ratio:g}, loss {float(loss):.4g}"
+    )
 
 
-def save_image_grid(rows: Sequence[tuple[str, torch.Tensor]], out_png: PathLike, title: str | None = None
-                    ) -> Path:
+def save_image_grid(
+    rows: Sequence[tuple[str, torch.Tensor]], out_png: PathLike, title: str | None = None
+) -> Path:
     """Draw named rows of images, ``[(name, (N, C, H, W) in [0, 1]), ...]``, one column per image."""
     from matplotlib.figure import Figure
 
@@ -314,8 +353,14 @@ def save_image_grid(rows: Sequence[tuple[str, torch.Tensor]], out_png: PathLike,
     cell, left, top = 1.2, 1.0, 0.4
     width, height = left + cell * n + 0.1, top + cell * len(rows) + 0.1
     fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(left=left / width, right=1 - 0.1 / width, bottom=0.1 / height, top=1 - top / height,
-                        wspace=0.06, hspace=0.06)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - 0.1 / width,
+        bottom=0.1 / height,
+        top=1 - top / height,
+        wspace=0.06,
+        hspace=0.06,
+    )
     axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (name, batch) in enumerate(rows):
         batch = batch.detach().float().cpu().clamp(0, 1)

@@ -50,8 +50,17 @@ class APGD(Attack):
 
     name = "apgd"
 
-    def __init__(self, model: Any, eps: float = 8 / 255, steps: int = 100, restarts: int = 1,
-                 random_start: bool = True, rho: float = RHO, loss: Any = "ce", **kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        eps: float = 8 / 255,
+        steps: int = 100,
+        restarts: int = 1,
+        random_start: bool = True,
+        rho: float = RHO,
+        loss: Any = "ce",
+        **kwargs: Any,
+    ):
         super().__init__(model, eps, loss=loss, **kwargs)
         self.steps = check_count(steps, "steps")
         self.restarts = check_count(restarts, "restarts")
@@ -150,7 +159,11 @@ class APGD(Attack):
                     last_ckpt = k
                 a = 1.0 if k == 0 else MOMENTUM
                 z = self._step(x_cur, grad, x, eta)
-                v = x_cur.float() + a * (z.float() - x_cur.float()) + (1 - a) * (x_cur.float() - x_prev.float())
+                v = (
+                    x_cur.float()
+                    + a * (z.float() - x_cur.float())
+                    + (1 - a) * (x_cur.float() - x_prev.float())
+                )
                 x_prev = x_cur
                 x_cur = self._step(v.to(x.dtype), v, x, 0.0)  # alpha 0: projection only
         if not classification:
@@ -169,10 +182,19 @@ class APGDT(APGD):
 
     name = "apgd-t"
 
-    def __init__(self, model: Any, eps: float = 8 / 255, steps: int = 100, n_target_classes: int = 9,
-                 restarts: int = 1, **kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        eps: float = 8 / 255,
+        steps: int = 100,
+        n_target_classes: int = 9,
+        restarts: int = 1,
+        **kwargs: Any,
+    ):
         if "loss" in kwargs or kwargs.get("targeted"):
-            raise ValueError("APGDT uses the targeted DLR loss against the true labels; pass y as true labels")
+            raise ValueError(
+                "APGDT uses the targeted DLR loss against the true labels; pass y as true labels"
+            )
         super().__init__(model, eps, steps=steps, restarts=restarts, loss="ce", **kwargs)
         self.n_target_classes = check_count(n_target_classes, "n_target_classes")
         self.objective = TargetedDLR()

@@ -25,8 +25,15 @@ from .objectives import Objective, get_objective
 PGD_STEP_TRITON_OPS = ("pgd_step",)
 
 
-def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x0: torch.Tensor, alpha: float | torch.Tensor,
-             eps: float | torch.Tensor, norm: str = "linf", kernels: str = "auto") -> torch.Tensor:
+def pgd_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x0: torch.Tensor,
+    alpha: float | torch.Tensor,
+    eps: float | torch.Tensor,
+    norm: str = "linf",
+    kernels: str = "auto",
+) -> torch.Tensor:
     """One projected-gradient step: move along ``grad`` (sign step for L-inf, normalised for L2),
     project onto the eps-ball around ``x0``, clamp to [0, 1]; returns a new tensor.
 
@@ -81,15 +88,21 @@ def check_images(x: Any, name: str = "x") -> None:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")  # noqa: TRY004 (bad input is a ValueError throughout)
     if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor of images in [0, 1], got {x.dtype}")
+        raise ValueError(
+            f"{name} must be a floating-point tensor of images in [0, 1], got {x.dtype}"
+        )
     if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty batch (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be a non-empty batch (N, C, H, W), got shape {tuple(x.shape)}"
+        )
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{name} must lie in [0, 1] (attacks clamp to that range), got values in "
-                         f"[{lo:.4g}, {hi:.4g}]; undo any normalisation and move it into the model")
+        raise ValueError(
+            f"{name} must lie in [0, 1] (attacks clamp to that range), got values in "
+            f"[{lo:.4g}, {hi:.4g}]; undo any normalisation and move it into the model"
+        )
 
 
 def check_labels(y: Any, n: int, num_classes: int | None, name: str = "y") -> torch.Tensor:
@@ -98,7 +111,9 @@ def check_labels(y: Any, n: int, num_classes: int | None, name: str = "y") -> to
     if y.is_floating_point() or y.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer class indices, got {y.dtype}")
     if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},) to match the batch of images, got {tuple(y.shape)}")
+        raise ValueError(
+            f"{name} must have shape ({n},) to match the batch of images, got {tuple(y.shape)}"
+        )
     if n and int(y.min()) < 0:
         raise ValueError(f"{name} has a negative label {int(y.min())}")
     if num_classes is not None and n and int(y.max()) >= num_classes:
@@ -107,7 +122,12 @@ def check_labels(y: Any, n: int, num_classes: int | None, name: str = "y") -> to
 
 
 def check_positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -118,7 +138,9 @@ def check_count(value: Any, name: str, minimum: int = 1) -> int:
     return value
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+def random_start(
+    x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None
+) -> torch.Tensor:
     """A uniform point of the eps-ball around ``x`` (L-inf box or L2 ball), clamped to [0, 1]."""
     if norm == "linf":
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
@@ -127,8 +149,9 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Genera
         n = x.shape[0]
         d = x[0].numel()
         direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-        direction = direction / torch.linalg.vector_norm(direction.reshape(n, -1), dim=1).clamp_min(1e-12
-                                                                                                 ).reshape(-1, *[1] * (x.ndim - 1))
+        direction = direction / torch.linalg.vector_norm(direction.reshape(n, -1), dim=1).clamp_min(
+            1e-12
+        ).reshape(-1, *[1] * (x.ndim - 1))
         radius = eps * torch.rand(n, generator=generator, device=x.device) ** (1.0 / d)
         delta = direction * radius.reshape(-1, *[1] * (x.ndim - 1))
     return (x.float() + delta).clamp(0.0, 1.0).to(x.dtype)
@@ -155,11 +178,21 @@ class Attack(ABC):
     name = "attack"
     uses_gradients = True
 
-    def __init__(self, model: Any, eps: float, norm: str = "linf", loss: str | Objective | Callable = "ce",
-                 targeted: bool = False, eot_iter: int | None = None, seed: int | None = None,
-                 kernels: str = "auto"):
+    def __init__(
+        self,
+        model: Any,
+        eps: float,
+        norm: str = "linf",
+        loss: str | Objective | Callable = "ce",
+        targeted: bool = False,
+        eot_iter: int | None = None,
+        seed: int | None = None,
+        kernels: str = "auto",
+    ):
         if not callable(model):
-            raise ValueError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")  # noqa: TRY004 (bad input is a ValueError throughout)
+            raise ValueError(
+                f"model must be callable (an nn.Module or a function), got {type(model).__name__}"
+            )  # noqa: TRY004 (bad input is a ValueError throughout)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.model = model
@@ -183,7 +216,9 @@ class Attack(ABC):
             if self.objective.classification:
                 raise ValueError("y (labels) is required for a classification attack")
             y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        y = check_labels(y, x.shape[0], num_classes_of(self.model) if self.objective.classification else None)
+        y = check_labels(
+            y, x.shape[0], num_classes_of(self.model) if self.objective.classification else None
+        )
         y = y.to(x.device)
         with attack_mode(self.model):
             x_adv = self.perturb(x.detach(), y)
@@ -205,10 +240,17 @@ class Attack(ABC):
         return torch.Generator(device=device).manual_seed(int(self.seed))
 
     def _step(self, x_adv, grad, x0, alpha, eps=None):
-        return pgd_step(x_adv, grad, x0, alpha, self.eps if eps is None else eps, self.norm, self.kernels)
+        return pgd_step(
+            x_adv, grad, x0, alpha, self.eps if eps is None else eps, self.norm, self.kernels
+        )
 
-    def _loss_grad(self, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, objective: Objective | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def _loss_grad(
+        self,
+        x_adv: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        objective: Objective | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Per-sample loss, logits (last EOT draw) and the gradient averaged over ``eot_iter`` draws."""
         objective = objective or self.objective
         loss_sum = grad_sum = logits = None

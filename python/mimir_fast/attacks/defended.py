@@ -46,8 +46,13 @@ class Defended(nn.Module):
         bpda: wrap the purifier in :class:`BPDA` (for a non-differentiable one).
     """
 
-    def __init__(self, classifier: nn.Module, purifier: Callable[[torch.Tensor], torch.Tensor],
-                 eot_samples: int = 1, bpda: bool = False):
+    def __init__(
+        self,
+        classifier: nn.Module,
+        purifier: Callable[[torch.Tensor], torch.Tensor],
+        eot_samples: int = 1,
+        bpda: bool = False,
+    ):
         super().__init__()
         if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
             raise ValueError(f"eot_samples must be an integer >= 1, got {eot_samples!r}")
@@ -134,8 +139,6 @@ def check_threat(threat: str) -> str:
     if threat not in THREATS:
         raise ValueError(f"threat must be one of {THREATS}, got {threat!r}")
     return threat
-
-
 
 
 class EOT(nn.Module):

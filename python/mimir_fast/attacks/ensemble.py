@@ -46,7 +46,9 @@ class Ensemble:
         y = check_labels(y, x.shape[0], num_classes_of(self.model)).to(x.device)
         x_adv = x.detach().clone()
         robust = self._correct(x, y)
-        self.last_report = [{"attack": "clean", "attacked": 0, "robust_accuracy": robust.float().mean().item()}]
+        self.last_report = [
+            {"attack": "clean", "attacked": 0, "robust_accuracy": robust.float().mean().item()}
+        ]
         for atk in self.attacks:
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
@@ -57,9 +59,14 @@ class Ensemble:
             flipped = idx[~still]
             x_adv[flipped] = adv[~still]
             robust[flipped] = False
-            self.last_report.append({"attack": getattr(atk, "name", type(atk).__name__), "attacked": idx.numel(),
-                                     "robust_accuracy": robust.float().mean().item(),
-                                     "seconds": round(time.perf_counter() - started, 3)})
+            self.last_report.append(
+                {
+                    "attack": getattr(atk, "name", type(atk).__name__),
+                    "attacked": idx.numel(),
+                    "robust_accuracy": robust.float().mean().item(),
+                    "seconds": round(time.perf_counter() - started, 3),
+                }
+            )
         return x_adv
 
 
@@ -77,12 +84,23 @@ class AutoAttack(Ensemble):
 
     name = "autoattack"
 
-    def __init__(self, model: Any, eps: float = 8 / 255, norm: str = "linf", steps: int = 100,
-                 n_target_classes: int = 9, n_queries: int = 5000, seed: int = 0, kernels: str = "auto",
-                 eot_iter: int | None = None):
+    def __init__(
+        self,
+        model: Any,
+        eps: float = 8 / 255,
+        norm: str = "linf",
+        steps: int = 100,
+        n_target_classes: int = 9,
+        n_queries: int = 5000,
+        seed: int = 0,
+        kernels: str = "auto",
+        eot_iter: int | None = None,
+    ):
         common = {"norm": norm, "seed": seed, "kernels": kernels, "eot_iter": eot_iter}
-        attacks: list[Attack] = [APGD(model, eps, steps=steps, loss="ce", **common),
-                                 APGDT(model, eps, steps=steps, n_target_classes=n_target_classes, **common)]
+        attacks: list[Attack] = [
+            APGD(model, eps, steps=steps, loss="ce", **common),
+            APGDT(model, eps, steps=steps, n_target_classes=n_target_classes, **common),
+        ]
         if norm == "linf":
             attacks.append(Square(model, eps, n_queries=n_queries, seed=seed))
         super().__init__(attacks, model)

@@ -43,8 +43,9 @@ class Objective(ABC):
     name = "objective"
 
     @abstractmethod
-    def __call__(self, model: Any, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self, model: Any, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-sample loss (N,) to maximise, and the logits at ``x_adv`` (or None)."""
 
     def __repr__(self) -> str:
@@ -91,7 +92,9 @@ class DLR(Objective):
     def __call__(self, model, x_adv, x, y):
         logits = model(x_adv)
         if logits.shape[1] < 3:
-            raise ValueError(f"the DLR loss needs at least 3 classes, the model has {logits.shape[1]}")
+            raise ValueError(
+                f"the DLR loss needs at least 3 classes, the model has {logits.shape[1]}"
+            )
         return dlr_loss(logits, y), logits
 
 
@@ -108,7 +111,9 @@ class TargetedDLR(Objective):
             raise ValueError("TargetedDLR.target must be set to an (N,) tensor of target labels")
         logits = model(x_adv)
         if logits.shape[1] < 4:
-            raise ValueError(f"the targeted DLR loss needs at least 4 classes, the model has {logits.shape[1]}")
+            raise ValueError(
+                f"the targeted DLR loss needs at least 4 classes, the model has {logits.shape[1]}"
+            )
         return targeted_dlr_loss(logits, y, self.target), logits
 
 
@@ -146,7 +151,9 @@ class MaskedReconstruction(Objective):
     classification = False
     name = "mim"
 
-    def __init__(self, mask_ratio: float = 0.75, seed: int = 0, target: str = "clean", resample: bool = False):
+    def __init__(
+        self, mask_ratio: float = 0.75, seed: int = 0, target: str = "clean", resample: bool = False
+    ):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if target not in ("clean", "adv"):
@@ -162,8 +169,9 @@ class MaskedReconstruction(Objective):
         noise = torch.rand(n, length, generator=gen)
         return noise.argsort(dim=1)[:, :keep].sort(dim=1).values.to(x.device)
 
-    def per_sample_loss(self, model: Any, x_in: torch.Tensor, target: torch.Tensor, ids_keep: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def per_sample_loss(
+        self, model: Any, x_in: torch.Tensor, target: torch.Tensor, ids_keep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss (N,), pred (N, L, P), mask (N, L)) of reconstructing ``target`` from ``x_in``."""
         latent, mask, ids_restore = model.forward_encoder(x_in, self.mask_ratio, ids_keep)
         pred = model.forward_decoder(latent, ids_restore)
@@ -176,7 +184,9 @@ class MaskedReconstruction(Objective):
 
     def __call__(self, model, x_adv, x, y):
         if not hasattr(model, "forward_encoder"):
-            raise ValueError("MaskedReconstruction needs a MaskedViT (with forward_encoder/forward_decoder)")
+            raise ValueError(
+                "MaskedReconstruction needs a MaskedViT (with forward_encoder/forward_decoder)"
+            )
         salt = 0
         if self.resample:
             self._draws += 1
@@ -189,7 +199,9 @@ class MaskedReconstruction(Objective):
 def _pre_logits(model: Any, x: torch.Tensor) -> torch.Tensor:
     if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
         return model.forward_head(model.forward_features(x), pre_logits=True)
-    raise ValueError("FeatureDistance needs feature_fn= for a model without forward_features/forward_head")
+    raise ValueError(
+        "FeatureDistance needs feature_fn= for a model without forward_features/forward_head"
+    )
 
 
 class FeatureDistance(Objective):
@@ -232,15 +244,23 @@ class CallableObjective(Objective):
         if loss.ndim == 0:
             loss = loss.expand(x_adv.shape[0]) / x_adv.shape[0]
         elif loss.shape != (x_adv.shape[0],):
-            raise ValueError(f"the loss callable must return a scalar or an (N,) tensor, got {tuple(loss.shape)}")
+            raise ValueError(
+                f"the loss callable must return a scalar or an (N,) tensor, got {tuple(loss.shape)}"
+            )
         return loss, None
 
     def __repr__(self) -> str:
         return f"CallableObjective({getattr(self.fn, '__name__', self.fn)!r})"
 
 
-_NAMED = {"ce": CrossEntropy, "dlr": DLR, "margin": Margin, "mim": MaskedReconstruction,
-          "recon": MaskedReconstruction, "feature": FeatureDistance}
+_NAMED = {
+    "ce": CrossEntropy,
+    "dlr": DLR,
+    "margin": Margin,
+    "mim": MaskedReconstruction,
+    "recon": MaskedReconstruction,
+    "feature": FeatureDistance,
+}
 
 
 def get_objective(spec: str | Objective | Callable, targeted: bool = False) -> Objective:
@@ -251,7 +271,9 @@ def get_objective(spec: str | Objective | Callable, targeted: bool = False) -> O
     if isinstance(spec, str):
         key = spec.lower()
         if key not in _NAMED:
-            raise ValueError(f"unknown loss {spec!r}; use one of {sorted(_NAMED)}, an Objective or a callable")
+            raise ValueError(
+                f"unknown loss {spec!r}; use one of {sorted(_NAMED)}, an Objective or a callable"
+            )
         if key in ("ce", "margin"):
             return _NAMED[key](targeted=targeted)
         if targeted:

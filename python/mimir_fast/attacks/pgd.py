@@ -39,8 +39,17 @@ class PGD(Attack):
 
     name = "pgd"
 
-    def __init__(self, model: Any, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
-                 random_start: bool = True, restarts: int = 1, early_stop: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        eps: float = 8 / 255,
+        alpha: float = 2 / 255,
+        steps: int = 10,
+        random_start: bool = True,
+        restarts: int = 1,
+        early_stop: bool = False,
+        **kwargs: Any,
+    ):
         super().__init__(model, eps, **kwargs)
         self.alpha = check_positive(alpha, "alpha")
         self.steps = check_count(steps, "steps")
@@ -49,8 +58,10 @@ class PGD(Attack):
         self.early_stop = bool(early_stop)
 
     def __repr__(self) -> str:
-        return (f"PGD(eps={self.eps:.4g}, alpha={self.alpha:.4g}, steps={self.steps}, norm={self.norm!r}, "
-                f"random_start={self.random_start}, restarts={self.restarts}, loss={self.objective!r})")
+        return (
+            f"PGD(eps={self.eps:.4g}, alpha={self.alpha:.4g}, steps={self.steps}, norm={self.norm!r}, "
+            f"random_start={self.random_start}, restarts={self.restarts}, loss={self.objective!r})"
+        )
 
     def perturb(self, x, y):
         gen = self._generator(x.device)
@@ -110,8 +121,16 @@ class MIFGSM(Attack):
 
     name = "mifgsm"
 
-    def __init__(self, model: Any, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
-                 decay: float = 1.0, random_start: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        eps: float = 8 / 255,
+        alpha: float | None = None,
+        steps: int = 10,
+        decay: float = 1.0,
+        random_start: bool = False,
+        **kwargs: Any,
+    ):
         super().__init__(model, eps, **kwargs)
         self.steps = check_count(steps, "steps")
         self.alpha = check_positive(self.eps / self.steps if alpha is None else alpha, "alpha")

@@ -43,8 +43,15 @@ class Square(Attack):
     name = "square"
     uses_gradients = False
 
-    def __init__(self, model: Any, eps: float = 8 / 255, n_queries: int = 5000, p_init: float = 0.8,
-                 norm: str = "linf", **kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        eps: float = 8 / 255,
+        n_queries: int = 5000,
+        p_init: float = 0.8,
+        norm: str = "linf",
+        **kwargs: Any,
+    ):
         if norm != "linf":
             raise ValueError("Square is implemented for norm='linf' only")
         if "loss" in kwargs:
@@ -89,7 +96,9 @@ class Square(Attack):
             in_r = (rows[None] >= r[:, None]) & (rows[None] < r[:, None] + side)  # (m, H)
             in_c = (cols[None] >= q[:, None]) & (cols[None] < q[:, None] + side)  # (m, W)
             window = in_r[:, None, :, None] & in_c[:, None, None, :]  # (m, 1, H, W)
-            signs = torch.randint(0, 2, (m, c, 1, 1), generator=gen, device=x.device).float() * 2 - 1
+            signs = (
+                torch.randint(0, 2, (m, c, 1, 1), generator=gen, device=x.device).float() * 2 - 1
+            )
             cand_delta = torch.where(window, signs * eps, delta[active])
             cand = (xf[active] + cand_delta).clamp(0.0, 1.0)
             cand_margin = self._margin(cand.to(x.dtype), y[active])

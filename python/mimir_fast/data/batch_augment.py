@@ -4,8 +4,12 @@ import torch
 import torch.nn.functional as F
 
 
-def crop_with_padding_and_flip(images: torch.Tensor, padding: int = 4, flip: bool = True,
-                               generator: torch.Generator | None = None) -> torch.Tensor:
+def crop_with_padding_and_flip(
+    images: torch.Tensor,
+    padding: int = 4,
+    flip: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Per-sample random crop from a zero-padded image, then a random horizontal flip (CIFAR style).
 
     Args:

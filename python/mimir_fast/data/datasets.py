@@ -34,7 +34,9 @@ def _to_numpy(x: Any, what: str) -> np.ndarray:
         return x
     if isinstance(x, torch.Tensor):
         if x.dtype == torch.bfloat16:
-            raise ValueError(f"{what}: unsupported dtype torch.bfloat16; convert to float32 or uint8")
+            raise ValueError(
+                f"{what}: unsupported dtype torch.bfloat16; convert to float32 or uint8"
+            )
         return x.detach().cpu().numpy()
     return np.asarray(x)
 
@@ -176,8 +178,10 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         need = math.prod(shape) * dtype.itemsize
         have = path.stat().st_size - offset
         if have < need:
-            raise ValueError(f"{path} is truncated: its header says {dtype} {shape} ({need} bytes) but it "
-                             f"holds {have} bytes of data")
+            raise ValueError(
+                f"{path} is truncated: its header says {dtype} {shape} ({need} bytes) but it "
+                f"holds {have} bytes of data"
+            )
     return tuple(shape), dtype
 
 
@@ -282,7 +286,10 @@ def load_digits(
         train_idx, test_idx = _stratified_split(labels, test_fraction, seed)
         indices = train_idx if split == "train" else test_idx
     ds = ArrayDataset(
-        images[indices], labels[indices], num_classes=10, transform=transform,
+        images[indices],
+        labels[indices],
+        num_classes=10,
+        transform=transform,
         classes=[str(d) for d in range(10)],
     )
     ds.indices = indices
@@ -290,6 +297,7 @@ def load_digits(
 
 
 # --- CIFAR -------------------------------------------------------------------------------
+
 
 def _numpy_reconstruct() -> Callable:
     try:
@@ -311,7 +319,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
-            raise ValueError(f"refusing to load global {module}.{name} (not needed by CIFAR batches)")
+            raise ValueError(
+                f"refusing to load global {module}.{name} (not needed by CIFAR batches)"
+            )
         if name == "_reconstruct":
             return _numpy_reconstruct()
         return getattr(np, name)
@@ -367,10 +377,20 @@ class CIFAR(ArrayDataset):
         folder, variant = self._detect(Path(root).expanduser())
         if variant == "cifar10":
             names = [f"data_batch_{k}" for k in range(1, 6)] if train else ["test_batch"]
-            label_key, meta_name, names_key, num_classes = "labels", "batches.meta", "label_names", 10
+            label_key, meta_name, names_key, num_classes = (
+                "labels",
+                "batches.meta",
+                "label_names",
+                10,
+            )
         else:
             names = ["train"] if train else ["test"]
-            label_key, meta_name, names_key, num_classes = "fine_labels", "meta", "fine_label_names", 100
+            label_key, meta_name, names_key, num_classes = (
+                "fine_labels",
+                "meta",
+                "fine_label_names",
+                100,
+            )
         for name in names:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"missing CIFAR file {folder / name}; {_CIFAR_LAYOUTS}")
@@ -380,16 +400,27 @@ class CIFAR(ArrayDataset):
             path = folder / name
             batch = _load_pickle(path)
             x, y = _get(batch, "data"), _get(batch, label_key)
-            if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+            if (
+                not isinstance(x, np.ndarray)
+                or x.dtype != np.uint8
+                or x.ndim != 2
+                or x.shape[1] != 3072
+            ):
                 desc = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
-                raise ValueError(f"CIFAR file {path}: 'data' must be a uint8 (N, 3072) array, got {desc}")
+                raise ValueError(
+                    f"CIFAR file {path}: 'data' must be a uint8 (N, 3072) array, got {desc}"
+                )
             if not isinstance(y, (list, np.ndarray)) or len(y) != len(x):
-                raise ValueError(f"CIFAR file {path}: '{label_key}' missing or not one label per image")
+                raise ValueError(
+                    f"CIFAR file {path}: '{label_key}' missing or not one label per image"
+                )
             data.append(x)
             labels.append(np.asarray(y, dtype=np.int64))
 
         # (N, 3072) row-major RGB planes -> (N, 3, 32, 32) -> channels-last (N, 32, 32, 3)
-        images = np.ascontiguousarray(np.concatenate(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        images = np.ascontiguousarray(
+            np.concatenate(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        )
         classes = None
         if (folder / meta_name).is_file():
             raw = _get(_load_pickle(folder / meta_name), names_key)
@@ -413,6 +444,7 @@ class CIFAR(ArrayDataset):
 
 
 # --- Image folders -----------------------------------------------------------------------
+
 
 class ImageFolder(Dataset):
     """ImageNet-style tree ``root/<class_name>/<image>`` decoded with PIL as RGB.
@@ -448,12 +480,16 @@ class ImageFolder(Dataset):
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
         exts = tuple(e.lower() for e in extensions)
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = sorted(
+            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
         if not classes:
             raise ValueError(f"no class subfolders in {root}; expected root/<class_name>/<image>")
         samples = []
         for label, name in enumerate(classes):
-            files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in exts)
+            files = sorted(
+                p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in exts
+            )
             samples.extend((str(p), label) for p in files)
         if not samples:
             raise ValueError(f"no images with extensions {exts} found under {root}/<class_name>/")
@@ -477,7 +513,13 @@ class ImageFolder(Dataset):
             with Image.open(path) as im:
                 im.load()
                 return im.convert("RGB")
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        except (
+            OSError,
+            UnidentifiedImageError,
+            SyntaxError,
+            ValueError,
+            Image.DecompressionBombError,
+        ) as e:
             raise ValueError(f"cannot decode image {path}: {e}") from e
         except Exception as e:  # PIL's plugins raise many other types for corrupt data
             raise ValueError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
@@ -525,7 +567,10 @@ def _check_fixed_size(ds: ArrayDataset, image_size: int | None, spec: str) -> Ar
 
 
 def build_dataset(
-    spec: str, split: str = "train", image_size: int | None = None, transform: Transform | None = None
+    spec: str,
+    split: str = "train",
+    image_size: int | None = None,
+    transform: Transform | None = None,
 ) -> Dataset:
     """Build a dataset from a one-string spec (used by the config and CLI).
 
@@ -555,16 +600,22 @@ def build_dataset(
     if kind == "digits" and not sep:
         return load_digits(split, image_size=image_size or 32, transform=transform)
     if sep and not arg and kind in ("cifar", "imagefolder", "npy"):
-        raise ValueError(f"data spec {spec!r} is missing a path after ':'; accepted forms: {_SPEC_FORMS}")
+        raise ValueError(
+            f"data spec {spec!r} is missing a path after ':'; accepted forms: {_SPEC_FORMS}"
+        )
     if kind == "cifar" and sep:
-        return _check_fixed_size(CIFAR(arg, train=split == "train", transform=transform), image_size, spec)
+        return _check_fixed_size(
+            CIFAR(arg, train=split == "train", transform=transform), image_size, spec
+        )
     if kind == "imagefolder" and sep:
         root = Path(arg).expanduser()
         sub = "train" if split == "train" else "val"
         if (root / sub).is_dir():
             root = root / sub
         elif (root / "train").is_dir() or (root / "val").is_dir():
-            raise FileNotFoundError(f"{root} has a train/ or val/ folder but no {sub}/ folder for split {split!r}")
+            raise FileNotFoundError(
+                f"{root} has a train/ or val/ folder but no {sub}/ folder for split {split!r}"
+            )
         return ImageFolder(root, image_size=image_size or 224, transform=transform)
     if kind == "npy" and sep:
         paths = [p.strip() for p in arg.split(",")]

@@ -85,13 +85,20 @@ class LoaderBatch:
             return None if t is None else t.pin_memory()
 
         return LoaderBatch(
-            pin(self.images), pin(self.labels), pin(self.indices),
+            pin(self.images),
+            pin(self.labels),
+            pin(self.indices),
             [tuple(pin(t) for t in m) for m in self.masks],
-            pin(self.sigma), pin(self.noise_seed), pin(self.noisy), self.skipped,
+            pin(self.sigma),
+            pin(self.noise_seed),
+            pin(self.noisy),
+            self.skipped,
         )
 
 
-def _check_int(name: str, v: Any, lo: int, allow_none: bool = False, hi: int | None = None) -> int | None:
+def _check_int(
+    name: str, v: Any, lo: int, allow_none: bool = False, hi: int | None = None
+) -> int | None:
     if v is None and allow_none:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -175,7 +182,9 @@ def _make_config(
     world_size = _check_int("world_size", world_size, 1)
     rank = _check_int("rank", rank, 0)
     if rank >= world_size:
-        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        raise ValueError(
+            f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}"
+        )
     scale = _check_pair("rrc_scale", rrc_scale)
     if scale[1] > 1.0:
         raise ValueError(f"rrc_scale must lie in (0, 1], got {rrc_scale!r}")
@@ -211,7 +220,9 @@ def _labels_array(labels: Any, what: str = "labels") -> np.ndarray | None:
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise ValueError(f"{what} must be a 1-D integer array, got dtype {arr.dtype} shape {arr.shape}")
+        raise ValueError(
+            f"{what} must be a 1-D integer array, got dtype {arr.dtype} shape {arr.shape}"
+        )
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
@@ -231,7 +242,9 @@ def _uint8_images(images: Any) -> np.ndarray:
         if arr.size:
             from mimir_fast.data.datasets import _check_float_range
 
-            _check_float_range(arr)  # NaN, inf or values outside [0, 1] raise (they were clipped silently)
+            _check_float_range(
+                arr
+            )  # NaN, inf or values outside [0, 1] raise (they were clipped silently)
         arr = np.rint(np.clip(np.asarray(arr, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
     return np.ascontiguousarray(arr)
 
@@ -250,7 +263,7 @@ def _check_batch_memory(native: Any, cfg: dict) -> None:
     if limit is None:
         return
     n = min(cfg["batch_size"], native.samples_per_rank)
-    pixels = n * native.channels * native.image_size ** 2
+    pixels = n * native.channels * native.image_size**2
     need = pixels * (1 if cfg["output"] == "uint8" else 4) + (4 * pixels if cfg["noisy"] else 0)
     need += cfg["num_masks"] * n * (8 * native.len_keep + 12 * native.num_patches)
     if need > limit:
@@ -270,8 +283,10 @@ def _check_npy_file(path: Path) -> None:
 
     _, dtype = _npy_header(path)
     if dtype != np.uint8:
-        raise ValueError(f"{path}: only uint8 .npy images are supported, got dtype {dtype}; convert with "
-                         "(x * 255).round().astype(np.uint8)")
+        raise ValueError(
+            f"{path}: only uint8 .npy images are supported, got dtype {dtype}; convert with "
+            "(x * 255).round().astype(np.uint8)"
+        )
 
 
 class _EpochIterator(Iterator[LoaderBatch]):
@@ -367,7 +382,9 @@ class Loader:
         return self
 
     @classmethod
-    def from_npy(cls, images_path: PathLike, labels_path: PathLike | None = None, **kw: Any) -> Loader:
+    def from_npy(
+        cls, images_path: PathLike, labels_path: PathLike | None = None, **kw: Any
+    ) -> Loader:
         """Memory-map a uint8 (N, H, W[, C]) ``.npy`` file in Rust (not read up front).
 
         Raises:
@@ -463,7 +480,9 @@ class Loader:
         epoch = _check_int("epoch", epoch, 0)
         start_batch = _check_int("start_batch", start_batch, 0)
         if start_batch > len(self):
-            raise ValueError(f"start_batch={start_batch} is past the end of the epoch ({len(self)} batches)")
+            raise ValueError(
+                f"start_batch={start_batch} is past the end of the epoch ({len(self)} batches)"
+            )
         self.close()
         self._epoch, self._start_batch = epoch, start_batch
 
@@ -494,13 +513,16 @@ class Loader:
 
     def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
         """This rank's dataset indices for ``epoch`` (default: the current one), in order."""
-        return self._native.rank_indices(self._epoch if epoch is None else _check_int("epoch", epoch, 0))
+        return self._native.rank_indices(
+            self._epoch if epoch is None else _check_int("epoch", epoch, 0)
+        )
 
     def debug_params(self, index: int, epoch: int | None = None) -> dict:
         """Augmentation parameters of dataset ``index``: ``top``, ``left`` (crop corner in the
         padded image, or the rrc box corner in the source), ``height``, ``width``, ``flip``."""
         return self._native.debug_params(
-            _check_int("index", index, 0), self._epoch if epoch is None else _check_int("epoch", epoch, 0)
+            _check_int("index", index, 0),
+            self._epoch if epoch is None else _check_int("epoch", epoch, 0),
         )
 
     # --- batches --------------------------------------------------------------------------

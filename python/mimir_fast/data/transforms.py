@@ -83,9 +83,7 @@ class RandomCropWithPadding:
         padded = F.pad(img, (p, p, p, p)) if p else img  # (C, H + 2p, W + 2p)
         _, hp, wp = padded.shape
         if self.size > hp or self.size > wp:
-            raise ValueError(
-                f"crop size {self.size} is larger than the padded image {hp}x{wp}"
-            )
+            raise ValueError(f"crop size {self.size} is larger than the padded image {hp}x{wp}")
         top = _randint(0, hp - self.size, generator)
         left = _randint(0, wp - self.size, generator)
         return padded[:, top : top + self.size, left : left + self.size].contiguous()
@@ -191,7 +189,10 @@ def default_train_transform(image_size: int, kind: str = "cifar") -> Compose:
     """
     if kind == "cifar":
         return Compose(
-            [RandomCropWithPadding(image_size, padding=max(1, image_size // 8)), RandomHorizontalFlip()]
+            [
+                RandomCropWithPadding(image_size, padding=max(1, image_size // 8)),
+                RandomHorizontalFlip(),
+            ]
         )
     if kind == "imagenet":
         return Compose([RandomResizedCrop(image_size), RandomHorizontalFlip()])

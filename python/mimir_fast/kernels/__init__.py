@@ -10,7 +10,12 @@ import os
 KERNEL_CHOICES = ("auto", "torch", "triton")
 
 # MaskedViT's ops that have a Triton implementation in this package (kernels/<op>.py).
-MASKED_VIT_TRITON_OPS: tuple[str, ...] = ("masked_patch_embed", "decoder_scatter", "attention", "norm_pix_loss")
+MASKED_VIT_TRITON_OPS: tuple[str, ...] = (
+    "masked_patch_embed",
+    "decoder_scatter",
+    "attention",
+    "norm_pix_loss",
+)
 
 
 def triton_available() -> bool:
@@ -44,13 +49,17 @@ def resolve_kernels(choice: str, triton_ops: tuple[str, ...], device: "str | Non
         raise ValueError(f"MIMIR_FAST_KERNELS must be one of {KERNEL_CHOICES}, got {choice!r}")
     if choice == "torch" or not triton_ops:
         if choice == "triton":
-            raise ValueError("kernels='triton' is not available: this module has no Triton kernels in this "
-                             "version of mimir-fast; use kernels='auto' or 'torch'")
+            raise ValueError(
+                "kernels='triton' is not available: this module has no Triton kernels in this "
+                "version of mimir-fast; use kernels='auto' or 'torch'"
+            )
         return "torch"
     if choice == "triton":
         if not triton_available():
-            raise ValueError("kernels='triton' is not available: Triton needs a CUDA GPU or TRITON_INTERPRET=1; "
-                             "use kernels='auto' or 'torch'")
+            raise ValueError(
+                "kernels='triton' is not available: Triton needs a CUDA GPU or TRITON_INTERPRET=1; "
+                "use kernels='auto' or 'torch'"
+            )
         return "triton"
     import torch
 

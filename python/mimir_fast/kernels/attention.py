@@ -34,9 +34,19 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attention_fwd_kernel(qkv_ptr, out_ptr, lse_ptr, T, H, HEAD_DIM, qk_scale,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                          IEEE: tl.constexpr):
+def _attention_fwd_kernel(
+    qkv_ptr,
+    out_ptr,
+    lse_ptr,
+    T,
+    H,
+    HEAD_DIM,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """Attention output for one block of queries of one (sample, head). Grid: (cdiv(T, BLOCK_M), N * H).
 
     Pointers:
@@ -62,7 +72,11 @@ def _attention_fwd_kernel(qkv_ptr, out_ptr, lse_ptr, T, H, HEAD_DIM, qk_scale,
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
-    q = tl.load(base + rows[:, None] * stride_t + d[None, :], mask=(rows[:, None] < T) & d_ok[None, :], other=0.0)
+    q = tl.load(
+        base + rows[:, None] * stride_t + d[None, :],
+        mask=(rows[:, None] < T) & d_ok[None, :],
+        other=0.0,
+    )
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -88,16 +102,32 @@ def _attention_fwd_kernel(qkv_ptr, out_ptr, lse_ptr, T, H, HEAD_DIM, qk_scale,
     acc = acc / l_i[:, None]
     row_ok = rows < T
     out_base = out_ptr + n.to(tl.int64) * T * H * HEAD_DIM + h * HEAD_DIM
-    tl.store(out_base + rows[:, None] * (H * HEAD_DIM) + d[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(
+        out_base + rows[:, None] * (H * HEAD_DIM) + d[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )
     tl.store(lse_ptr + pid_bh.to(tl.int64) * T + rows, m_i + tl.log2(l_i), mask=row_ok)
 
 
 @triton.jit
-def _attention_bwd_dq_kernel(qkv_ptr, out_ptr, dout_ptr, lse_ptr, delta_ptr, dqkv_ptr, T, H, HEAD_DIM,
-                             qk_scale, sm_scale,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                             IEEE: tl.constexpr):
+def _attention_bwd_dq_kernel(
+    qkv_ptr,
+    out_ptr,
+    dout_ptr,
+    lse_ptr,
+    delta_ptr,
+    dqkv_ptr,
+    T,
+    H,
+    HEAD_DIM,
+    qk_scale,
+    sm_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """dQ for one block of queries of one (sample, head), and ``delta``. Grid: (cdiv(T, BLOCK_M), N * H).
 
     Pointers:
@@ -126,8 +156,12 @@ def _attention_bwd_dq_kernel(qkv_ptr, out_ptr, dout_ptr, lse_ptr, delta_ptr, dqk
     row_ok = rows < T
     rmask = row_ok[:, None] & d_ok[None, :]
     q = tl.load(base + rows[:, None] * stride_t + d[None, :], mask=rmask, other=0.0)
-    o = tl.load(out_ptr + off_o + rows[:, None] * (H * HEAD_DIM) + d[None, :], mask=rmask, other=0.0)
-    do = tl.load(dout_ptr + off_o + rows[:, None] * (H * HEAD_DIM) + d[None, :], mask=rmask, other=0.0)
+    o = tl.load(
+        out_ptr + off_o + rows[:, None] * (H * HEAD_DIM) + d[None, :], mask=rmask, other=0.0
+    )
+    do = tl.load(
+        dout_ptr + off_o + rows[:, None] * (H * HEAD_DIM) + d[None, :], mask=rmask, other=0.0
+    )
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     tl.store(delta_ptr + pid_bh.to(tl.int64) * T + rows, delta, mask=row_ok)
     lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * T + rows, mask=row_ok, other=0.0)
@@ -150,15 +184,30 @@ def _attention_bwd_dq_kernel(qkv_ptr, out_ptr, dout_ptr, lse_ptr, delta_ptr, dqk
         else:
             dq += tl.dot(ds.to(k.dtype), k)
     dq = dq * sm_scale
-    tl.store(dqkv_ptr + off_qkv + rows[:, None] * stride_t + d[None, :], dq.to(dqkv_ptr.dtype.element_ty),
-             mask=rmask)
+    tl.store(
+        dqkv_ptr + off_qkv + rows[:, None] * stride_t + d[None, :],
+        dq.to(dqkv_ptr.dtype.element_ty),
+        mask=rmask,
+    )
 
 
 @triton.jit
-def _attention_bwd_dkdv_kernel(qkv_ptr, dout_ptr, lse_ptr, delta_ptr, dqkv_ptr, T, H, HEAD_DIM,
-                               qk_scale, sm_scale,
-                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                               IEEE: tl.constexpr):
+def _attention_bwd_dkdv_kernel(
+    qkv_ptr,
+    dout_ptr,
+    lse_ptr,
+    delta_ptr,
+    dqkv_ptr,
+    T,
+    H,
+    HEAD_DIM,
+    qk_scale,
+    sm_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """dK and dV for one block of keys of one (sample, head). Grid: (cdiv(T, BLOCK_N), N * H).
 
     Pointers:
@@ -182,7 +231,9 @@ def _attention_bwd_dkdv_kernel(qkv_ptr, dout_ptr, lse_ptr, delta_ptr, dqkv_ptr, 
     d_ok = d < HEAD_DIM
     cmask = (cols[:, None] < T) & d_ok[None, :]
     k = tl.load(base + H * HEAD_DIM + cols[:, None] * stride_t + d[None, :], mask=cmask, other=0.0)
-    v = tl.load(base + 2 * H * HEAD_DIM + cols[:, None] * stride_t + d[None, :], mask=cmask, other=0.0)
+    v = tl.load(
+        base + 2 * H * HEAD_DIM + cols[:, None] * stride_t + d[None, :], mask=cmask, other=0.0
+    )
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for start in range(0, T, BLOCK_M):
@@ -190,7 +241,9 @@ def _attention_bwd_dkdv_kernel(qkv_ptr, dout_ptr, lse_ptr, delta_ptr, dqkv_ptr, 
         row_ok = rows < T
         rmask = row_ok[:, None] & d_ok[None, :]
         q = tl.load(base + rows[:, None] * stride_t + d[None, :], mask=rmask, other=0.0)
-        do = tl.load(dout_ptr + off_o + rows[:, None] * (H * HEAD_DIM) + d[None, :], mask=rmask, other=0.0)
+        do = tl.load(
+            dout_ptr + off_o + rows[:, None] * (H * HEAD_DIM) + d[None, :], mask=rmask, other=0.0
+        )
         lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * T + rows, mask=row_ok, other=0.0)
         delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * T + rows, mask=row_ok, other=0.0)
         if IEEE:
@@ -236,14 +289,26 @@ def attention_forward(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty((n, t, h * dh), dtype=qkv.dtype, device=qkv.device)
     lse = torch.empty((n, h, t), dtype=torch.float32, device=qkv.device)
     bm, bn, bd = _blocks(t, dh)
-    sm_scale = dh ** -0.5
+    sm_scale = dh**-0.5
     _attention_fwd_kernel[(triton.cdiv(t, bm), n * h)](
-        qkv, out, lse, t, h, dh, sm_scale * _LOG2E,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, IEEE=qkv.dtype == torch.float32)
+        qkv,
+        out,
+        lse,
+        t,
+        h,
+        dh,
+        sm_scale * _LOG2E,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_D=bd,
+        IEEE=qkv.dtype == torch.float32,
+    )
     return out, lse
 
 
-def attention_backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+def attention_backward(
+    dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
+) -> torch.Tensor:
     """Launch the backward: the gradient of ``qkv``, (N, T, 3, H, Dh) in qkv's dtype."""
     qkv = qkv.contiguous()
     n, t, _, h, dh = qkv.shape
@@ -251,15 +316,42 @@ def attention_backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor,
     dqkv = torch.empty_like(qkv)
     delta = torch.empty((n, h, t), dtype=torch.float32, device=qkv.device)
     bm, bn, bd = _blocks(t, dh)
-    sm_scale = dh ** -0.5
+    sm_scale = dh**-0.5
     ieee = qkv.dtype == torch.float32
     _attention_bwd_dq_kernel[(triton.cdiv(t, bm), n * h)](
-        qkv, out.contiguous(), dout, lse, delta, dqkv, t, h, dh, sm_scale * _LOG2E, sm_scale,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, IEEE=ieee)
+        qkv,
+        out.contiguous(),
+        dout,
+        lse,
+        delta,
+        dqkv,
+        t,
+        h,
+        dh,
+        sm_scale * _LOG2E,
+        sm_scale,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_D=bd,
+        IEEE=ieee,
+    )
     # The dK/dV kernel steps over queries in BLOCK_M and owns BLOCK_N keys: swap the roles.
     _attention_bwd_dkdv_kernel[(triton.cdiv(t, bm), n * h)](
-        qkv, dout, lse, delta, dqkv, t, h, dh, sm_scale * _LOG2E, sm_scale,
-        BLOCK_M=bn, BLOCK_N=bm, BLOCK_D=bd, IEEE=ieee)
+        qkv,
+        dout,
+        lse,
+        delta,
+        dqkv,
+        t,
+        h,
+        dh,
+        sm_scale * _LOG2E,
+        sm_scale,
+        BLOCK_M=bn,
+        BLOCK_N=bm,
+        BLOCK_D=bd,
+        IEEE=ieee,
+    )
     return dqkv
 
 

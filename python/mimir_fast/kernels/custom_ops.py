@@ -55,14 +55,17 @@ def _(dout, qkv, out, lse):
     return torch.empty_like(qkv, memory_format=torch.contiguous_format)
 
 
-attention.register_autograd(AttentionFunction.backward, setup_context=AttentionFunction.setup_context)
+attention.register_autograd(
+    AttentionFunction.backward, setup_context=AttentionFunction.setup_context
+)
 
 # ------------------------------------------------------------------------- masked patch embed
 
 
 @torch.library.custom_op("mimir_fast::masked_patch_embed", mutates_args=())
-def masked_patch_embed(x: Tensor, ids_keep: Tensor, weight: Tensor, bias: Tensor | None,
-                       pos: Tensor) -> tuple[Tensor, Tensor]:
+def masked_patch_embed(
+    x: Tensor, ids_keep: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor
+) -> tuple[Tensor, Tensor]:
     """(tokens (N, K, D), gathered patches (N, K, C*p*p)); see the kernel module."""
     return masked_patch_embed_forward(x, ids_keep, weight, bias, pos)
 
@@ -78,26 +81,50 @@ def _(x, ids_keep, weight, bias, pos):
 
 
 @torch.library.custom_op("mimir_fast::masked_patch_embed_backward", mutates_args=())
-def masked_patch_embed_backward_op(dout: Tensor, x: Tensor, ids_keep: Tensor, weight: Tensor, patches: Tensor,
-                                   need_x: bool, need_weight: bool, need_bias: bool, need_pos: bool,
-                                   num_patches: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def masked_patch_embed_backward_op(
+    dout: Tensor,
+    x: Tensor,
+    ids_keep: Tensor,
+    weight: Tensor,
+    patches: Tensor,
+    need_x: bool,
+    need_weight: bool,
+    need_bias: bool,
+    need_pos: bool,
+    num_patches: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(d_x, d_weight, d_bias fp32, d_pos fp32); an unneeded one is an empty tensor."""
-    return tuple(masked_patch_embed_backward(dout, x, ids_keep, weight, patches, need_x, need_weight,
-                                             need_bias, need_pos, num_patches))
+    return tuple(
+        masked_patch_embed_backward(
+            dout,
+            x,
+            ids_keep,
+            weight,
+            patches,
+            need_x,
+            need_weight,
+            need_bias,
+            need_pos,
+            num_patches,
+        )
+    )
 
 
 @masked_patch_embed_backward_op.register_fake
 def _(dout, x, ids_keep, weight, patches, need_x, need_weight, need_bias, need_pos, num_patches):
     d = weight.shape[0]
     e = dout.new_empty(0)
-    return (x.new_empty(x.shape) if need_x else e,
-            weight.new_empty(weight.shape) if need_weight else e,
-            dout.new_empty((d,), dtype=torch.float32) if need_bias else e,
-            dout.new_empty((num_patches, d), dtype=torch.float32) if need_pos else e)
+    return (
+        x.new_empty(x.shape) if need_x else e,
+        weight.new_empty(weight.shape) if need_weight else e,
+        dout.new_empty((d,), dtype=torch.float32) if need_bias else e,
+        dout.new_empty((num_patches, d), dtype=torch.float32) if need_pos else e,
+    )
 
 
-masked_patch_embed.register_autograd(MaskedPatchEmbedFunction.backward,
-                                     setup_context=MaskedPatchEmbedFunction.setup_context)
+masked_patch_embed.register_autograd(
+    MaskedPatchEmbedFunction.backward, setup_context=MaskedPatchEmbedFunction.setup_context
+)
 
 # ---------------------------------------------------------------------------- decoder scatter
 
@@ -116,8 +143,9 @@ def _(x, ids_restore, mask_token, pos):
 
 
 @torch.library.custom_op("mimir_fast::decoder_scatter_backward", mutates_args=())
-def decoder_scatter_backward_op(dout: Tensor, ids_restore: Tensor, num_kept: int, x_dtype: torch.dtype,
-                                need_pos: bool) -> tuple[Tensor, Tensor, Tensor]:
+def decoder_scatter_backward_op(
+    dout: Tensor, ids_restore: Tensor, num_kept: int, x_dtype: torch.dtype, need_pos: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """(d_x (N, 1 + K, D), d_mask_token (D,) fp32, d_pos (1 + L, D) fp32 or empty)."""
     return tuple(decoder_scatter_backward(dout, ids_restore, num_kept, x_dtype, need_pos))
 
@@ -125,17 +153,24 @@ def decoder_scatter_backward_op(dout: Tensor, ids_restore: Tensor, num_kept: int
 @decoder_scatter_backward_op.register_fake
 def _(dout, ids_restore, num_kept, x_dtype, need_pos):
     n, t, d = dout.shape
-    return (dout.new_empty((n, num_kept + 1, d), dtype=x_dtype), dout.new_empty((d,), dtype=torch.float32),
-            dout.new_empty((t, d) if need_pos else (0,), dtype=torch.float32))
+    return (
+        dout.new_empty((n, num_kept + 1, d), dtype=x_dtype),
+        dout.new_empty((d,), dtype=torch.float32),
+        dout.new_empty((t, d) if need_pos else (0,), dtype=torch.float32),
+    )
 
 
-decoder_scatter.register_autograd(DecoderScatterFunction.backward, setup_context=DecoderScatterFunction.setup_context)
+decoder_scatter.register_autograd(
+    DecoderScatterFunction.backward, setup_context=DecoderScatterFunction.setup_context
+)
 
 # ------------------------------------------------------------------------------ norm-pix loss
 
 
 @torch.library.custom_op("mimir_fast::norm_pix_loss", mutates_args=())
-def norm_pix_loss(image: Tensor, pred: Tensor, mask: Tensor | None, patch_size: int, norm_pix: bool) -> Tensor:
+def norm_pix_loss(
+    image: Tensor, pred: Tensor, mask: Tensor | None, patch_size: int, norm_pix: bool
+) -> Tensor:
     """Scalar fp32 loss; see the kernel module."""
     return norm_pix_loss_forward(image, pred, mask, patch_size, norm_pix)
 
@@ -146,18 +181,26 @@ def _(image, pred, mask, patch_size, norm_pix):
 
 
 @torch.library.custom_op("mimir_fast::norm_pix_loss_backward", mutates_args=())
-def norm_pix_loss_backward_op(grad: Tensor, image: Tensor, pred: Tensor, mask: Tensor | None, patch_size: int,
-                              norm_pix: bool, need_image: bool) -> tuple[Tensor, Tensor]:
+def norm_pix_loss_backward_op(
+    grad: Tensor,
+    image: Tensor,
+    pred: Tensor,
+    mask: Tensor | None,
+    patch_size: int,
+    norm_pix: bool,
+    need_image: bool,
+) -> tuple[Tensor, Tensor]:
     """(d_pred (N, L, P), d_image (N, C, H, W) or empty)."""
     return tuple(norm_pix_loss_backward(grad, image, pred, mask, patch_size, norm_pix, need_image))
 
 
 @norm_pix_loss_backward_op.register_fake
 def _(grad, image, pred, mask, patch_size, norm_pix, need_image):
-    return (pred.new_empty(pred.shape),
-            image.new_empty(image.shape if need_image else (0,)))
+    return (pred.new_empty(pred.shape), image.new_empty(image.shape if need_image else (0,)))
 
 
-norm_pix_loss.register_autograd(NormPixLossFunction.backward, setup_context=NormPixLossFunction.setup_context)
+norm_pix_loss.register_autograd(
+    NormPixLossFunction.backward, setup_context=NormPixLossFunction.setup_context
+)
 
 __all__ = ["attention", "decoder_scatter", "masked_patch_embed", "norm_pix_loss"]

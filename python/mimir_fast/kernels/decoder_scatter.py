@@ -26,8 +26,18 @@ import triton.language as tl
 
 
 @triton.jit
-def _decoder_scatter_fwd_kernel(x_ptr, ids_ptr, tok_ptr, pos_ptr, out_ptr, K1, L, D,
-                                BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _decoder_scatter_fwd_kernel(
+    x_ptr,
+    ids_ptr,
+    tok_ptr,
+    pos_ptr,
+    out_ptr,
+    K1,
+    L,
+    D,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """BLOCK_T output tokens of one sample. Grid: (N, cdiv(1 + L, BLOCK_T)).
 
     Pointers:
@@ -45,19 +55,26 @@ def _decoder_scatter_fwd_kernel(x_ptr, ids_ptr, tok_ptr, pos_ptr, out_ptr, K1, L
     from_x = src < K1
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
-    vals = tl.load(x_ptr + n.to(tl.int64) * K1 * D + src[:, None] * D + d[None, :],
-                   mask=(t_ok & from_x)[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    vals = tl.load(
+        x_ptr + n.to(tl.int64) * K1 * D + src[:, None] * D + d[None, :],
+        mask=(t_ok & from_x)[:, None] & d_ok[None, :],
+        other=0.0,
+    ).to(tl.float32)
     tok = tl.load(tok_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
     vals = tl.where(from_x[:, None], vals, tok[None, :])
     ok = t_ok[:, None] & d_ok[None, :]
     vals += tl.load(pos_ptr + t[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + n.to(tl.int64) * (L + 1) * D + t[:, None] * D + d[None, :],
-             vals.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(
+        out_ptr + n.to(tl.int64) * (L + 1) * D + t[:, None] * D + d[None, :],
+        vals.to(out_ptr.dtype.element_ty),
+        mask=ok,
+    )
 
 
 @triton.jit
-def _decoder_scatter_bwd_kernel(dout_ptr, ids_ptr, dx_ptr, dtok_part_ptr, K1, L, D,
-                                BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _decoder_scatter_bwd_kernel(
+    dout_ptr, ids_ptr, dx_ptr, dtok_part_ptr, K1, L, D, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr
+):
     """Gradients for BLOCK_T output tokens of one sample. Grid: (N, cdiv(1 + L, BLOCK_T)).
 
     Pointers:
@@ -76,20 +93,28 @@ def _decoder_scatter_bwd_kernel(dout_ptr, ids_ptr, dx_ptr, dtok_part_ptr, K1, L,
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     ok = t_ok[:, None] & d_ok[None, :]
-    g = tl.load(dout_ptr + n.to(tl.int64) * (L + 1) * D + t[:, None] * D + d[None, :], mask=ok, other=0.0)
-    tl.store(dx_ptr + n.to(tl.int64) * K1 * D + src[:, None] * D + d[None, :], g.to(dx_ptr.dtype.element_ty),
-             mask=ok & from_x[:, None])
+    g = tl.load(
+        dout_ptr + n.to(tl.int64) * (L + 1) * D + t[:, None] * D + d[None, :], mask=ok, other=0.0
+    )
+    tl.store(
+        dx_ptr + n.to(tl.int64) * K1 * D + src[:, None] * D + d[None, :],
+        g.to(dx_ptr.dtype.element_ty),
+        mask=ok & from_x[:, None],
+    )
     masked = tl.where((t_ok & ~from_x)[:, None], g.to(tl.float32), 0.0)
     nblk = tl.num_programs(1)
-    tl.store(dtok_part_ptr + (n.to(tl.int64) * nblk + blk) * D + d, tl.sum(masked, axis=0), mask=d_ok)
+    tl.store(
+        dtok_part_ptr + (n.to(tl.int64) * nblk + blk) * D + d, tl.sum(masked, axis=0), mask=d_ok
+    )
 
 
 def _tokens_per_program(width: int, budget: int = 4096) -> int:
     return max(1, min(64, budget // triton.next_power_of_2(width)))
 
 
-def decoder_scatter_forward(x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor,
-                            pos: torch.Tensor) -> torch.Tensor:
+def decoder_scatter_forward(
+    x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
     """Launch the forward.
 
     Args:
@@ -99,24 +124,42 @@ def decoder_scatter_forward(x: torch.Tensor, ids_restore: torch.Tensor, mask_tok
         (N, 1 + L, D) in the promoted dtype of the three inputs (as ``cat`` + ``add`` would give).
     """
     if x.ndim != 3 or ids_restore.ndim != 2 or ids_restore.shape[0] != x.shape[0]:
-        raise ValueError(f"decoder_scatter: x {tuple(x.shape)} / ids_restore {tuple(ids_restore.shape)} "
-                         "must be (N, 1 + K, D) / (N, L)")
+        raise ValueError(
+            f"decoder_scatter: x {tuple(x.shape)} / ids_restore {tuple(ids_restore.shape)} "
+            "must be (N, 1 + K, D) / (N, L)"
+        )
     n, k1, d = x.shape
     length = ids_restore.shape[1]
     if pos.shape[-2:] != (length + 1, d) or mask_token.numel() != d:
-        raise ValueError(f"decoder_scatter: pos {tuple(pos.shape)} must be (1 + L, D) = ({length + 1}, {d}) "
-                         f"and mask_token must hold D = {d} values")
+        raise ValueError(
+            f"decoder_scatter: pos {tuple(pos.shape)} must be (1 + L, D) = ({length + 1}, {d}) "
+            f"and mask_token must hold D = {d} values"
+        )
     dtype = torch.promote_types(torch.promote_types(x.dtype, mask_token.dtype), pos.dtype)
     out = torch.empty((n, length + 1, d), dtype=dtype, device=x.device)
     bt = _tokens_per_program(d)
     _decoder_scatter_fwd_kernel[(n, triton.cdiv(length + 1, bt))](
-        x.contiguous(), ids_restore.contiguous(), mask_token.reshape(d).contiguous(),
-        pos.reshape(length + 1, d).contiguous(), out, k1, length, d, BLOCK_T=bt, BLOCK_D=triton.next_power_of_2(d))
+        x.contiguous(),
+        ids_restore.contiguous(),
+        mask_token.reshape(d).contiguous(),
+        pos.reshape(length + 1, d).contiguous(),
+        out,
+        k1,
+        length,
+        d,
+        BLOCK_T=bt,
+        BLOCK_D=triton.next_power_of_2(d),
+    )
     return out
 
 
-def decoder_scatter_backward(dout: torch.Tensor, ids_restore: torch.Tensor, num_kept: int,
-                             x_dtype: torch.dtype, need_pos: bool) -> list[torch.Tensor]:
+def decoder_scatter_backward(
+    dout: torch.Tensor,
+    ids_restore: torch.Tensor,
+    num_kept: int,
+    x_dtype: torch.dtype,
+    need_pos: bool,
+) -> list[torch.Tensor]:
     """Launch the backward: ``[d_x (N, 1 + K, D) in x_dtype, d_mask_token (D,) fp32, d_pos (1 + L, D) fp32]``
     (d_pos empty unless ``need_pos``)."""
     n, t, d = dout.shape
@@ -126,8 +169,17 @@ def decoder_scatter_backward(dout: torch.Tensor, ids_restore: torch.Tensor, num_
     nblk = triton.cdiv(length + 1, bt)
     d_x = torch.empty((n, num_kept + 1, d), dtype=x_dtype, device=dout.device)
     part = torch.empty((n, nblk, d), dtype=torch.float32, device=dout.device)
-    _decoder_scatter_bwd_kernel[(n, nblk)](dout, ids_restore.contiguous(), d_x, part, num_kept + 1, length, d,
-                                           BLOCK_T=bt, BLOCK_D=triton.next_power_of_2(d))
+    _decoder_scatter_bwd_kernel[(n, nblk)](
+        dout,
+        ids_restore.contiguous(),
+        d_x,
+        part,
+        num_kept + 1,
+        length,
+        d,
+        BLOCK_T=bt,
+        BLOCK_D=triton.next_power_of_2(d),
+    )
     d_tok = part.sum((0, 1))
     d_pos = dout.float().sum(0) if need_pos else dout.new_empty(0, dtype=torch.float32)
     return [d_x, d_tok, d_pos]
@@ -157,13 +209,19 @@ class DecoderScatterFunction(torch.autograd.Function):
         x_dtype, tok_dtype, tok_shape, pos_dtype, pos_shape = ctx.meta
         need_x, _, need_tok, need_pos = ctx.needs_input_grad
         d_x, d_tok, d_pos = torch.ops.mimir_fast.decoder_scatter_backward(
-            dout, ids_restore, ctx.num_kept, x_dtype, need_pos)
-        return (d_x if need_x else None, None, d_tok.to(tok_dtype).reshape(tok_shape) if need_tok else None,
-                d_pos.to(pos_dtype).reshape(pos_shape) if need_pos else None)
+            dout, ids_restore, ctx.num_kept, x_dtype, need_pos
+        )
+        return (
+            d_x if need_x else None,
+            None,
+            d_tok.to(tok_dtype).reshape(tok_shape) if need_tok else None,
+            d_pos.to(pos_dtype).reshape(pos_shape) if need_pos else None,
+        )
 
 
-def decoder_scatter_triton(x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor,
-                           pos: torch.Tensor) -> torch.Tensor:
+def decoder_scatter_triton(
+    x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
     """The decoder's input tokens, on the custom op.
 
     Args:

@@ -19,8 +19,18 @@ import triton.language as tl
 
 
 @triton.jit
-def _gaussian_gram_fwd_kernel(a_ptr, scale_ptr, k_ptr, m, d, stride_ab, stride_am,
-                              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+def _gaussian_gram_fwd_kernel(
+    a_ptr,
+    scale_ptr,
+    k_ptr,
+    m,
+    d,
+    stride_ab,
+    stride_am,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """One (BLOCK_M, BLOCK_M) tile of K. Grid: (B, cdiv(m, BLOCK_M), cdiv(m, BLOCK_M)).
 
     Pointers:
@@ -41,10 +51,16 @@ def _gaussian_gram_fwd_kernel(a_ptr, scale_ptr, k_ptr, m, d, stride_ab, stride_a
     sq_cols = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for start in range(0, d, BLOCK_D):
         feats = start + tl.arange(0, BLOCK_D)
-        x = tl.load(base + rows[:, None] * stride_am + feats[None, :],
-                    mask=(rows[:, None] < m) & (feats[None, :] < d), other=0.0)
-        y = tl.load(base + cols[:, None] * stride_am + feats[None, :],
-                    mask=(cols[:, None] < m) & (feats[None, :] < d), other=0.0)
+        x = tl.load(
+            base + rows[:, None] * stride_am + feats[None, :],
+            mask=(rows[:, None] < m) & (feats[None, :] < d),
+            other=0.0,
+        )
+        y = tl.load(
+            base + cols[:, None] * stride_am + feats[None, :],
+            mask=(cols[:, None] < m) & (feats[None, :] < d),
+            other=0.0,
+        )
         if IEEE:
             dot += tl.dot(x.to(tl.float32), tl.trans(y.to(tl.float32)), input_precision="ieee")
         else:
@@ -70,8 +86,18 @@ def gaussian_gram_forward(a: torch.Tensor, scale: torch.Tensor, ieee: bool = Tru
     block_m = 32 if m > 16 else 16
     block_d = 64
     grid = (bsz, triton.cdiv(m, block_m), triton.cdiv(m, block_m))
-    _gaussian_gram_fwd_kernel[grid](a, scale.contiguous().float(), k, m, d, a.stride(0), a.stride(1),
-                                    BLOCK_M=block_m, BLOCK_D=block_d, IEEE=ieee)
+    _gaussian_gram_fwd_kernel[grid](
+        a,
+        scale.contiguous().float(),
+        k,
+        m,
+        d,
+        a.stride(0),
+        a.stride(1),
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        IEEE=ieee,
+    )
     return k
 
 
@@ -95,8 +121,9 @@ class GaussianGram(torch.autograd.Function):
         return grad_a.to(a.dtype), None, None
 
 
-def gaussian_gram_triton(a: torch.Tensor, sigma: float | torch.Tensor = 5.0, scale_by_dim: bool = True,
-                         ieee: bool = True) -> torch.Tensor:
+def gaussian_gram_triton(
+    a: torch.Tensor, sigma: float | torch.Tensor = 5.0, scale_by_dim: bool = True, ieee: bool = True
+) -> torch.Tensor:
     """Same contract as :func:`mimir_fast.ops.hsic.gaussian_gram` (no centring), on the kernel.
 
     Args:

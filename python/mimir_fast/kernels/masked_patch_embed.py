@@ -32,8 +32,20 @@ import triton.language as tl
 
 
 @triton.jit
-def _masked_patch_embed_fwd_kernel(img_ptr, ids_ptr, patches_ptr, C, H, W, GW, K, P,
-                                   PATCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr):
+def _masked_patch_embed_fwd_kernel(
+    img_ptr,
+    ids_ptr,
+    patches_ptr,
+    C,
+    H,
+    W,
+    GW,
+    K,
+    P,
+    PATCH: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     """Gather the pixels of BLOCK_K kept patches of one sample. Grid: (N, cdiv(K, BLOCK_K)).
 
     Pointers:
@@ -55,8 +67,13 @@ def _masked_patch_embed_fwd_kernel(img_ptr, ids_ptr, patches_ptr, C, H, W, GW, K
     ch = e // (PATCH * PATCH)
     r = (e // PATCH) % PATCH
     c = e % PATCH
-    addr = (n.to(tl.int64) * C * H * W + ch[None, :] * (H * W) + (gy[:, None] * PATCH + r[None, :]) * W
-            + gx[:, None] * PATCH + c[None, :])
+    addr = (
+        n.to(tl.int64) * C * H * W
+        + ch[None, :] * (H * W)
+        + (gy[:, None] * PATCH + r[None, :]) * W
+        + gx[:, None] * PATCH
+        + c[None, :]
+    )
     ok = j_ok[:, None] & e_ok[None, :]
     px = tl.load(img_ptr + addr, mask=ok, other=0.0)
     dst = patches_ptr + n.to(tl.int64) * K * P + j[:, None] * P + e[None, :]
@@ -64,8 +81,18 @@ def _masked_patch_embed_fwd_kernel(img_ptr, ids_ptr, patches_ptr, C, H, W, GW, K
 
 
 @triton.jit
-def _masked_patch_embed_epilogue_kernel(y_ptr, bias_ptr, pos_ptr, ids_ptr, out_ptr, K, D,
-                                        HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+def _masked_patch_embed_epilogue_kernel(
+    y_ptr,
+    bias_ptr,
+    pos_ptr,
+    ids_ptr,
+    out_ptr,
+    K,
+    D,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """``out[n, j] = y[n, j] + bias + pos[ids[n, j]]`` for BLOCK_K tokens. Grid: (N, cdiv(K, BLOCK_K)).
 
     Pointers:
@@ -90,8 +117,21 @@ def _masked_patch_embed_epilogue_kernel(y_ptr, bias_ptr, pos_ptr, ids_ptr, out_p
 
 
 @triton.jit
-def _masked_patch_embed_bwd_kernel(dpatch_ptr, slot_ptr, dimg_ptr, C, H, W, GW, K, L, P,
-                                   PATCH: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr):
+def _masked_patch_embed_bwd_kernel(
+    dpatch_ptr,
+    slot_ptr,
+    dimg_ptr,
+    C,
+    H,
+    W,
+    GW,
+    K,
+    L,
+    P,
+    PATCH: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     """Image gradient for BLOCK_L patches of one sample. Grid: (N, cdiv(L, BLOCK_L)).
 
     Pointers:
@@ -115,28 +155,47 @@ def _masked_patch_embed_bwd_kernel(dpatch_ptr, slot_ptr, dimg_ptr, C, H, W, GW, 
     c = e % PATCH
     src = dpatch_ptr + n.to(tl.int64) * K * P + tl.maximum(slot, 0)[:, None] * P + e[None, :]
     g = tl.load(src, mask=(kept & l_ok)[:, None] & e_ok[None, :], other=0.0)
-    addr = (n.to(tl.int64) * C * H * W + ch[None, :] * (H * W) + (gy[:, None] * PATCH + r[None, :]) * W
-            + gx[:, None] * PATCH + c[None, :])
+    addr = (
+        n.to(tl.int64) * C * H * W
+        + ch[None, :] * (H * W)
+        + (gy[:, None] * PATCH + r[None, :]) * W
+        + gx[:, None] * PATCH
+        + c[None, :]
+    )
     tl.store(dimg_ptr + addr, g.to(dimg_ptr.dtype.element_ty), mask=l_ok[:, None] & e_ok[None, :])
 
 
 def _check(x: torch.Tensor, ids_keep: torch.Tensor, weight: torch.Tensor) -> None:
-    if x.ndim != 4 or weight.ndim != 4 or weight.shape[1] != x.shape[1] or weight.shape[2] != weight.shape[3]:
-        raise ValueError(f"masked_patch_embed: image {tuple(x.shape)} and conv weight {tuple(weight.shape)} "
-                         "do not fit (N, C, H, W) / (D, C, p, p)")
+    if (
+        x.ndim != 4
+        or weight.ndim != 4
+        or weight.shape[1] != x.shape[1]
+        or weight.shape[2] != weight.shape[3]
+    ):
+        raise ValueError(
+            f"masked_patch_embed: image {tuple(x.shape)} and conv weight {tuple(weight.shape)} "
+            "do not fit (N, C, H, W) / (D, C, p, p)"
+        )
     p = weight.shape[2]
     if x.shape[2] % p or x.shape[3] % p:
         raise ValueError(f"image {x.shape[2]}x{x.shape[3]} is not divisible by patch size {p}")
     if ids_keep.dtype != torch.int64 or ids_keep.ndim != 2 or ids_keep.shape[0] != x.shape[0]:
-        raise ValueError(f"ids_keep must be int64 (N, K), got {ids_keep.dtype} {tuple(ids_keep.shape)}")
+        raise ValueError(
+            f"ids_keep must be int64 (N, K), got {ids_keep.dtype} {tuple(ids_keep.shape)}"
+        )
 
 
 def _rows_per_program(width: int, budget: int = 4096) -> int:
     return max(1, min(64, budget // triton.next_power_of_2(width)))
 
 
-def masked_patch_embed_forward(x: torch.Tensor, ids_keep: torch.Tensor, weight: torch.Tensor,
-                               bias: torch.Tensor | None, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_patch_embed_forward(
+    x: torch.Tensor,
+    ids_keep: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pos: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward.
 
     Args:
@@ -156,7 +215,19 @@ def masked_patch_embed_forward(x: torch.Tensor, ids_keep: torch.Tensor, weight: 
     patches = torch.empty((n, k, pdim), dtype=weight.dtype, device=x.device)
     bk = _rows_per_program(pdim)
     _masked_patch_embed_fwd_kernel[(n, triton.cdiv(k, bk))](
-        x, ids_keep, patches, c, h, w, w // p, k, pdim, PATCH=p, BLOCK_K=bk, BLOCK_P=triton.next_power_of_2(pdim))
+        x,
+        ids_keep,
+        patches,
+        c,
+        h,
+        w,
+        w // p,
+        k,
+        pdim,
+        PATCH=p,
+        BLOCK_K=bk,
+        BLOCK_P=triton.next_power_of_2(pdim),
+    )
     with torch.autocast(x.device.type, enabled=False):
         y = torch.matmul(patches.view(n * k, pdim), weight.reshape(d, pdim).t())  # (N*K, D)
     out_dtype = torch.promote_types(weight.dtype, pos.dtype)
@@ -165,14 +236,32 @@ def masked_patch_embed_forward(x: torch.Tensor, ids_keep: torch.Tensor, weight: 
     out = torch.empty((n, k, d), dtype=out_dtype, device=x.device)
     bk = _rows_per_program(d)
     _masked_patch_embed_epilogue_kernel[(n, triton.cdiv(k, bk))](
-        y, y if bias is None else bias.contiguous(), pos.contiguous(), ids_keep, out, k, d,
-        HAS_BIAS=bias is not None, BLOCK_K=bk, BLOCK_D=triton.next_power_of_2(d))
+        y,
+        y if bias is None else bias.contiguous(),
+        pos.contiguous(),
+        ids_keep,
+        out,
+        k,
+        d,
+        HAS_BIAS=bias is not None,
+        BLOCK_K=bk,
+        BLOCK_D=triton.next_power_of_2(d),
+    )
     return out, patches
 
 
-def masked_patch_embed_backward(dout: torch.Tensor, x: torch.Tensor, ids_keep: torch.Tensor, weight: torch.Tensor,
-                                patches: torch.Tensor, need_x: bool, need_weight: bool, need_bias: bool,
-                                need_pos: bool, num_patches: int) -> list[torch.Tensor]:
+def masked_patch_embed_backward(
+    dout: torch.Tensor,
+    x: torch.Tensor,
+    ids_keep: torch.Tensor,
+    weight: torch.Tensor,
+    patches: torch.Tensor,
+    need_x: bool,
+    need_weight: bool,
+    need_bias: bool,
+    need_pos: bool,
+    num_patches: int,
+) -> list[torch.Tensor]:
     """Launch the backward: ``[d_x, d_weight, d_bias, d_pos]``; an unneeded one is an empty tensor."""
     n, c, h, w = x.shape
     d, _, p, _ = weight.shape
@@ -183,16 +272,32 @@ def masked_patch_embed_backward(dout: torch.Tensor, x: torch.Tensor, ids_keep: t
     d_x, d_w, d_b, d_pos = (dout.new_empty(0) for _ in range(4))
     with torch.autocast(x.device.type, enabled=False):
         if need_x:
-            dpatch = torch.matmul(g.to(weight.dtype), weight.reshape(d, pdim)).contiguous()  # (N*K, P)
+            dpatch = torch.matmul(
+                g.to(weight.dtype), weight.reshape(d, pdim)
+            ).contiguous()  # (N*K, P)
             slot = torch.full((n, num_patches), -1, dtype=torch.int64, device=x.device)
             slot.scatter_(1, ids_keep, torch.arange(k, device=x.device).expand(n, k))
             d_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
             bl = _rows_per_program(pdim)
             _masked_patch_embed_bwd_kernel[(n, triton.cdiv(num_patches, bl))](
-                dpatch, slot, d_x, c, h, w, w // p, k, num_patches, pdim,
-                PATCH=p, BLOCK_L=bl, BLOCK_P=triton.next_power_of_2(pdim))
+                dpatch,
+                slot,
+                d_x,
+                c,
+                h,
+                w,
+                w // p,
+                k,
+                num_patches,
+                pdim,
+                PATCH=p,
+                BLOCK_L=bl,
+                BLOCK_P=triton.next_power_of_2(pdim),
+            )
         if need_weight:
-            d_w = torch.matmul(g.t().to(patches.dtype), patches.reshape(n * k, pdim)).reshape(weight.shape)
+            d_w = torch.matmul(g.t().to(patches.dtype), patches.reshape(n * k, pdim)).reshape(
+                weight.shape
+            )
         if need_bias:
             d_b = g.float().sum(0)
         if need_pos:
@@ -227,14 +332,34 @@ class MaskedPatchEmbedFunction(torch.autograd.Function):
         x, ids_keep, weight, patches = ctx.saved_tensors
         nx, _, nw, nb, npos = ctx.needs_input_grad
         d_x, d_w, d_b, d_pos = torch.ops.mimir_fast.masked_patch_embed_backward(
-            dout.contiguous(), x, ids_keep, weight, patches, nx, nw, nb and ctx.has_bias, npos, ctx.num_patches)
+            dout.contiguous(),
+            x,
+            ids_keep,
+            weight,
+            patches,
+            nx,
+            nw,
+            nb and ctx.has_bias,
+            npos,
+            ctx.num_patches,
+        )
         w_dtype, b_dtype, pos_dtype = ctx.dtypes
-        return (d_x if nx else None, None, d_w.to(w_dtype) if nw else None,
-                d_b.to(b_dtype) if nb and ctx.has_bias else None, d_pos.to(pos_dtype) if npos else None)
+        return (
+            d_x if nx else None,
+            None,
+            d_w.to(w_dtype) if nw else None,
+            d_b.to(b_dtype) if nb and ctx.has_bias else None,
+            d_pos.to(pos_dtype) if npos else None,
+        )
 
 
-def masked_patch_embed_triton(x: torch.Tensor, ids_keep: torch.Tensor, weight: torch.Tensor,
-                              bias: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
+def masked_patch_embed_triton(
+    x: torch.Tensor,
+    ids_keep: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pos: torch.Tensor,
+) -> torch.Tensor:
     """Tokens of the kept patches: ``conv(x)[ids_keep] + bias + pos[ids_keep]``, on the custom op.
 
     Args:

@@ -38,14 +38,34 @@ def _patch_addr(n, l, e, C, H, W, GW, PATCH: tl.constexpr):
     r = e // (PATCH * C)
     c = (e // C) % PATCH
     ch = e % C
-    return (n.to(tl.int64) * C * H * W + ch[None, :] * (H * W) + (gy[:, None] * PATCH + r[None, :]) * W
-            + gx[:, None] * PATCH + c[None, :])
+    return (
+        n.to(tl.int64) * C * H * W
+        + ch[None, :] * (H * W)
+        + (gy[:, None] * PATCH + r[None, :]) * W
+        + gx[:, None] * PATCH
+        + c[None, :]
+    )
 
 
 @triton.jit
-def _norm_pix_loss_fwd_kernel(img_ptr, pred_ptr, per_patch_ptr, C, H, W, GW, L, P, stride_pn, stride_pl, eps,
-                              PATCH: tl.constexpr, NORM_PIX: tl.constexpr,
-                              BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr):
+def _norm_pix_loss_fwd_kernel(
+    img_ptr,
+    pred_ptr,
+    per_patch_ptr,
+    C,
+    H,
+    W,
+    GW,
+    L,
+    P,
+    stride_pn,
+    stride_pl,
+    eps,
+    PATCH: tl.constexpr,
+    NORM_PIX: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     """Per-patch MSE of BLOCK_L patches of one sample. Grid: (N, cdiv(L, BLOCK_L)).
 
     Pointers:
@@ -63,9 +83,14 @@ def _norm_pix_loss_fwd_kernel(img_ptr, pred_ptr, per_patch_ptr, C, H, W, GW, L, 
     e = tl.arange(0, BLOCK_P)
     e_ok = e < P
     ok = l_ok[:, None] & e_ok[None, :]
-    t = tl.load(img_ptr + _patch_addr(n, l, e, C, H, W, GW, PATCH), mask=ok, other=0.0).to(tl.float32)
-    pred = tl.load(pred_ptr + n.to(tl.int64) * stride_pn + l[:, None] * stride_pl + e[None, :],
-                   mask=ok, other=0.0).to(tl.float32)
+    t = tl.load(img_ptr + _patch_addr(n, l, e, C, H, W, GW, PATCH), mask=ok, other=0.0).to(
+        tl.float32
+    )
+    pred = tl.load(
+        pred_ptr + n.to(tl.int64) * stride_pn + l[:, None] * stride_pl + e[None, :],
+        mask=ok,
+        other=0.0,
+    ).to(tl.float32)
     if NORM_PIX:
         mean = tl.sum(t, axis=1) / P
         cen = tl.where(ok, t - mean[:, None], 0.0)
@@ -76,10 +101,29 @@ def _norm_pix_loss_fwd_kernel(img_ptr, pred_ptr, per_patch_ptr, C, H, W, GW, L, 
 
 
 @triton.jit
-def _norm_pix_loss_bwd_kernel(img_ptr, pred_ptr, mask_ptr, w_ptr, dpred_ptr, dimg_ptr, C, H, W, GW, L, P,
-                              stride_pn, stride_pl, eps,
-                              PATCH: tl.constexpr, NORM_PIX: tl.constexpr, HAS_MASK: tl.constexpr,
-                              NEED_DIMG: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr):
+def _norm_pix_loss_bwd_kernel(
+    img_ptr,
+    pred_ptr,
+    mask_ptr,
+    w_ptr,
+    dpred_ptr,
+    dimg_ptr,
+    C,
+    H,
+    W,
+    GW,
+    L,
+    P,
+    stride_pn,
+    stride_pl,
+    eps,
+    PATCH: tl.constexpr,
+    NORM_PIX: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    NEED_DIMG: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     """Gradients for BLOCK_L patches of one sample. Grid: (N, cdiv(L, BLOCK_L)).
 
     Pointers:
@@ -97,8 +141,11 @@ def _norm_pix_loss_bwd_kernel(img_ptr, pred_ptr, mask_ptr, w_ptr, dpred_ptr, dim
     ok = l_ok[:, None] & e_ok[None, :]
     addr = _patch_addr(n, l, e, C, H, W, GW, PATCH)
     t = tl.load(img_ptr + addr, mask=ok, other=0.0).to(tl.float32)
-    pred = tl.load(pred_ptr + n.to(tl.int64) * stride_pn + l[:, None] * stride_pl + e[None, :],
-                   mask=ok, other=0.0).to(tl.float32)
+    pred = tl.load(
+        pred_ptr + n.to(tl.int64) * stride_pn + l[:, None] * stride_pl + e[None, :],
+        mask=ok,
+        other=0.0,
+    ).to(tl.float32)
     if NORM_PIX:
         mean = tl.sum(t, axis=1) / P
         cen = tl.where(ok, t - mean[:, None], 0.0)
@@ -112,8 +159,11 @@ def _norm_pix_loss_bwd_kernel(img_ptr, pred_ptr, mask_ptr, w_ptr, dpred_ptr, dim
     else:
         coef = tl.full([BLOCK_L, 1], 2.0 / P, dtype=tl.float32) * w
     dp = tl.where(ok, coef * (pred - t), 0.0)
-    tl.store(dpred_ptr + n.to(tl.int64) * L * P + l[:, None] * P + e[None, :], dp.to(dpred_ptr.dtype.element_ty),
-             mask=ok)
+    tl.store(
+        dpred_ptr + n.to(tl.int64) * L * P + l[:, None] * P + e[None, :],
+        dp.to(dpred_ptr.dtype.element_ty),
+        mask=ok,
+    )
     if NEED_DIMG:
         g = -dp
         if NORM_PIX:
@@ -123,15 +173,19 @@ def _norm_pix_loss_bwd_kernel(img_ptr, pred_ptr, mask_ptr, w_ptr, dpred_ptr, dim
         tl.store(dimg_ptr + addr, g.to(dimg_ptr.dtype.element_ty), mask=ok)
 
 
-def _geometry(image: torch.Tensor, pred: torch.Tensor, patch_size: int) -> tuple[int, int, int, int, int]:
+def _geometry(
+    image: torch.Tensor, pred: torch.Tensor, patch_size: int
+) -> tuple[int, int, int, int, int]:
     n, c, h, w = image.shape
     p = patch_size
     if h % p or w % p:
         raise ValueError(f"image {h}x{w} is not divisible by patch size {p}")
     length, pdim = (h // p) * (w // p), p * p * c
     if pred.shape != (n, length, pdim):
-        raise ValueError(f"pred must be (N, L, p*p*C) = ({n}, {length}, {pdim}) for this image, "
-                         f"got {tuple(pred.shape)}")
+        raise ValueError(
+            f"pred must be (N, L, p*p*C) = ({n}, {length}, {pdim}) for this image, "
+            f"got {tuple(pred.shape)}"
+        )
     return n, c, h, w, length
 
 
@@ -143,8 +197,13 @@ def _pred_strides(pred: torch.Tensor) -> torch.Tensor:
     return pred if pred.stride(-1) == 1 else pred.contiguous()
 
 
-def norm_pix_loss_forward(image: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor | None, patch_size: int,
-                          norm_pix: bool) -> torch.Tensor:
+def norm_pix_loss_forward(
+    image: torch.Tensor,
+    pred: torch.Tensor,
+    mask: torch.Tensor | None,
+    patch_size: int,
+    norm_pix: bool,
+) -> torch.Tensor:
     """Launch the forward: the scalar fp32 loss (masked mean of per-patch MSE; plain mean if mask is None)."""
     n, c, h, w, length = _geometry(image, pred, patch_size)
     image = image.contiguous()
@@ -153,32 +212,75 @@ def norm_pix_loss_forward(image: torch.Tensor, pred: torch.Tensor, mask: torch.T
     per_patch = torch.empty((n, length), dtype=torch.float32, device=image.device)
     bl = _patches_per_program(pdim)
     _norm_pix_loss_fwd_kernel[(n, triton.cdiv(length, bl))](
-        image, pred, per_patch, c, h, w, w // patch_size, length, pdim, pred.stride(0), pred.stride(1), NORM_EPS,
-        PATCH=patch_size, NORM_PIX=norm_pix, BLOCK_L=bl, BLOCK_P=triton.next_power_of_2(pdim))
+        image,
+        pred,
+        per_patch,
+        c,
+        h,
+        w,
+        w // patch_size,
+        length,
+        pdim,
+        pred.stride(0),
+        pred.stride(1),
+        NORM_EPS,
+        PATCH=patch_size,
+        NORM_PIX=norm_pix,
+        BLOCK_L=bl,
+        BLOCK_P=triton.next_power_of_2(pdim),
+    )
     if mask is None:
         return per_patch.mean()
     m = mask.float()
     return (per_patch * m).sum() / m.sum().clamp_min(1.0)
 
 
-def norm_pix_loss_backward(grad: torch.Tensor, image: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor | None,
-                           patch_size: int, norm_pix: bool, need_image: bool) -> list[torch.Tensor]:
+def norm_pix_loss_backward(
+    grad: torch.Tensor,
+    image: torch.Tensor,
+    pred: torch.Tensor,
+    mask: torch.Tensor | None,
+    patch_size: int,
+    norm_pix: bool,
+    need_image: bool,
+) -> list[torch.Tensor]:
     """Launch the backward: ``[d_pred (N, L, P) in pred's dtype, d_image (empty unless need_image)]``."""
     n, c, h, w, length = _geometry(image, pred, patch_size)
     image = image.contiguous()
     pred = _pred_strides(pred)
     pdim = pred.shape[-1]
-    count = mask.float().sum().clamp_min(1.0) if mask is not None else torch.tensor(float(n * length),
-                                                                                  device=image.device)
+    count = (
+        mask.float().sum().clamp_min(1.0)
+        if mask is not None
+        else torch.tensor(float(n * length), device=image.device)
+    )
     wscale = (grad.float() / count).reshape(1).contiguous()
     d_pred = torch.empty((n, length, pdim), dtype=pred.dtype, device=pred.device)
     d_img = torch.empty(image.shape if need_image else (0,), dtype=image.dtype, device=image.device)
     bl = _patches_per_program(pdim)
     _norm_pix_loss_bwd_kernel[(n, triton.cdiv(length, bl))](
-        image, pred, wscale if mask is None else mask.contiguous(), wscale, d_pred, d_img, c, h, w,
-        w // patch_size, length, pdim, pred.stride(0), pred.stride(1), NORM_EPS,
-        PATCH=patch_size, NORM_PIX=norm_pix, HAS_MASK=mask is not None, NEED_DIMG=need_image,
-        BLOCK_L=bl, BLOCK_P=triton.next_power_of_2(pdim))
+        image,
+        pred,
+        wscale if mask is None else mask.contiguous(),
+        wscale,
+        d_pred,
+        d_img,
+        c,
+        h,
+        w,
+        w // patch_size,
+        length,
+        pdim,
+        pred.stride(0),
+        pred.stride(1),
+        NORM_EPS,
+        PATCH=patch_size,
+        NORM_PIX=norm_pix,
+        HAS_MASK=mask is not None,
+        NEED_DIMG=need_image,
+        BLOCK_L=bl,
+        BLOCK_P=triton.next_power_of_2(pdim),
+    )
     return [d_pred, d_img]
 
 
@@ -204,12 +306,18 @@ class NormPixLossFunction(torch.autograd.Function):
         image, pred, mask = ctx.saved_tensors
         need_image, need_pred = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         d_pred, d_img = torch.ops.mimir_fast.norm_pix_loss_backward(
-            grad, image, pred, mask, ctx.patch_size, ctx.norm_pix, need_image)
+            grad, image, pred, mask, ctx.patch_size, ctx.norm_pix, need_image
+        )
         return (d_img if need_image else None, d_pred if need_pred else None, None, None, None)
 
 
-def norm_pix_loss_triton(image: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor | None, patch_size: int,
-                         norm_pix: bool = True) -> torch.Tensor:
+def norm_pix_loss_triton(
+    image: torch.Tensor,
+    pred: torch.Tensor,
+    mask: torch.Tensor | None,
+    patch_size: int,
+    norm_pix: bool = True,
+) -> torch.Tensor:
     """``masked_mse_loss(pred, patchify(image), mask, norm_pix)`` on the custom op, fp32 scalar.
 
     Args:

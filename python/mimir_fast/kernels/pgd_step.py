@@ -28,8 +28,18 @@ _STATS_BLOCK = 1024
 
 
 @triton.jit
-def _pgd_step_kernel(x_ptr, g_ptr, x0_ptr, out_ptr, alpha_ptr, eps_ptr, scale_ptr, d,
-                     NORM_L2: tl.constexpr, BLOCK: tl.constexpr):
+def _pgd_step_kernel(
+    x_ptr,
+    g_ptr,
+    x0_ptr,
+    out_ptr,
+    alpha_ptr,
+    eps_ptr,
+    scale_ptr,
+    d,
+    NORM_L2: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Step, project, clamp for one block of one sample. Grid: (N, cdiv(D, BLOCK)).
 
     Pointers (contiguous, flattened per sample, D = C*H*W):
@@ -95,8 +105,14 @@ def _pgd_l2_stats_kernel(x_ptr, g_ptr, x0_ptr, stats_ptr, d, BLOCK: tl.constexpr
     tl.store(stats_ptr + 3 * row + 2, tl.sum(dd, axis=0))
 
 
-def pgd_step_triton(x_adv: torch.Tensor, grad: torch.Tensor, x0: torch.Tensor, alpha: float | torch.Tensor,
-                    eps: float | torch.Tensor, norm: str = "linf") -> torch.Tensor:
+def pgd_step_triton(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x0: torch.Tensor,
+    alpha: float | torch.Tensor,
+    eps: float | torch.Tensor,
+    norm: str = "linf",
+) -> torch.Tensor:
     """Fused projected-gradient step; same contract as :func:`mimir_fast.ops.pgd_step.pgd_step`.
 
     Args:

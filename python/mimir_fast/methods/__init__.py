@@ -7,6 +7,19 @@ from .mae import MAEPretraining
 from .mimir import MIMIRPretraining, mimir_attack
 from .nim import NIMPretraining
 
-__all__ = ["METHODS", "Batch", "Finetuning", "ImpureTraining", "MAEPretraining", "MIMIRPretraining", "Method",
-           "NIMPretraining", "StepOutput", "TRADESAttack", "get_method", "mimir_attack", "register_method",
-           "trades_loss"]
+__all__ = [
+    "METHODS",
+    "Batch",
+    "Finetuning",
+    "ImpureTraining",
+    "MAEPretraining",
+    "MIMIRPretraining",
+    "Method",
+    "NIMPretraining",
+    "StepOutput",
+    "TRADESAttack",
+    "get_method",
+    "mimir_attack",
+    "register_method",
+    "trades_loss",
+]

@@ -30,7 +30,9 @@ class Batch:
 @dataclass
 class StepOutput:
     loss: torch.Tensor  # scalar to backpropagate
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars, logged lazily
+    metrics: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # detached scalars, logged lazily
 
 
 class Method(ABC):

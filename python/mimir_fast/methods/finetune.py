@@ -19,8 +19,13 @@ DEFAULT_ATTACK_STEPS = 10  # and iterations when config.attack_steps is None
 TRADES_INIT_STD = 0.001  # TRADES starts its attack from x + 0.001 * N(0, 1)
 
 
-def trades_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, labels: torch.Tensor, beta: float,
-                label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def trades_loss(
+    clean_logits: torch.Tensor,
+    adv_logits: torch.Tensor,
+    labels: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TRADES (Zhang et al. 2019): ``CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv))``.
 
     The KL is summed over classes and averaged over the batch ("batchmean", as in the TRADES
@@ -29,7 +34,12 @@ def trades_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, labels: to
     """
     clean, adv = clean_logits.float(), adv_logits.float()
     ce = F.cross_entropy(clean, labels, label_smoothing=label_smoothing)
-    kl = F.kl_div(F.log_softmax(adv, dim=1), F.log_softmax(clean, dim=1), reduction="batchmean", log_target=True)
+    kl = F.kl_div(
+        F.log_softmax(adv, dim=1),
+        F.log_softmax(clean, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
     return ce + beta * kl, ce, kl
 
 
@@ -47,8 +57,15 @@ class TRADESAttack(Attack):
 
     name = "trades"
 
-    def __init__(self, model: Any, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
-                 init_std: float = TRADES_INIT_STD, **kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        eps: float = 8 / 255,
+        alpha: float = 2 / 255,
+        steps: int = 10,
+        init_std: float = TRADES_INIT_STD,
+        **kwargs: Any,
+    ):
         super().__init__(model, eps, norm="linf", **kwargs)
         self.alpha = check_positive(alpha, "alpha")
         self.steps = check_count(steps, "steps")
@@ -60,10 +77,14 @@ class TRADESAttack(Attack):
 
         def kl_to_clean(model, x_adv, x0, y0):  # per sample, summed over classes
             adv_log_probs = F.log_softmax(model(x_adv).float(), dim=1)
-            return F.kl_div(adv_log_probs, clean_log_probs, reduction="none", log_target=True).sum(dim=1)
+            return F.kl_div(adv_log_probs, clean_log_probs, reduction="none", log_target=True).sum(
+                dim=1
+            )
 
         objective = CallableObjective(kl_to_clean)
-        noise = torch.randn(x.shape, generator=self._generator(x.device), device=x.device, dtype=torch.float32)
+        noise = torch.randn(
+            x.shape, generator=self._generator(x.device), device=x.device, dtype=torch.float32
+        )
         x_adv = (x.float() + self.init_std * noise).clamp(0.0, 1.0).to(x.dtype)
         for _ in range(self.steps):
             _, _, grad = self._loss_grad(x_adv, x, y, objective)
@@ -113,7 +134,9 @@ class Finetuning(Method):
         if config.denoiser:  # NIMDefense refuses autoencoders that do not predict pixels
             self.denoiser = NIMDefense(MaskedViT.load(config.denoiser).eval().requires_grad_(False))
         self.attack_step = DEFAULT_ATTACK_STEP if config.attack_step is None else config.attack_step
-        self.attack_steps = DEFAULT_ATTACK_STEPS if config.attack_steps is None else config.attack_steps
+        self.attack_steps = (
+            DEFAULT_ATTACK_STEPS if config.attack_steps is None else config.attack_steps
+        )
 
     def prepare_model(self, model, num_classes):
         if model.num_classes != num_classes:
@@ -136,8 +159,9 @@ class Finetuning(Method):
         with torch.no_grad():
             return self.purify(images)
 
-    def adversarial_examples(self, model: MaskedViT, images: torch.Tensor, labels: torch.Tensor,
-                             kind: str | None = None) -> torch.Tensor:
+    def adversarial_examples(
+        self, model: MaskedViT, images: torch.Tensor, labels: torch.Tensor, kind: str | None = None
+    ) -> torch.Tensor:
         """Detached adversarial examples of ``kind`` ("pgd" or "trades"; default the config's)."""
         kind = kind or self.config.adversarial
         if kind == "none" or self.config.attack_eps == 0:
@@ -145,8 +169,14 @@ class Finetuning(Method):
         target = model if self.denoiser is None else Defended(model, self.purify)
         attack_class = {"pgd": PGD, "trades": TRADESAttack}[kind]
         settings = {"random_start": True} if kind == "pgd" else {}
-        attack = attack_class(target, eps=self.config.attack_eps, alpha=self.attack_step, steps=self.attack_steps,
-                              kernels=self.config.kernels, **settings)
+        attack = attack_class(
+            target,
+            eps=self.config.attack_eps,
+            alpha=self.attack_step,
+            steps=self.attack_steps,
+            kernels=self.config.kernels,
+            **settings,
+        )
         with torch.enable_grad():  # evaluate() runs under no_grad
             return attack(images, labels)
 
@@ -156,9 +186,16 @@ class Finetuning(Method):
         if mode == "trades":
             x_adv = self.adversarial_examples(model, x, y)
             clean, adv = model(torch.cat([self.inputs(x), self.inputs(x_adv)])).chunk(2)
-            loss, ce, kl = trades_loss(clean, adv, y, self.config.trades_beta, self.config.label_smoothing)
-            metrics = {"loss": loss, "accuracy": (clean.argmax(dim=1) == y).float().mean(),
-                       "adv_accuracy": (adv.argmax(dim=1) == y).float().mean(), "ce": ce, "kl": kl}
+            loss, ce, kl = trades_loss(
+                clean, adv, y, self.config.trades_beta, self.config.label_smoothing
+            )
+            metrics = {
+                "loss": loss,
+                "accuracy": (clean.argmax(dim=1) == y).float().mean(),
+                "adv_accuracy": (adv.argmax(dim=1) == y).float().mean(),
+                "ce": ce,
+                "kl": kl,
+            }
             return StepOutput(loss, {k: v.detach() for k, v in metrics.items()})
         if mode == "pgd":
             x = self.adversarial_examples(model, x, y)
@@ -187,5 +224,7 @@ class Finetuning(Method):
                 adv_correct += int((adv_logits.argmax(dim=1) == batch.labels).sum())
         metrics = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
         if robust:
-            metrics.update(adv_loss=adv_loss_sum / max(count, 1), adv_accuracy=adv_correct / max(count, 1))
+            metrics.update(
+                adv_loss=adv_loss_sum / max(count, 1), adv_accuracy=adv_correct / max(count, 1)
+            )
         return metrics

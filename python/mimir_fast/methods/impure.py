@@ -50,24 +50,35 @@ class ImpureTraining(Method):
     task = "pretrain"
     headline = ("accuracy_purified_adv", True)
 
-    def __init__(self, config, classifier: nn.Module | None = None,
-                 features: Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]] | None = None,
-                 pixel_weight: float = 1.0, feature_weight: float = 1.0):
+    def __init__(
+        self,
+        config,
+        classifier: nn.Module | None = None,
+        features: Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]] | None = None,
+        pixel_weight: float = 1.0,
+        feature_weight: float = 1.0,
+    ):
         super().__init__(config)
         if classifier is None:
             if not config.classifier:
-                raise ValueError("method 'impure' needs a target classifier: set classifier= to a MaskedViT "
-                                 "classifier file (e.g. the model.safetensors of a finetune run)")
+                raise ValueError(
+                    "method 'impure' needs a target classifier: set classifier= to a MaskedViT "
+                    "classifier file (e.g. the model.safetensors of a finetune run)"
+                )
             classifier = MaskedViT.load(config.classifier, kernels=config.kernels)
         if not isinstance(classifier, nn.Module):
             raise ValueError(f"classifier must be an nn.Module, got {type(classifier).__name__}")  # noqa: TRY004 (bad input is a ValueError throughout)
         if isinstance(classifier, MaskedViT) and classifier.num_classes < 1:
-            raise ValueError("the classifier has no classification head (num_classes=0); give a finetuned "
-                             "classifier, not a pretrained autoencoder")
+            raise ValueError(
+                "the classifier has no classification head (num_classes=0); give a finetuned "
+                "classifier, not a pretrained autoencoder"
+            )
         if features is None:
             features = getattr(classifier, "forward_features", None)
             if features is None:
-                raise ValueError(f"{type(classifier).__name__} has no forward_features; pass features=")
+                raise ValueError(
+                    f"{type(classifier).__name__} has no forward_features; pass features="
+                )
         self.classifier = classifier.eval().requires_grad_(False)
         self.features = features
         self.pixel_weight = float(pixel_weight)
@@ -84,11 +95,15 @@ class ImpureTraining(Method):
     def _check_classifier(self, model: MaskedViT, num_classes: int | None = None) -> None:
         """The classifier must read the images the autoencoder reads (and label the data's classes)."""
         config = getattr(self.classifier, "config", None)
-        if config is not None and (config.in_chans, config.img_size) != (model.config.in_chans,
-                                                                          model.config.img_size):
-            raise ValueError(f"the classifier expects {config.in_chans}-channel {config.img_size}px images but "
-                             f"the data and the autoencoder have {model.config.in_chans}-channel "
-                             f"{model.config.img_size}px ones")
+        if config is not None and (config.in_chans, config.img_size) != (
+            model.config.in_chans,
+            model.config.img_size,
+        ):
+            raise ValueError(
+                f"the classifier expects {config.in_chans}-channel {config.img_size}px images but "
+                f"the data and the autoencoder have {model.config.in_chans}-channel "
+                f"{model.config.img_size}px ones"
+            )
         classes = getattr(self.classifier, "num_classes", None)
         if num_classes is not None and isinstance(classes, int) and classes != num_classes:
             raise ValueError(f"the classifier has {classes} classes but the data has {num_classes}")
@@ -103,8 +118,13 @@ class ImpureTraining(Method):
         """PGD adversarial examples of the frozen classifier (gradients on even under no_grad)."""
         self.classifier.to(images.device)
         c = self.config
-        pgd = PGD(self.classifier, eps=c.attack_eps, alpha=2 / 255 if c.attack_step is None else c.attack_step,
-                  steps=10 if c.attack_steps is None else c.attack_steps, kernels=c.kernels)
+        pgd = PGD(
+            self.classifier,
+            eps=c.attack_eps,
+            alpha=2 / 255 if c.attack_step is None else c.attack_step,
+            steps=10 if c.attack_steps is None else c.attack_steps,
+            kernels=c.kernels,
+        )
         with torch.enable_grad():
             return pgd(images, labels).to(images.dtype)
 
@@ -123,16 +143,29 @@ class ImpureTraining(Method):
         # both passes in one call: the L1 means over the two equal halves average the two losses
         loss = self.loss(torch.cat([purified, purified2]), torch.cat([clean, clean]))
         with torch.no_grad():
-            metrics = {"loss": loss.detach(), "pixel_l1": F.l1_loss(purified, clean),
-                       "psnr": psnr(purified.float(), clean.float()).mean()}
+            metrics = {
+                "loss": loss.detach(),
+                "pixel_l1": F.l1_loss(purified, clean),
+                "psnr": psnr(purified.float(), clean.float()).mean(),
+            }
         return StepOutput(loss, metrics)
 
     @torch.no_grad()
     def evaluate(self, model, batches) -> dict[str, float]:
         """Gray-box robustness: PGD against the classifier alone, then purified. (A white-box attack
         through the purifier is :mod:`mimir_fast.attacks.defended`'s job.)"""
-        sums = dict.fromkeys(("loss", "psnr_clean", "psnr_adv", "accuracy_clean", "accuracy_adv",
-                              "accuracy_purified_adv", "accuracy_purified_clean"), 0.0)
+        sums = dict.fromkeys(
+            (
+                "loss",
+                "psnr_clean",
+                "psnr_adv",
+                "accuracy_clean",
+                "accuracy_adv",
+                "accuracy_purified_adv",
+                "accuracy_purified_clean",
+            ),
+            0.0,
+        )
         count = 0
         for batch in batches:
             clean, labels = batch.images, batch.labels
@@ -145,9 +178,12 @@ class ImpureTraining(Method):
             sums["loss"] += float(self.loss(purified_adv, clean)) * n
             sums["psnr_adv"] += float(psnr(purified_adv.float(), clean.float()).sum())
             sums["psnr_clean"] += float(psnr(purified_clean.float(), clean.float()).sum())
-            for key, images in (("accuracy_clean", clean), ("accuracy_adv", x_adv),
-                                ("accuracy_purified_adv", purified_adv),
-                                ("accuracy_purified_clean", purified_clean)):
+            for key, images in (
+                ("accuracy_clean", clean),
+                ("accuracy_adv", x_adv),
+                ("accuracy_purified_adv", purified_adv),
+                ("accuracy_purified_clean", purified_clean),
+            ):
                 sums[key] += float((self.classifier(images).argmax(dim=1) == labels).sum())
             count += n
         return {k: v / max(count, 1) for k, v in sums.items()}

@@ -17,7 +17,9 @@ class MAEPretraining(Method):
     loader_masks = 1
 
     def training_step(self, model, batch: Batch) -> StepOutput:
-        loss, _, _ = model.forward_mae(batch.images, self.config.mask_ratio, batch.extras.get("ids_keep"))
+        loss, _, _ = model.forward_mae(
+            batch.images, self.config.mask_ratio, batch.extras.get("ids_keep")
+        )
         return StepOutput(loss, {"loss": loss.detach()})
 
     @torch.no_grad()

@@ -35,13 +35,23 @@ def _check_number(value, name: str, low: float, high: float, low_open: bool) -> 
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
-        raise ValueError(f"{name} must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}")
+        raise ValueError(
+            f"{name} must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}"
+        )
     return float(value)
 
 
-def mimir_attack(model, x: torch.Tensor, eps: float = 8 / 255, step: float = DEFAULT_STEP,
-                 steps: int = DEFAULT_STEPS, ids_keep: torch.Tensor | None = None, mask_ratio: float = 0.75,
-                 kernels: str = "auto", return_loss: bool = False):
+def mimir_attack(
+    model,
+    x: torch.Tensor,
+    eps: float = 8 / 255,
+    step: float = DEFAULT_STEP,
+    steps: int = DEFAULT_STEPS,
+    ids_keep: torch.Tensor | None = None,
+    mask_ratio: float = 0.75,
+    kernels: str = "auto",
+    return_loss: bool = False,
+):
     """MIMIR's adversarial example: L-inf PGD on the masked reconstruction loss of ``x``.
 
     The encoder sees the visible patches of the perturbed image; the loss scores the decoder's
@@ -73,7 +83,9 @@ def mimir_attack(model, x: torch.Tensor, eps: float = 8 / 255, step: float = DEF
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not hasattr(model, "forward_encoder"):
-        raise ValueError("mimir_attack needs a MaskedViT (with forward_encoder/forward_decoder/forward_loss)")
+        raise ValueError(
+            "mimir_attack needs a MaskedViT (with forward_encoder/forward_decoder/forward_loss)"
+        )
     x = x.detach()
     n = x.shape[0]
     if ids_keep is None:
@@ -126,14 +138,25 @@ class MIMIRPretraining(Method):
     def attack(self, model, images: torch.Tensor, ids_keep: torch.Tensor | None = None):
         """``(x_adv, attack loss)`` for a batch, with the configured attack."""
         c = self.config
-        return mimir_attack(model, images, c.attack_eps, self.attack_step, self.attack_steps, ids_keep,
-                            c.mask_ratio, kernels=c.kernels, return_loss=True)
+        return mimir_attack(
+            model,
+            images,
+            c.attack_eps,
+            self.attack_step,
+            self.attack_steps,
+            ids_keep,
+            c.mask_ratio,
+            kernels=c.kernels,
+            return_loss=True,
+        )
 
     def training_step(self, model, batch: Batch) -> StepOutput:
         c = self.config
         clean = batch.images
         x_adv, attack_loss = self.attack(model, clean, batch.extras.get("ids_keep"))
-        latent, mask, ids_restore = model.forward_encoder(x_adv, c.mask_ratio, batch.extras.get("ids_keep_1"))
+        latent, mask, ids_restore = model.forward_encoder(
+            x_adv, c.mask_ratio, batch.extras.get("ids_keep_1")
+        )
         recon = model.forward_loss(clean, model.forward_decoder(latent, ids_restore), mask)
         metrics = {"recon": recon.detach(), "attack_recon": attack_loss}
         loss = recon
@@ -156,12 +179,15 @@ class MIMIRPretraining(Method):
         total, adv_total, count = torch.zeros(()), torch.zeros(()), 0
         for batch in batches:
             images = batch.images
-            ids_keep, _, _ = ops.random_masking(images.shape[0], model.num_patches, self.config.mask_ratio,
-                                                images.device)
+            ids_keep, _, _ = ops.random_masking(
+                images.shape[0], model.num_patches, self.config.mask_ratio, images.device
+            )
             x_adv, _ = self.attack(model, images, ids_keep)
             with torch.no_grad():
                 loss, _, _ = model.forward_mae(images, self.config.mask_ratio, ids_keep)
-                adv_loss, _, _ = model.forward_mae(x_adv, self.config.mask_ratio, ids_keep, target=images)
+                adv_loss, _, _ = model.forward_mae(
+                    x_adv, self.config.mask_ratio, ids_keep, target=images
+                )
             n = images.shape[0]
             total += loss.float().cpu() * n
             adv_total += adv_loss.float().cpu() * n

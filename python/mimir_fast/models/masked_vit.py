@@ -62,35 +62,69 @@ class MaskedViTConfig:
         def is_real(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
-                     "decoder_embed_dim", "decoder_num_heads"):
-            need(is_int(getattr(self, name)) and getattr(self, name) > 0,
-                 f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in (
+            "img_size",
+            "patch_size",
+            "in_chans",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "decoder_embed_dim",
+            "decoder_num_heads",
+        ):
+            need(
+                is_int(getattr(self, name)) and getattr(self, name) > 0,
+                f"{name} must be a positive integer, got {getattr(self, name)!r}",
+            )
         for name in ("decoder_depth", "num_classes"):
-            need(is_int(getattr(self, name)) and getattr(self, name) >= 0,
-                 f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+            need(
+                is_int(getattr(self, name)) and getattr(self, name) >= 0,
+                f"{name} must be an integer >= 0, got {getattr(self, name)!r}",
+            )
         for name in ("mlp_ratio", "norm_eps"):
-            need(is_real(getattr(self, name)) and getattr(self, name) > 0,
-                 f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+            need(
+                is_real(getattr(self, name)) and getattr(self, name) > 0,
+                f"{name} must be a finite number > 0, got {getattr(self, name)!r}",
+            )
         for name in ("qkv_bias", "norm_pix_loss", "learnable_pos_embed"):
-            need(isinstance(getattr(self, name), bool), f"{name} must be True or False, got {getattr(self, name)!r}")
-        need(self.fc_norm is None or isinstance(self.fc_norm, bool),
-             f"fc_norm must be None, True or False, got {self.fc_norm!r}")
-        need(round(self.embed_dim * self.mlp_ratio) >= 1 and round(self.decoder_embed_dim * self.mlp_ratio) >= 1,
-             f"mlp_ratio {self.mlp_ratio} leaves an MLP without hidden units")
-        need(self.img_size % self.patch_size == 0,
-             f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
-        need(self.embed_dim % self.num_heads == 0,
-             f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        need(self.decoder_embed_dim % self.decoder_num_heads == 0,
-             f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by "
-             f"decoder_num_heads {self.decoder_num_heads}")
-        need(self.embed_dim % 4 == 0 and self.decoder_embed_dim % 4 == 0,
-             "embed_dim and decoder_embed_dim must be divisible by 4 (sin-cos position embedding)")
-        need(self.global_pool in ("avg", "token"),
-             f"global_pool must be 'avg' or 'token', got {self.global_pool!r}")
-        need(is_real(self.drop_path_rate) and 0.0 <= self.drop_path_rate < 1.0,
-             f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}")
+            need(
+                isinstance(getattr(self, name), bool),
+                f"{name} must be True or False, got {getattr(self, name)!r}",
+            )
+        need(
+            self.fc_norm is None or isinstance(self.fc_norm, bool),
+            f"fc_norm must be None, True or False, got {self.fc_norm!r}",
+        )
+        need(
+            round(self.embed_dim * self.mlp_ratio) >= 1
+            and round(self.decoder_embed_dim * self.mlp_ratio) >= 1,
+            f"mlp_ratio {self.mlp_ratio} leaves an MLP without hidden units",
+        )
+        need(
+            self.img_size % self.patch_size == 0,
+            f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}",
+        )
+        need(
+            self.embed_dim % self.num_heads == 0,
+            f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}",
+        )
+        need(
+            self.decoder_embed_dim % self.decoder_num_heads == 0,
+            f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by "
+            f"decoder_num_heads {self.decoder_num_heads}",
+        )
+        need(
+            self.embed_dim % 4 == 0 and self.decoder_embed_dim % 4 == 0,
+            "embed_dim and decoder_embed_dim must be divisible by 4 (sin-cos position embedding)",
+        )
+        need(
+            self.global_pool in ("avg", "token"),
+            f"global_pool must be 'avg' or 'token', got {self.global_pool!r}",
+        )
+        need(
+            is_real(self.drop_path_rate) and 0.0 <= self.drop_path_rate < 1.0,
+            f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}",
+        )
 
     @property
     def use_fc_norm(self) -> bool:
@@ -102,7 +136,9 @@ class MaskedViTConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MaskedViTConfig:
         if not isinstance(d, dict):
-            raise ValueError(f"a MaskedViTConfig is built from a dict of its fields, got {type(d).__name__}")
+            raise ValueError(
+                f"a MaskedViTConfig is built from a dict of its fields, got {type(d).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -125,7 +161,9 @@ class MaskedViT(nn.Module):
             the PyTorch path.
     """
 
-    def __init__(self, config: MaskedViTConfig | None = None, *, kernels: str = "auto", **overrides: Any):
+    def __init__(
+        self, config: MaskedViTConfig | None = None, *, kernels: str = "auto", **overrides: Any
+    ):
         super().__init__()
         known = {f.name for f in dataclasses.fields(MaskedViTConfig)}
         if set(overrides) - known:
@@ -152,7 +190,8 @@ class MaskedViT(nn.Module):
             self.register_buffer("pos_embed", pos)
         dpr = torch.linspace(0, c.drop_path_rate, c.depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, dpr[i], c.norm_eps) for i in range(c.depth)
+            Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, dpr[i], c.norm_eps)
+            for i in range(c.depth)
         )
         # `norm` ends the encoder (MAE latent, token pooling); `fc_norm` follows average pooling.
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
@@ -160,14 +199,17 @@ class MaskedViT(nn.Module):
         self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
 
         # decoder
-        patch_dim = c.patch_size ** 2 * c.in_chans
+        patch_dim = c.patch_size**2 * c.in_chans
         self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
         self.register_buffer(
-            "decoder_pos_embed", ops.sincos_pos_embed_2d(c.decoder_embed_dim, self.grid_size).unsqueeze(0)
+            "decoder_pos_embed",
+            ops.sincos_pos_embed_2d(c.decoder_embed_dim, self.grid_size).unsqueeze(0),
         )
         self.decoder_blocks = nn.ModuleList(
-            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.qkv_bias, 0.0, c.norm_eps)
+            Block(
+                c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.qkv_bias, 0.0, c.norm_eps
+            )
             for _ in range(c.decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.norm_eps)
@@ -204,7 +246,9 @@ class MaskedViT(nn.Module):
         """Parameter names exempt from weight decay besides norms and biases (timm's hook)."""
         return {"cls_token", "mask_token", "pos_embed"}
 
-    def param_groups(self, weight_decay: float = 0.05, layer_decay: float = 1.0) -> list[dict[str, Any]]:
+    def param_groups(
+        self, weight_decay: float = 0.05, layer_decay: float = 1.0
+    ) -> list[dict[str, Any]]:
         """AdamW parameter groups: no decay on norms, biases and tokens; layer-wise lr decay.
 
         The patch embedding, tokens and position embedding are layer 0, block ``i`` is layer
@@ -226,9 +270,13 @@ class MaskedViT(nn.Module):
                 layer = num_layers
             key = (layer, no_decay)
             if key not in groups:
-                groups[key] = {"params": [], "param_names": [], "layer": layer,
-                               "weight_decay": 0.0 if no_decay else weight_decay,
-                               "lr_scale": layer_decay ** (num_layers - layer)}
+                groups[key] = {
+                    "params": [],
+                    "param_names": [],
+                    "layer": layer,
+                    "weight_decay": 0.0 if no_decay else weight_decay,
+                    "lr_scale": layer_decay ** (num_layers - layer),
+                }
             groups[key]["params"].append(p)
             groups[key]["param_names"].append(name)
         return [groups[k] for k in sorted(groups)]
@@ -241,16 +289,24 @@ class MaskedViT(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4:
-            raise ValueError(f"{name} must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}"
+            )
         if not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}; convert uint8 "
-                             "images with x.float() / 255")
+            raise ValueError(
+                f"{name} must be a floating-point tensor, got {x.dtype}; convert uint8 "
+                "images with x.float() / 255"
+            )
         if x.shape[1] != c.in_chans:
-            raise ValueError(f"{name} has {x.shape[1]} channels but the model expects in_chans={c.in_chans}")
+            raise ValueError(
+                f"{name} has {x.shape[1]} channels but the model expects in_chans={c.in_chans}"
+            )
         if x.shape[2] != c.img_size or x.shape[3] != c.img_size:
-            raise ValueError(f"{name} is {x.shape[2]}x{x.shape[3]} but the model expects "
-                             f"{c.img_size}x{c.img_size} images; resize them or build the model "
-                             f"with img_size={x.shape[2]}")
+            raise ValueError(
+                f"{name} is {x.shape[2]}x{x.shape[3]} but the model expects "
+                f"{c.img_size}x{c.img_size} images; resize them or build the model "
+                f"with img_size={x.shape[2]}"
+            )
         if x.shape[0] == 0:
             raise ValueError(f"{name} is an empty batch")
         if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
@@ -258,18 +314,26 @@ class MaskedViT(nn.Module):
 
     @staticmethod
     def _check_mask_ratio(mask_ratio: float) -> None:
-        if not isinstance(mask_ratio, (int, float)) or not (0.0 <= mask_ratio < 1.0) or math.isnan(mask_ratio):
+        if (
+            not isinstance(mask_ratio, (int, float))
+            or not (0.0 <= mask_ratio < 1.0)
+            or math.isnan(mask_ratio)
+        ):
             raise ValueError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
 
     def _check_ids_keep(self, ids_keep: torch.Tensor, batch: int) -> None:
         if not self.check_inputs:
             return
         if ids_keep.dtype != torch.int64 or ids_keep.ndim != 2 or ids_keep.shape[0] != batch:
-            raise ValueError(f"ids_keep must be an int64 tensor of shape ({batch}, len_keep), got "
-                             f"{ids_keep.dtype} {tuple(ids_keep.shape)}")
+            raise ValueError(
+                f"ids_keep must be an int64 tensor of shape ({batch}, len_keep), got "
+                f"{ids_keep.dtype} {tuple(ids_keep.shape)}"
+            )
         if not 1 <= ids_keep.shape[1] <= self.num_patches:
-            raise ValueError(f"ids_keep keeps {ids_keep.shape[1]} patches; it must keep between 1 and "
-                             f"{self.num_patches}")
+            raise ValueError(
+                f"ids_keep keeps {ids_keep.shape[1]} patches; it must keep between 1 and "
+                f"{self.num_patches}"
+            )
         if ids_keep.device.type == "cpu":  # value checks would cost a host sync on a GPU
             if ids_keep.min() < 0 or ids_keep.max() >= self.num_patches:
                 raise ValueError(f"ids_keep values must lie in [0, {self.num_patches})")
@@ -290,8 +354,9 @@ class MaskedViT(nn.Module):
         """(N, L, p*p*C) -> (N, C, H, W)."""
         return ops.unpatchify(patches, self.config.patch_size, self.config.in_chans, self.grid_size)
 
-    def random_masking(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def random_masking(
+        self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """MAE's per-sample random masking of a token sequence.
 
         Args:
@@ -306,8 +371,9 @@ class MaskedViT(nn.Module):
         return x_masked, mask, ids_restore
 
     # ------------------------------------------------------------------ autoencoder
-    def forward_encoder(self, x: torch.Tensor, mask_ratio: float = 0.75, ids_keep: torch.Tensor | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_encoder(
+        self, x: torch.Tensor, mask_ratio: float = 0.75, ids_keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode the visible patches.
 
         Args:
@@ -332,15 +398,18 @@ class MaskedViT(nn.Module):
             tokens = block(tokens)
         return self.norm(tokens), mask, ids_restore
 
-    def _embed_kept(self, x: torch.Tensor, mask_ratio: float, ids_keep: torch.Tensor | None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _embed_kept(
+        self, x: torch.Tensor, mask_ratio: float, ids_keep: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reference path: embed every patch, add position, then keep ``ids_keep`` (or a random mask)."""
         n = x.shape[0]
         tokens = self.patch_embed(x) + self.pos_embed[:, 1:, :]  # (N, L, D)
         if ids_keep is not None:
             self._check_ids_keep(ids_keep, n)
             mask, ids_restore = ops.ids_from_keep(ids_keep, self.num_patches)
-            tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+            tokens = torch.gather(
+                tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+            )
         elif mask_ratio == 0:
             self._check_mask_ratio(mask_ratio)
             mask = tokens.new_zeros(n, self.num_patches, dtype=torch.float32)
@@ -350,8 +419,9 @@ class MaskedViT(nn.Module):
             tokens, mask, ids_restore = self.random_masking(tokens, mask_ratio)
         return tokens, mask, ids_restore
 
-    def _embed_kept_fused(self, x: torch.Tensor, mask_ratio: float, ids_keep: torch.Tensor | None
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _embed_kept_fused(
+        self, x: torch.Tensor, mask_ratio: float, ids_keep: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fused path: embed only the kept patches (kernels/masked_patch_embed.py). Draws the same
         random mask as the reference path (same generator calls, in the same order)."""
         n, length = x.shape[0], self.num_patches
@@ -369,7 +439,9 @@ class MaskedViT(nn.Module):
         from ..kernels.masked_patch_embed import masked_patch_embed_triton
 
         proj = self.patch_embed.proj
-        tokens = masked_patch_embed_triton(x, ids_keep, proj.weight, proj.bias, self.pos_embed[0, 1:, :])
+        tokens = masked_patch_embed_triton(
+            x, ids_keep, proj.weight, proj.bias, self.pos_embed[0, 1:, :]
+        )
         return tokens, mask, ids_restore  # (N, len_keep, D)
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -386,26 +458,41 @@ class MaskedViT(nn.Module):
         if self._fast(x):
             from ..kernels.decoder_scatter import decoder_scatter_triton
 
-            x = decoder_scatter_triton(x, ids_restore, self.mask_token, self.decoder_pos_embed[0])  # (N, 1 + L, Dd)
+            x = decoder_scatter_triton(
+                x, ids_restore, self.mask_token, self.decoder_pos_embed[0]
+            )  # (N, 1 + L, Dd)
         else:
             num_masked = ids_restore.shape[1] + 1 - t
-            patches = torch.cat([x[:, 1:, :], self.mask_token.expand(n, num_masked, -1)], dim=1)  # (N, L, Dd)
-            patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))  # unshuffle
+            patches = torch.cat(
+                [x[:, 1:, :], self.mask_token.expand(n, num_masked, -1)], dim=1
+            )  # (N, L, Dd)
+            patches = torch.gather(
+                patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d)
+            )  # unshuffle
             x = torch.cat([x[:, :1, :], patches], dim=1) + self.decoder_pos_embed
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
 
-    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward_loss(
+        self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """MSE between ``pred`` and the patches of ``x`` over the removed patches (all if mask is None)."""
         if self._fast(pred):
             from ..kernels.norm_pix_loss import norm_pix_loss_triton
 
-            return norm_pix_loss_triton(x, pred, mask, self.config.patch_size, self.config.norm_pix_loss)
+            return norm_pix_loss_triton(
+                x, pred, mask, self.config.patch_size, self.config.norm_pix_loss
+            )
         return ops.masked_mse_loss(pred, self.patchify(x), mask, norm_pix=self.config.norm_pix_loss)
 
-    def forward_mae(self, x: torch.Tensor, mask_ratio: float = 0.75, ids_keep: torch.Tensor | None = None,
-                    target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_mae(
+        self,
+        x: torch.Tensor,
+        mask_ratio: float = 0.75,
+        ids_keep: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Masked autoencoding: returns ``(loss, pred, mask)``.
 
         ``target`` (default ``x``) is the image to reconstruct; MIMIR encodes an adversarial
@@ -417,8 +504,9 @@ class MaskedViT(nn.Module):
             self._check_images(target, "target")
         return self.forward_loss(x if target is None else target, pred, mask), pred, mask
 
-    def forward_denoise(self, x_noisy: torch.Tensor, x_clean: torch.Tensor | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_denoise(
+        self, x_noisy: torch.Tensor, x_clean: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Denoising autoencoding over all tokens (NIM): returns ``(loss, pred)``.
 
         The encoder sees every patch of ``x_noisy``; the loss covers every patch of ``x_clean``
@@ -430,7 +518,9 @@ class MaskedViT(nn.Module):
             self._check_images(x_clean, "x_clean")
         return self.forward_loss(x_noisy if x_clean is None else x_clean, pred, None), pred
 
-    def pred_to_image(self, pred: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    def pred_to_image(
+        self, pred: torch.Tensor, reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Turn predicted patches into an image.
 
         With ``norm_pix_loss`` the prediction is per-patch normalised; ``reference`` supplies
@@ -439,8 +529,10 @@ class MaskedViT(nn.Module):
         """
         if self.config.norm_pix_loss:
             if reference is None:
-                raise ValueError("this model predicts normalised patches; pass reference= images to "
-                                 "restore their per-patch mean and std")
+                raise ValueError(
+                    "this model predicts normalised patches; pass reference= images to "
+                    "restore their per-patch mean and std"
+                )
             target = self.patchify(reference)
             mean = target.mean(dim=-1, keepdim=True)
             std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
@@ -463,13 +555,15 @@ class MaskedViT(nn.Module):
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool (average of patch tokens, or the class token), norm, then the linear head."""
         if self.global_pool == "avg":
-            pooled = features[:, self.num_prefix_tokens:].mean(dim=1)
+            pooled = features[:, self.num_prefix_tokens :].mean(dim=1)
         else:
             pooled = features[:, 0]
         pooled = self.fc_norm(pooled)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, x: torch.Tensor, mask_ratio: float | None = None, ids_keep: torch.Tensor | None = None):
+    def forward(
+        self, x: torch.Tensor, mask_ratio: float | None = None, ids_keep: torch.Tensor | None = None
+    ):
         """``model(x)`` -> logits (N, num_classes), like timm.
 
         ``model(x, mask_ratio)`` or ``model(x, ids_keep=...)`` -> ``(loss, pred, mask)``, like MAE.
@@ -490,7 +584,9 @@ class MaskedViT(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
             self.global_pool = self.config.global_pool = global_pool
         device = self.cls_token.device
-        self.head = nn.Linear(self.embed_dim, num_classes).to(device) if num_classes > 0 else nn.Identity()
+        self.head = (
+            nn.Linear(self.embed_dim, num_classes).to(device) if num_classes > 0 else nn.Identity()
+        )
         self._init_head()
 
     def set_drop_path(self, rate: float) -> None:
@@ -504,12 +600,19 @@ class MaskedViT(nn.Module):
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
         """Write weights and config to one safetensors file (atomically; no pickle)."""
-        atomic_save_tensors(self.state_dict(), path,
-                            metadata={"format": FILE_FORMAT, "config": self.config.to_dict()})
+        atomic_save_tensors(
+            self.state_dict(),
+            path,
+            metadata={"format": FILE_FORMAT, "config": self.config.to_dict()},
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
-             kernels: str = "auto") -> MaskedViT:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        map_location: str | torch.device = "cpu",
+        kernels: str = "auto",
+    ) -> MaskedViT:
         """Build a model from a file written by :meth:`save` (or a training checkpoint)."""
         tensors, meta = load_tensors(path, map_location)
         if "config" not in meta:
@@ -519,14 +622,16 @@ class MaskedViT(nn.Module):
         except ValueError as e:
             raise ValueError(f"{path} holds an invalid MaskedViT config: {e}") from None
         prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         cls._check_layout(config, state, str(path))  # before allocating a model of the file's size
         model = cls(config, kernels=kernels)
         model.load_weights(state, source=str(path))
         return model.to(map_location)
 
     @classmethod
-    def _check_layout(cls, config: MaskedViTConfig, state: dict[str, torch.Tensor], source: str) -> None:
+    def _check_layout(
+        cls, config: MaskedViTConfig, state: dict[str, torch.Tensor], source: str
+    ) -> None:
         """Raise ValueError when ``state`` cannot be the weights of a model built from ``config``.
 
         Compares the block counts and the tensors that fix every width, before the model is built:
@@ -536,14 +641,18 @@ class MaskedViT(nn.Module):
         for name, depth in (("blocks", config.depth), ("decoder_blocks", config.decoder_depth)):
             found = {k.split(".")[1] for k in state if k.startswith(name + ".")}
             if len(found) != depth:
-                raise ValueError(f"{source} does not match its config: it holds {len(found)} {name} but the "
-                                 f"config says {depth}")
+                raise ValueError(
+                    f"{source} does not match its config: it holds {len(found)} {name} but the "
+                    f"config says {depth}"
+                )
         c = config
         p, d, dd = c.patch_size, c.embed_dim, c.decoder_embed_dim
         tokens = 1 + (c.img_size // p) ** 2
         expected = {
-            "patch_embed.proj.weight": (d, c.in_chans, p, p), "pos_embed": (1, tokens, d),
-            "decoder_pos_embed": (1, tokens, dd), "decoder_pred.weight": (p * p * c.in_chans, dd),
+            "patch_embed.proj.weight": (d, c.in_chans, p, p),
+            "pos_embed": (1, tokens, d),
+            "decoder_pos_embed": (1, tokens, dd),
+            "decoder_pred.weight": (p * p * c.in_chans, dd),
         }
         if c.num_classes > 0:
             expected["head.weight"] = (c.num_classes, d)
@@ -551,12 +660,17 @@ class MaskedViT(nn.Module):
             expected["blocks.0.mlp.fc1.weight"] = (round(d * c.mlp_ratio), d)
         if c.decoder_depth:
             expected["decoder_blocks.0.mlp.fc1.weight"] = (round(dd * c.mlp_ratio), dd)
-        problems = [f"{k}: file {tuple(state[k].shape) if k in state else 'none'} vs config {shape}"
-                    for k, shape in expected.items() if k not in state or tuple(state[k].shape) != shape]
+        problems = [
+            f"{k}: file {tuple(state[k].shape) if k in state else 'none'} vs config {shape}"
+            for k, shape in expected.items()
+            if k not in state or tuple(state[k].shape) != shape
+        ]
         if problems:
             raise ValueError(f"{source} does not match its config: " + "; ".join(problems))
 
-    def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict", strict: bool = True) -> None:
+    def load_weights(
+        self, state: dict[str, torch.Tensor], source: str = "state dict", strict: bool = True
+    ) -> None:
         """``load_state_dict`` with errors that say which tensors are missing or mis-shaped."""
         own = self.state_dict()
         problems = []
@@ -566,8 +680,11 @@ class MaskedViT(nn.Module):
             problems.append(f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}")
         if strict and unexpected:
             problems.append(f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+        shapes = [
+            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in sorted(set(own) & set(state))
+            if state[k].shape != own[k].shape
+        ]
         if shapes:
             problems.append("shape mismatch " + "; ".join(shapes[:8]))
         if problems:
@@ -582,11 +699,15 @@ class MaskedViT(nn.Module):
         initialised. Supported: class token, no register tokens, plain pre-norm blocks (no
         layer scale, no q/k norm), GELU MLPs, ``global_pool`` "avg" or "token".
         """
+
         def need(cond: bool, what: str) -> None:
             if not cond:
                 raise ValueError(f"from_timm: {what} is not supported")
 
-        need(hasattr(vit, "patch_embed") and hasattr(vit, "blocks"), "a model that is not a timm VisionTransformer")
+        need(
+            hasattr(vit, "patch_embed") and hasattr(vit, "blocks"),
+            "a model that is not a timm VisionTransformer",
+        )
         need(getattr(vit, "cls_token", None) is not None, "a ViT without a class token")
         need(getattr(vit, "reg_token", None) is None, "register tokens")
         need(not getattr(vit, "no_embed_class", False), "no_embed_class=True")
@@ -595,29 +716,46 @@ class MaskedViT(nn.Module):
         need(vit.global_pool in ("avg", "token"), f"global_pool={vit.global_pool!r}")
         for name in ("norm_pre", "patch_drop"):
             need(isinstance(getattr(vit, name, nn.Identity()), nn.Identity), name)
-        need(isinstance(getattr(vit.patch_embed, "norm", nn.Identity()), nn.Identity), "a patch-embed norm")
+        need(
+            isinstance(getattr(vit.patch_embed, "norm", nn.Identity()), nn.Identity),
+            "a patch-embed norm",
+        )
         block0 = vit.blocks[0]
         for name in ("ls1", "ls2"):
             need(isinstance(getattr(block0, name, nn.Identity()), nn.Identity), "layer scale")
         for name in ("q_norm", "k_norm", "norm"):
-            need(isinstance(getattr(block0.attn, name, nn.Identity()), nn.Identity), f"attention {name}")
+            need(
+                isinstance(getattr(block0.attn, name, nn.Identity()), nn.Identity),
+                f"attention {name}",
+            )
         act = getattr(block0.mlp, "act", None)
-        need(isinstance(act, nn.GELU) and act.approximate == "none", "an MLP activation other than exact GELU")
+        need(
+            isinstance(act, nn.GELU) and act.approximate == "none",
+            "an MLP activation other than exact GELU",
+        )
         need(isinstance(getattr(block0.mlp, "norm", nn.Identity()), nn.Identity), "an MLP norm")
         proj = vit.patch_embed.proj
         img = vit.patch_embed.img_size
-        need(img[0] == img[1] and proj.kernel_size[0] == proj.kernel_size[1] == proj.stride[0],
-             "non-square images or overlapping patches")
+        need(
+            img[0] == img[1] and proj.kernel_size[0] == proj.kernel_size[1] == proj.stride[0],
+            "non-square images or overlapping patches",
+        )
         embed_dim = proj.out_channels
         use_fc_norm = isinstance(vit.fc_norm, nn.LayerNorm)
         norm_layer = vit.fc_norm if use_fc_norm else vit.norm
         config = MaskedViTConfig(
-            img_size=img[0], patch_size=proj.kernel_size[0], in_chans=proj.in_channels,
-            embed_dim=embed_dim, depth=len(vit.blocks), num_heads=block0.attn.num_heads,
+            img_size=img[0],
+            patch_size=proj.kernel_size[0],
+            in_chans=proj.in_channels,
+            embed_dim=embed_dim,
+            depth=len(vit.blocks),
+            num_heads=block0.attn.num_heads,
             mlp_ratio=block0.mlp.fc1.out_features / embed_dim,
             qkv_bias=block0.attn.qkv.bias is not None,
             norm_eps=norm_layer.eps if isinstance(norm_layer, nn.LayerNorm) else 1e-6,
-            num_classes=vit.num_classes, global_pool=vit.global_pool, fc_norm=use_fc_norm,
+            num_classes=vit.num_classes,
+            global_pool=vit.global_pool,
+            fc_norm=use_fc_norm,
             learnable_pos_embed=True,
         )
         config = dataclasses.replace(config, **overrides)

@@ -20,8 +20,15 @@ MIMIR_DECODER = {"decoder_embed_dim": 128, "decoder_depth": 2, "decoder_num_head
 
 def _preset(size: str, patch_size: int, img_size: int, num_classes: int) -> MaskedViTConfig:
     dim, depth, heads = ENCODER_SIZES[size]
-    return MaskedViTConfig(img_size=img_size, patch_size=patch_size, embed_dim=dim, depth=depth,
-                           num_heads=heads, num_classes=num_classes, **MIMIR_DECODER)
+    return MaskedViTConfig(
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        num_classes=num_classes,
+        **MIMIR_DECODER,
+    )
 
 
 PRESETS: dict[str, MaskedViTConfig] = {}

@@ -14,5 +14,5 @@ def attention(qkv: torch.Tensor) -> torch.Tensor:
     """
     n, t, _, h, dh = qkv.shape
     q, k, v = qkv.float().permute(2, 0, 3, 1, 4).unbind(0)  # each (N, H, T, Dh)
-    weights = torch.softmax(q @ k.transpose(-2, -1) * dh ** -0.5, dim=-1)  # (N, H, T, T)
+    weights = torch.softmax(q @ k.transpose(-2, -1) * dh**-0.5, dim=-1)  # (N, H, T, T)
     return (weights @ v).transpose(1, 2).reshape(n, t, h * dh).to(qkv.dtype)

@@ -11,8 +11,13 @@ import torch
 import torch.nn.functional as F
 
 
-def masked_patch_embed(x: torch.Tensor, ids_keep: torch.Tensor, weight: torch.Tensor,
-                       bias: "torch.Tensor | None", pos: torch.Tensor) -> torch.Tensor:
+def masked_patch_embed(
+    x: torch.Tensor,
+    ids_keep: torch.Tensor,
+    weight: torch.Tensor,
+    bias: "torch.Tensor | None",
+    pos: torch.Tensor,
+) -> torch.Tensor:
     """``(conv(x) + pos)[ids_keep]``: embed every patch, add the position, keep the listed ones.
 
     Args:
@@ -31,8 +36,9 @@ def masked_patch_embed(x: torch.Tensor, ids_keep: torch.Tensor, weight: torch.Te
     return tokens.to(dtype)
 
 
-def decoder_scatter(x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor,
-                    pos: torch.Tensor) -> torch.Tensor:
+def decoder_scatter(
+    x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
     """MAE's decoder input: unshuffle ``[kept tokens, mask tokens]`` with ``ids_restore``, add position.
 
     Args:
@@ -46,7 +52,9 @@ def decoder_scatter(x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torc
     dtype = torch.promote_types(torch.promote_types(x.dtype, mask_token.dtype), pos.dtype)
     xf = x.float()
     num_masked = ids_restore.shape[1] + 1 - t
-    patches = torch.cat([xf[:, 1:, :], mask_token.float().reshape(1, 1, d).expand(n, num_masked, d)], dim=1)
+    patches = torch.cat(
+        [xf[:, 1:, :], mask_token.float().reshape(1, 1, d).expand(n, num_masked, d)], dim=1
+    )
     patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))  # (N, L, D)
     out = torch.cat([xf[:, :1, :], patches], dim=1) + pos.float().reshape(1, -1, d)
     return out.to(dtype)

@@ -20,8 +20,12 @@ def pairwise_sq_dists(a: torch.Tensor) -> torch.Tensor:
     return d.clamp_min(0.0).masked_fill(eye, 0.0)
 
 
-def gaussian_gram(a: torch.Tensor, sigma: float | torch.Tensor = 5.0, scale_by_dim: bool = True,
-                  center: bool = False) -> torch.Tensor:
+def gaussian_gram(
+    a: torch.Tensor,
+    sigma: float | torch.Tensor = 5.0,
+    scale_by_dim: bool = True,
+    center: bool = False,
+) -> torch.Tensor:
     """``K_ij = exp(-||a_i - a_j||^2 / (2 sigma^2 d))`` (MIMIR's rule), or without ``d``.
 
     Args:
@@ -31,8 +35,10 @@ def gaussian_gram(a: torch.Tensor, sigma: float | torch.Tensor = 5.0, scale_by_d
         center: return ``H K H`` with ``H = I - 1/m`` (both sides), instead of ``K``.
     """
     d = a.shape[-1] if scale_by_dim else 1
-    gram = torch.exp(-pairwise_sq_dists(a) / (2.0 * torch.as_tensor(sigma, dtype=torch.float32,
-                                                                     device=a.device) ** 2 * d))
+    gram = torch.exp(
+        -pairwise_sq_dists(a)
+        / (2.0 * torch.as_tensor(sigma, dtype=torch.float32, device=a.device) ** 2 * d)
+    )
     return center_gram(gram) if center else gram
 
 

@@ -42,8 +42,13 @@ def masked_mse_loss(
     return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def image_mse_loss(image: torch.Tensor, pred: torch.Tensor, mask: "torch.Tensor | None", patch_size: int,
-                   norm_pix: bool = True) -> torch.Tensor:
+def image_mse_loss(
+    image: torch.Tensor,
+    pred: torch.Tensor,
+    mask: "torch.Tensor | None",
+    patch_size: int,
+    norm_pix: bool = True,
+) -> torch.Tensor:
     """:func:`masked_mse_loss` against the patches of ``image``: the reference of the fused
     :mod:`mimir_fast.kernels.norm_pix_loss` kernel.
 

@@ -22,7 +22,9 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(n, gh * gw, p * p * c)
 
 
-def unpatchify(patches: torch.Tensor, patch_size: int, channels: int, grid_size: tuple[int, int]) -> torch.Tensor:
+def unpatchify(
+    patches: torch.Tensor, patch_size: int, channels: int, grid_size: tuple[int, int]
+) -> torch.Tensor:
     """Inverse of :func:`patchify`: (N, L, p*p*C) -> (N, C, H, W)."""
     n = patches.shape[0]
     p, c = patch_size, channels

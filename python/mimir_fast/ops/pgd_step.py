@@ -27,7 +27,9 @@ def per_sample(value: float | torch.Tensor, n: int, device: torch.device) -> tor
     if t.ndim == 0:
         return t.expand(n)
     if t.shape != (n,):
-        raise ValueError(f"alpha and eps must be numbers or (N,) tensors with N={n}, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"alpha and eps must be numbers or (N,) tensors with N={n}, got shape {tuple(t.shape)}"
+        )
     return t
 
 
@@ -35,16 +37,24 @@ def check_step_inputs(x_adv: torch.Tensor, grad: torch.Tensor, x0: torch.Tensor,
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if x_adv.shape != grad.shape or x_adv.shape != x0.shape:
-        raise ValueError(f"x_adv, grad and x0 must have the same shape, got {tuple(x_adv.shape)}, "
-                         f"{tuple(grad.shape)} and {tuple(x0.shape)}")
+        raise ValueError(
+            f"x_adv, grad and x0 must have the same shape, got {tuple(x_adv.shape)}, "
+            f"{tuple(grad.shape)} and {tuple(x0.shape)}"
+        )
     if x_adv.ndim < 1 or x_adv.shape[0] == 0:
         raise ValueError("x_adv must be a non-empty batch (N, ...)")
     if not x_adv.is_floating_point():
         raise ValueError(f"x_adv must be a floating-point tensor, got {x_adv.dtype}")
 
 
-def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x0: torch.Tensor, alpha: float | torch.Tensor,
-             eps: float | torch.Tensor, norm: str = "linf") -> torch.Tensor:
+def pgd_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x0: torch.Tensor,
+    alpha: float | torch.Tensor,
+    eps: float | torch.Tensor,
+    norm: str = "linf",
+) -> torch.Tensor:
     """One projected-gradient step (see the module docstring). Returns a new tensor.
 
     Args:
@@ -65,13 +75,21 @@ def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x0: torch.Tensor, alpha: f
         x = x + a * torch.sign(g)
         x = torch.minimum(torch.maximum(x, c - e), c + e)
     else:
-        g_norm = torch.linalg.vector_norm(g.reshape(n, -1), dim=1).clamp_min(NORM_FLOOR).reshape(view)
+        g_norm = (
+            torch.linalg.vector_norm(g.reshape(n, -1), dim=1).clamp_min(NORM_FLOOR).reshape(view)
+        )
         delta = x + a * (g / g_norm) - c
-        d_norm = torch.linalg.vector_norm(delta.reshape(n, -1), dim=1).clamp_min(NORM_FLOOR).reshape(view)
+        d_norm = (
+            torch.linalg.vector_norm(delta.reshape(n, -1), dim=1)
+            .clamp_min(NORM_FLOOR)
+            .reshape(view)
+        )
         x = c + delta * torch.clamp(e / d_norm, max=1.0)
     return x.clamp(0.0, 1.0).to(x_adv.dtype)
 
 
-def project(x: torch.Tensor, x0: torch.Tensor, eps: float | torch.Tensor, norm: str = "linf") -> torch.Tensor:
+def project(
+    x: torch.Tensor, x0: torch.Tensor, eps: float | torch.Tensor, norm: str = "linf"
+) -> torch.Tensor:
     """Project ``x`` onto the eps-ball around ``x0`` intersected with [0, 1] (a step with alpha 0)."""
     return pgd_step(x, x, x0, 0.0, eps, norm)

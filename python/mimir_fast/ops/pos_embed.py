@@ -11,7 +11,9 @@ def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
-def sincos_pos_embed_2d(dim: int, grid_size: tuple[int, int], cls_token: bool = True) -> torch.Tensor:
+def sincos_pos_embed_2d(
+    dim: int, grid_size: tuple[int, int], cls_token: bool = True
+) -> torch.Tensor:
     """MAE's fixed 2D sin-cos embedding for a row-major patch grid.
 
     The first half of the channels encodes the patch's *column* and the second half its *row*.
