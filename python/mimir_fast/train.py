@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from ._io import atomic_save_tensors, atomic_write, load_tensors
 from .data import build_dataset
-from .data.batch_augment import crop_with_padding_and_flip
+from .data.augmentations import crop_with_padding_and_flip
 from .hsic import ESTIMATORS as HSIC_ESTIMATORS
 from .methods import Batch, Method, get_method
 from .models import MaskedViT, create_model

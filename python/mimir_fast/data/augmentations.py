@@ -1,7 +1,13 @@
-"""Augmentation of a whole batch at once, on whatever device the batch lives on."""
+"""The augmentations both loaders offer, and crop-and-flip of a whole batch in PyTorch."""
 
 import torch
 import torch.nn.functional as F
+
+__all__ = ["AUGMENTATIONS", "crop_with_padding_and_flip"]
+
+# Every augmentation a training run can ask for; "rrc*" (random-resized-crop) needs the native
+# loader, the others run in either loader.
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "rrc_flip", "rrc", "none")
 
 
 def crop_with_padding_and_flip(
