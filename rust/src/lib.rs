@@ -4,7 +4,7 @@
 use pyo3::prelude::*;
 
 mod augment;
-mod build;
+mod build_info;
 mod decode;
 mod loader;
 mod masking;
@@ -23,20 +23,20 @@ mod _native {
     /// Version of the native module (equals the Python package version).
     #[pymodule_export]
     #[allow(non_upper_case_globals)]
-    const __version__: &str = crate::build::VERSION;
+    const __version__: &str = crate::build_info::VERSION;
 
     /// `"release"` or `"debug"`: the Cargo profile the module was compiled with.
     #[pyfunction]
     fn build_profile() -> &'static str {
-        crate::build::profile()
+        crate::build_info::profile()
     }
 
     /// A dict describing the build: version, profile, target and rustc's optimisation level.
     #[pyfunction]
     fn build_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
         let info = pyo3::types::PyDict::new(py);
-        info.set_item("version", crate::build::VERSION)?;
-        info.set_item("profile", crate::build::profile())?;
+        info.set_item("version", crate::build_info::VERSION)?;
+        info.set_item("profile", crate::build_info::profile())?;
         info.set_item("target_arch", std::env::consts::ARCH)?;
         info.set_item("target_os", std::env::consts::OS)?;
         info.set_item("debug_assertions", cfg!(debug_assertions))?;
