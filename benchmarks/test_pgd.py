@@ -125,7 +125,7 @@ def test_pgd10(benchmark, setup, provider):
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_pgd_step(benchmark, provider, norm):
     from mimir_fast.kernels.pgd_step import pgd_step_triton
-    from mimir_fast.ops.pgd_step import pgd_step
+    from mimir_fast.ops.pgd_step import pgd_step_reference as pgd_step
 
     g = torch.Generator(device="cuda").manual_seed(0)
     shape = (128, 3, 224, 224)

@@ -30,16 +30,17 @@ from __future__ import annotations
 
 import time
 
-import mimir_fast.ops.attention
-import mimir_fast.ops.embed
-import mimir_fast.ops.loss
-import mimir_fast.ops.pgd_step  # noqa: F401
 import pytest
 import torch
 import torch.nn.functional as F
 from mimir_fast import ops
 from mimir_fast.hsic import hsic
 from mimir_fast.models import create_model
+from mimir_fast.ops.attention import attention_reference
+from mimir_fast.ops.decoder_scatter import decoder_scatter_reference
+from mimir_fast.ops.masked_patch_embed import masked_patch_embed_reference
+from mimir_fast.ops.norm_pix_loss import norm_pix_loss_reference
+from mimir_fast.ops.pgd_step import pgd_step_reference
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(
@@ -129,7 +130,7 @@ def test_masked_patch_embed(benchmark, provider, shape):
         out.backward(torch.ones_like(out))
         return out
 
-    ref = ops.embed.masked_patch_embed(
+    ref = masked_patch_embed_reference(
         x.detach(), ids_keep, conv.weight.detach(), conv.bias.detach(), pos
     )
     assert _rel(run(), ref) < 2e-2
@@ -165,7 +166,7 @@ def test_decoder_scatter(benchmark, provider, shape):
         out.backward(torch.ones_like(out))
         return out
 
-    assert _rel(run(), ops.embed.decoder_scatter(x.detach(), ids_restore, tok.detach(), pos)) < 1e-5
+    assert _rel(run(), decoder_scatter_reference(x.detach(), ids_restore, tok.detach(), pos)) < 1e-5
     _timed(benchmark, run)
 
 
@@ -245,7 +246,7 @@ def test_attention(benchmark, provider, shape, part):
         out.backward(torch.ones_like(out))
         return out
 
-    assert _rel(run(), ops.attention.attention(qkv.detach())) < 2e-2
+    assert _rel(run(), attention_reference(qkv.detach())) < 2e-2
     _timed(benchmark, run)
 
 
@@ -274,7 +275,7 @@ def test_norm_pix_loss(benchmark, provider, shape):
         loss.backward()
         return loss
 
-    assert _rel(run(), ops.loss.image_mse_loss(image, pred.detach(), mask, p, True)) < 1e-4
+    assert _rel(run(), norm_pix_loss_reference(image, pred.detach(), mask, p, True)) < 1e-4
     _timed(benchmark, run)
 
 
@@ -327,7 +328,7 @@ def mimir_step(model, opt, x: torch.Tensor, kernels: str) -> torch.Tensor:
     """One MIMIR pretraining step; the PGD step and HSIC follow ``kernels`` like the model."""
     from mimir_fast.kernels.pgd_step import pgd_step_triton
 
-    step = pgd_step_triton if kernels == "triton" else ops.pgd_step.pgd_step
+    step = pgd_step_triton if kernels == "triton" else pgd_step_reference
     # attack: one PGD step maximising the masked reconstruction loss of the clean image
     x_adv = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp_(0, 1).requires_grad_(True)
     with torch.autocast("cuda", dtype=BF16):

@@ -19,7 +19,7 @@ from mimir_fast.models.presets import PRESETS
 
 @pytest.fixture(autouse=True)
 def _no_kernel_env(monkeypatch):
-    # A MIMIR_FAST_KERNELS set in the caller's environment would override every kernels= below.
+    # A MIMIR_FAST_KERNELS set in the caller's environment would replace every kernels="auto" below.
     monkeypatch.delenv("MIMIR_FAST_KERNELS", raising=False)
 
 
@@ -685,15 +685,17 @@ def test_kernels_unknown_choice():
         MaskedViT(MaskedViTConfig(**TINY), kernels="cuda")
 
 
-def test_kernels_env_override(monkeypatch):
+def test_kernels_env_replaces_auto_only(monkeypatch):
     monkeypatch.setenv("MIMIR_FAST_KERNELS", "bogus")
     with pytest.raises(ValueError, match="bogus"):
-        MaskedViT(MaskedViTConfig(**TINY), kernels="torch")
+        MaskedViT(MaskedViTConfig(**TINY), kernels="auto")
     monkeypatch.setenv("MIMIR_FAST_KERNELS", "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert MaskedViT(MaskedViTConfig(**TINY), kernels="auto").backend == "triton"
+    assert MaskedViT(MaskedViTConfig(**TINY), kernels="torch").backend == "torch"  # explicit wins
     monkeypatch.setenv("MIMIR_FAST_KERNELS", "torch")
     assert MaskedViT(MaskedViTConfig(**TINY), kernels="auto").backend == "torch"
+    assert MaskedViT(MaskedViTConfig(**TINY), kernels="triton").backend == "triton"
 
 
 # --------------------------------------------------------------------------- param groups

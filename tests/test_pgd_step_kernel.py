@@ -17,7 +17,7 @@ import pytest
 import torch
 from mimir_fast.attacks import pgd_step
 from mimir_fast.kernels import resolve_kernels
-from mimir_fast.ops.pgd_step import pgd_step as reference
+from mimir_fast.ops.pgd_step import pgd_step_reference as reference
 from mimir_fast.ops.pgd_step import project
 
 # (id, norm, dtype, shape, per-sample alpha/eps)

@@ -14,18 +14,27 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from mimir_fast import MaskedViT, MaskedViTConfig
-from mimir_fast.kernels import custom_ops
-from mimir_fast.kernels.attention import AttentionFunction, attention_triton
-from mimir_fast.kernels.decoder_scatter import DecoderScatterFunction, decoder_scatter_triton
+from mimir_fast.kernels.attention import AttentionFunction, attention_op, attention_triton
+from mimir_fast.kernels.decoder_scatter import (
+    DecoderScatterFunction,
+    decoder_scatter_op,
+    decoder_scatter_triton,
+)
 from mimir_fast.kernels.masked_patch_embed import (
     MaskedPatchEmbedFunction,
+    masked_patch_embed_op,
     masked_patch_embed_triton,
 )
-from mimir_fast.kernels.norm_pix_loss import NormPixLossFunction, norm_pix_loss_triton
+from mimir_fast.kernels.norm_pix_loss import (
+    NormPixLossFunction,
+    norm_pix_loss_op,
+    norm_pix_loss_triton,
+)
 from mimir_fast.ops import random_masking
-from mimir_fast.ops.attention import attention
-from mimir_fast.ops.embed import decoder_scatter, masked_patch_embed
-from mimir_fast.ops.loss import image_mse_loss
+from mimir_fast.ops.attention import attention_reference as attention
+from mimir_fast.ops.decoder_scatter import decoder_scatter_reference as decoder_scatter
+from mimir_fast.ops.masked_patch_embed import masked_patch_embed_reference as masked_patch_embed
+from mimir_fast.ops.norm_pix_loss import norm_pix_loss_reference as image_mse_loss
 
 pytestmark = pytest.mark.interpreter
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -280,9 +289,9 @@ def _opcheck_cases():
     ids = _ids_keep(3, 9, 4, gen)
     _, mask, ids_restore = random_masking(3, 9, 0.6, DEV)
     return {
-        "attention": (custom_ops.attention, (_leaf(3, 7, 3, 2, 16, gen=gen),)),
+        "attention": (attention_op, (_leaf(3, 7, 3, 2, 16, gen=gen),)),
         "masked_patch_embed": (
-            custom_ops.masked_patch_embed,
+            masked_patch_embed_op,
             (
                 _leaf(3, 3, 12, 12, gen=gen),
                 ids,
@@ -292,11 +301,11 @@ def _opcheck_cases():
             ),
         ),
         "decoder_scatter": (
-            custom_ops.decoder_scatter,
+            decoder_scatter_op,
             (_leaf(3, 4, 8, gen=gen), ids_restore, _leaf(8, gen=gen), torch.randn(10, 8).to(DEV)),
         ),
         "norm_pix_loss": (
-            custom_ops.norm_pix_loss,
+            norm_pix_loss_op,
             (torch.rand(3, 3, 12, 12).to(DEV), _leaf(3, 9, 48, gen=gen), mask, 4, True),
         ),
     }

@@ -18,8 +18,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import KERNEL_CHOICES, resolve_kernels
-from .ops.hsic import center_gram, gaussian_gram, pairwise_sq_dists
+from ._validate import check_choice
+from .kernels.dispatch import KERNEL_CHOICES
+from .ops.gaussian_gram import center_gram, gaussian_gram, pairwise_sq_dists
+
+__all__ = ["BANDWIDTHS", "ESTIMATORS", "HSIC", "hsic", "hsic_from_grams", "median_sigma"]
 
 ESTIMATORS = ("nocca", "biased", "unbiased", "cka")
 BANDWIDTHS = ("mimir", "median")
@@ -40,14 +43,8 @@ def median_sigma(a: torch.Tensor) -> torch.Tensor:
 def _gram(a: torch.Tensor, sigma: float, bandwidth: str, kernels: str = "auto") -> torch.Tensor:
     """(m, d) -> (m, m) Gram matrix, on the fused kernel where ``kernels`` resolves to Triton."""
     if bandwidth == "median":  # the bandwidth is a data-derived constant: no gradient through it
-        sigma, scale_by_dim = median_sigma(a.detach()), False
-    else:
-        scale_by_dim = True
-    if resolve_kernels(kernels, ("gaussian_gram",), a.device.type) == "triton":
-        from .kernels.gaussian_gram import gaussian_gram_triton
-
-        return gaussian_gram_triton(a, sigma, scale_by_dim=scale_by_dim)
-    return gaussian_gram(a, sigma, scale_by_dim=scale_by_dim)
+        return gaussian_gram(a, median_sigma(a.detach()), scale_by_dim=False, kernels=kernels)
+    return gaussian_gram(a, sigma, scale_by_dim=True, kernels=kernels)
 
 
 def hsic_from_grams(
@@ -66,9 +63,8 @@ def hsic_from_grams(
         def r(k: torch.Tensor) -> torch.Tensor:
             kc = k - k.mean(dim=-1, keepdim=True)  # K H
             # solve_ex: no error check, so no host sync (a singular system gives non-finite values)
-            return torch.linalg.solve_ex(kc + eps * m * eye, kc, left=False)[
-                0
-            ]  # Kc (Kc + eps m I)^-1
+            solved, _ = torch.linalg.solve_ex(kc + eps * m * eye, kc, left=False)
+            return solved  # Kc (Kc + eps m I)^-1
 
         return (r(kx) * r(ky).mT).sum(dim=(-2, -1)).float()
     if estimator == "biased":
@@ -109,15 +105,14 @@ def hsic(
         bandwidth: "mimir" or "median" (median heuristic, no ``d`` scaling).
         eps: ridge of the "nocca" form (MIMIR: 1e-5).
         zero_if_nonfinite: return 0 instead of NaN/inf, without a host sync.
-        kernels: Gram matrices on the fused Triton kernel ("auto": on CUDA), or "torch".
+        kernels: Gram matrices on the fused Triton kernel: "auto" (on CUDA, or as the
+            ``MIMIR_FAST_KERNELS`` environment variable says), "torch" or "triton".
 
     Returns:
         A scalar fp32 tensor.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if bandwidth not in BANDWIDTHS:
-        raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {bandwidth!r}")
+    check_choice(estimator, "estimator", ESTIMATORS)
+    check_choice(bandwidth, "bandwidth", BANDWIDTHS)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y need the same batch size, got {x.shape[0]} and {y.shape[0]}")
     if x.shape[0] < 2:
@@ -146,12 +141,9 @@ class HSIC(nn.Module):
         kernels: str = "auto",
     ):
         super().__init__()
-        if kernels not in KERNEL_CHOICES:
-            raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if bandwidth not in BANDWIDTHS:
-            raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {bandwidth!r}")
+        check_choice(kernels, "kernels", KERNEL_CHOICES)
+        check_choice(estimator, "estimator", ESTIMATORS)
+        check_choice(bandwidth, "bandwidth", BANDWIDTHS)
         self.estimator, self.sigma, self.bandwidth, self.eps = estimator, sigma, bandwidth, eps
         self.kernels = kernels
 
@@ -178,4 +170,7 @@ class HSIC(nn.Module):
         return torch.where(torch.isfinite(values), values, torch.zeros_like(values))
 
     def extra_repr(self) -> str:
-        return f"estimator={self.estimator!r}, sigma={self.sigma}, bandwidth={self.bandwidth!r}, eps={self.eps}"
+        return (
+            f"estimator={self.estimator!r}, sigma={self.sigma}, "
+            f"bandwidth={self.bandwidth!r}, eps={self.eps}"
+        )

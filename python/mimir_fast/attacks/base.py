@@ -18,34 +18,11 @@ import torch
 from torch import nn
 
 from ..kernels import resolve_kernels
-from ..ops.pgd_step import NORMS
-from ..ops.pgd_step import pgd_step as pgd_step_reference
+from ..ops.pgd_step import NORMS, pgd_step
 from .objectives import Objective, get_objective
 
+# The attacks' op with a Triton kernel: the projected step (mimir_fast.ops.pgd_step).
 PGD_STEP_TRITON_OPS = ("pgd_step",)
-
-
-def pgd_step(
-    x_adv: torch.Tensor,
-    grad: torch.Tensor,
-    x0: torch.Tensor,
-    alpha: float | torch.Tensor,
-    eps: float | torch.Tensor,
-    norm: str = "linf",
-    kernels: str = "auto",
-) -> torch.Tensor:
-    """One projected-gradient step: move along ``grad`` (sign step for L-inf, normalised for L2),
-    project onto the eps-ball around ``x0``, clamp to [0, 1]; returns a new tensor.
-
-    ``kernels="auto"`` uses the fused Triton kernel on CUDA and the PyTorch reference
-    (:func:`mimir_fast.ops.pgd_step.pgd_step`) elsewhere; "torch" / "triton" force one.
-    """
-    path = resolve_kernels(kernels, PGD_STEP_TRITON_OPS, device=x_adv.device.type)
-    if path == "triton":
-        from ..kernels.pgd_step import pgd_step_triton
-
-        return pgd_step_triton(x_adv, grad, x0, alpha, eps, norm)
-    return pgd_step_reference(x_adv, grad, x0, alpha, eps, norm)
 
 
 @contextmanager

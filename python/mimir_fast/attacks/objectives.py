@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import patchify
-from ..ops.loss import normalize_patches
+from ..ops.norm_pix_loss import normalize_patches
 
 __all__ = [
     "DLR",

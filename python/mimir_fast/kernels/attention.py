@@ -17,9 +17,9 @@ layout with strides instead, so neither transpose is ever materialised:
   into one (N, T, 3, H, Dh) tensor: exactly the gradient of the fused ``qkv`` output, so the
   backward of the ``qkv`` linear reads it without a concatenation.
 
-The reference is :func:`mimir_fast.ops.attention.attention`. fp32 inputs use exact (IEEE) fp32
-products so that the CPU interpreter and a GPU agree with the reference to ~1e-5; bf16/fp16
-inputs use tensor cores with fp32 accumulation (the performance path, under autocast).
+The reference is :func:`mimir_fast.ops.attention.attention_reference`. fp32 inputs use exact
+(IEEE) fp32 products so that the CPU interpreter and a GPU agree with the reference to ~1e-5;
+bf16/fp16 inputs use tensor cores with fp32 accumulation (the performance path, under autocast).
 """
 
 from __future__ import annotations
@@ -29,6 +29,16 @@ import math
 import torch
 import triton
 import triton.language as tl
+
+__all__ = [
+    "AttentionFunction",
+    "attention_backward",
+    "attention_backward_op",
+    "attention_forward",
+    "attention_op",
+    "attention_triton",
+    "default_block_sizes",
+]
 
 _LOG2E = 1.4426950408889634
 
@@ -47,7 +57,9 @@ def _attention_fwd_kernel(
     BLOCK_D: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    """Attention output for one block of queries of one (sample, head). Grid: (cdiv(T, BLOCK_M), N * H).
+    """Attention output for one block of queries of one (sample, head).
+
+    Grid: (cdiv(T, BLOCK_M), N * H).
 
     Pointers:
         qkv_ptr: (N, T, 3, H, HEAD_DIM) contiguous, fp32/bf16/fp16: the fused projection output.
@@ -128,7 +140,9 @@ def _attention_bwd_dq_kernel(
     BLOCK_D: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    """dQ for one block of queries of one (sample, head), and ``delta``. Grid: (cdiv(T, BLOCK_M), N * H).
+    """dQ for one block of queries of one (sample, head), and ``delta``.
+
+    Grid: (cdiv(T, BLOCK_M), N * H).
 
     Pointers:
         qkv_ptr: (N, T, 3, H, HEAD_DIM) the forward's input. dqkv_ptr: same shape and dtype; this
@@ -282,7 +296,10 @@ def _check_qkv(qkv: torch.Tensor) -> None:
 
 
 def attention_forward(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward. qkv: (N, T, 3, H, Dh) -> (out (N, T, H * Dh) in qkv's dtype, lse (N, H, T) fp32)."""
+    """Launch the forward.
+
+    qkv: (N, T, 3, H, Dh) -> (out (N, T, H * Dh) in qkv's dtype, lse (N, H, T) fp32).
+    """
     _check_qkv(qkv)
     qkv = qkv.contiguous()
     n, t, _, h, dh = qkv.shape
@@ -358,9 +375,9 @@ def attention_backward(
 class AttentionFunction(torch.autograd.Function):
     """Differentiable fused attention: ``qkv (N, T, 3, H, Dh) -> (N, T, H * Dh)``.
 
-    ``forward``/``setup_context``/``backward`` are also the rules of the ``mimir_fast::attention``
-    custom op (see :mod:`mimir_fast.kernels.custom_ops`), whose backward calls the
-    ``mimir_fast::attention_backward`` op so that ``torch.compile`` can trace it.
+    ``setup_context``/``backward`` are also the autograd rules of the ``mimir_fast::attention``
+    custom op below; the backward calls the ``mimir_fast::attention_backward`` op so that
+    ``torch.compile`` can trace it.
     """
 
     @staticmethod
@@ -380,6 +397,29 @@ class AttentionFunction(torch.autograd.Function):
         return torch.ops.mimir_fast.attention_backward(dout, qkv, out, lse)
 
 
+# The launchers, registered as custom ops: forward -> (out, lse); backward -> d_qkv.
+attention_op = torch.library.custom_op("mimir_fast::attention", attention_forward, mutates_args=())
+attention_backward_op = torch.library.custom_op(
+    "mimir_fast::attention_backward", attention_backward, mutates_args=()
+)
+
+
+@attention_op.register_fake
+def _(qkv):
+    n, t, _, h, dh = qkv.shape
+    return qkv.new_empty((n, t, h * dh)), qkv.new_empty((n, h, t), dtype=torch.float32)
+
+
+@attention_backward_op.register_fake
+def _(dout, qkv, out, lse):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+attention_op.register_autograd(
+    AttentionFunction.backward, setup_context=AttentionFunction.setup_context
+)
+
+
 def attention_triton(qkv: torch.Tensor) -> torch.Tensor:
     """Fused softmax attention (scale ``Dh ** -0.5``, no mask, no dropout) on the custom op.
 
@@ -388,26 +428,10 @@ def attention_triton(qkv: torch.Tensor) -> torch.Tensor:
     Returns:
         (N, T, H * Dh) in qkv's dtype, the input of the ``proj`` linear.
     """
-    from . import custom_ops  # noqa: F401  (registers the ops)
-
-    return torch.ops.mimir_fast.attention(qkv)[0]
+    return attention_op(qkv)[0]
 
 
 def default_block_sizes(t: int, head_dim: int) -> dict[str, int]:
     """The block sizes used for a shape (for benchmark reports)."""
     bm, bn, bd = _blocks(t, head_dim)
     return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "key_steps": math.ceil(t / bn)}
-
-
-# (tokens, head_dim) shapes at which a GPU benchmark (benchmarks/test_vit_kernels.py, group
-# "attention") measured ``scaled_dot_product_attention`` faster than this kernel, per device
-# name; MaskedViT keeps SDPA there. Empty until the suite has run on that GPU (see
-# benchmarks/results/); the README quotes the numbers.
-SDPA_PREFERRED: dict[str, frozenset[tuple[int, int]]] = {}
-
-
-def sdpa_preferred(t: int, head_dim: int, device: torch.device) -> bool:
-    """True where SDPA measured faster than the fused kernel on this device (see ``SDPA_PREFERRED``)."""
-    if device.type != "cuda" or not SDPA_PREFERRED:
-        return False
-    return (t, head_dim) in SDPA_PREFERRED.get(torch.cuda.get_device_name(device), frozenset())

@@ -1,4 +1,4 @@
-"""Decoder input assembly: unshuffle with ``ids_restore``, insert the mask token, add position, fused.
+"""Decoder input assembly, fused: unshuffle by ``ids_restore``, insert mask tokens, add position.
 
 The PyTorch path concatenates the kept tokens with L - K copies of the mask token, gathers them
 back into patch order, concatenates the class token in front and adds the decoder position
@@ -15,7 +15,7 @@ positions: each program reduces its block of tokens into one partial row, summed
 side by one tiny ``sum`` (no atomics). The position embedding's gradient, when it requires one,
 is ``d_out.sum(0)``.
 
-The reference is :func:`mimir_fast.ops.embed.decoder_scatter`.
+The reference is :func:`mimir_fast.ops.decoder_scatter.decoder_scatter_reference`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,15 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+__all__ = [
+    "DecoderScatterFunction",
+    "decoder_scatter_backward",
+    "decoder_scatter_backward_op",
+    "decoder_scatter_forward",
+    "decoder_scatter_op",
+    "decoder_scatter_triton",
+]
 
 
 @triton.jit
@@ -159,9 +168,9 @@ def decoder_scatter_backward(
     num_kept: int,
     x_dtype: torch.dtype,
     need_pos: bool,
-) -> list[torch.Tensor]:
-    """Launch the backward: ``[d_x (N, 1 + K, D) in x_dtype, d_mask_token (D,) fp32, d_pos (1 + L, D) fp32]``
-    (d_pos empty unless ``need_pos``)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the backward: ``(d_x (N, 1 + K, D) in x_dtype, d_mask_token (D,) fp32,
+    d_pos (1 + L, D) fp32)`` (d_pos empty unless ``need_pos``)."""
     n, t, d = dout.shape
     length = t - 1
     dout = dout.contiguous()
@@ -182,14 +191,14 @@ def decoder_scatter_backward(
     )
     d_tok = part.sum((0, 1))
     d_pos = dout.float().sum(0) if need_pos else dout.new_empty(0, dtype=torch.float32)
-    return [d_x, d_tok, d_pos]
+    return d_x, d_tok, d_pos
 
 
 class DecoderScatterFunction(torch.autograd.Function):
     """Differentiable decoder scatter: ``(x, ids_restore, mask_token, pos) -> (N, 1 + L, D)``.
 
     Its ``setup_context``/``backward`` are the autograd rules of the ``mimir_fast::decoder_scatter``
-    custom op; the backward calls ``mimir_fast::decoder_scatter_backward``.
+    custom op below; the backward calls ``mimir_fast::decoder_scatter_backward``.
     """
 
     @staticmethod
@@ -219,6 +228,37 @@ class DecoderScatterFunction(torch.autograd.Function):
         )
 
 
+# The launchers, registered as custom ops.
+decoder_scatter_op = torch.library.custom_op(
+    "mimir_fast::decoder_scatter", decoder_scatter_forward, mutates_args=()
+)
+decoder_scatter_backward_op = torch.library.custom_op(
+    "mimir_fast::decoder_scatter_backward", decoder_scatter_backward, mutates_args=()
+)
+
+
+@decoder_scatter_op.register_fake
+def _(x, ids_restore, mask_token, pos):
+    n, _, d = x.shape
+    dtype = torch.promote_types(torch.promote_types(x.dtype, mask_token.dtype), pos.dtype)
+    return x.new_empty((n, ids_restore.shape[1] + 1, d), dtype=dtype)
+
+
+@decoder_scatter_backward_op.register_fake
+def _(dout, ids_restore, num_kept, x_dtype, need_pos):
+    n, t, d = dout.shape
+    return (
+        dout.new_empty((n, num_kept + 1, d), dtype=x_dtype),
+        dout.new_empty((d,), dtype=torch.float32),
+        dout.new_empty((t, d) if need_pos else (0,), dtype=torch.float32),
+    )
+
+
+decoder_scatter_op.register_autograd(
+    DecoderScatterFunction.backward, setup_context=DecoderScatterFunction.setup_context
+)
+
+
 def decoder_scatter_triton(
     x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor
 ) -> torch.Tensor:
@@ -230,6 +270,4 @@ def decoder_scatter_triton(
     Returns:
         (N, 1 + L, D): ``cat([x[:, :1], unshuffle(cat([x[:, 1:], mask tokens]))]) + pos``.
     """
-    from . import custom_ops  # noqa: F401  (registers the ops)
-
-    return torch.ops.mimir_fast.decoder_scatter(x, ids_restore, mask_token, pos)
+    return decoder_scatter_op(x, ids_restore, mask_token, pos)

@@ -7,8 +7,8 @@ registers, then forms the distances, clamps rounding below zero, zeroes the diag
 the exponential and stores the tile. Nothing of size m x m x d, and no separate distance or
 norm tensor, is ever written to memory.
 
-The reference is :func:`mimir_fast.ops.hsic.gaussian_gram`. The backward is two matrix
-products (see :class:`GaussianGram`), left to cuBLAS.
+The reference is :func:`mimir_fast.ops.gaussian_gram.gaussian_gram_reference`. The backward is
+two matrix products (see :class:`GaussianGram`), left to cuBLAS.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+__all__ = ["GaussianGram", "gaussian_gram_forward", "gaussian_gram_triton"]
 
 
 @triton.jit
@@ -79,7 +81,7 @@ def _gaussian_gram_fwd_kernel(
 
 
 def gaussian_gram_forward(a: torch.Tensor, scale: torch.Tensor, ieee: bool = True) -> torch.Tensor:
-    """Launch the kernel. ``a``: (B, m, d) fp32/bf16; ``scale``: (B,) fp32. Returns (B, m, m) fp32."""
+    """Launch the kernel. ``a``: (B, m, d) fp32/bf16; ``scale``: (B,) fp32 -> (B, m, m) fp32."""
     a = a.contiguous()
     bsz, m, d = a.shape
     k = torch.empty(bsz, m, m, dtype=torch.float32, device=a.device)
@@ -124,7 +126,8 @@ class GaussianGram(torch.autograd.Function):
 def gaussian_gram_triton(
     a: torch.Tensor, sigma: float | torch.Tensor = 5.0, scale_by_dim: bool = True, ieee: bool = True
 ) -> torch.Tensor:
-    """Same contract as :func:`mimir_fast.ops.hsic.gaussian_gram` (no centring), on the kernel.
+    """Same contract as :func:`~mimir_fast.ops.gaussian_gram.gaussian_gram_reference` (no
+    centring), on the kernel.
 
     Args:
         a: (m, d) or (B, m, d). sigma: a number, or a tensor with one value per matrix.

@@ -21,7 +21,7 @@ per block of the L patches of a sample; a kept patch copies its row of ``d_patch
 pixels, a removed patch writes zeros. Every pixel is written exactly once: no zero-fill pass, no
 atomics.
 
-The reference is :func:`mimir_fast.ops.embed.masked_patch_embed`.
+The reference is :func:`mimir_fast.ops.masked_patch_embed.masked_patch_embed_reference`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,15 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+__all__ = [
+    "MaskedPatchEmbedFunction",
+    "masked_patch_embed_backward",
+    "masked_patch_embed_backward_op",
+    "masked_patch_embed_forward",
+    "masked_patch_embed_op",
+    "masked_patch_embed_triton",
+]
 
 
 @triton.jit
@@ -59,9 +68,9 @@ def _masked_patch_embed_fwd_kernel(
     n = tl.program_id(0)
     j = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     j_ok = j < K
-    l = tl.load(ids_ptr + n.to(tl.int64) * K + j, mask=j_ok, other=0)
-    gy = l // GW
-    gx = l % GW
+    patch = tl.load(ids_ptr + n.to(tl.int64) * K + j, mask=j_ok, other=0)
+    gy = patch // GW
+    gx = patch % GW
     e = tl.arange(0, BLOCK_P)
     e_ok = e < P
     ch = e // (PATCH * PATCH)
@@ -93,10 +102,13 @@ def _masked_patch_embed_epilogue_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """``out[n, j] = y[n, j] + bias + pos[ids[n, j]]`` for BLOCK_K tokens. Grid: (N, cdiv(K, BLOCK_K)).
+    """``out[n, j] = y[n, j] + bias + pos[ids[n, j]]`` for BLOCK_K tokens.
+
+    Grid: (N, cdiv(K, BLOCK_K)).
 
     Pointers:
-        y_ptr: (N, K, D) contiguous matmul output. out_ptr: (N, K, D) contiguous, the promoted dtype.
+        y_ptr: (N, K, D) contiguous matmul output.
+        out_ptr: (N, K, D) contiguous, the promoted dtype.
         bias_ptr: (D,) (unused when not HAS_BIAS). pos_ptr: (L, D) contiguous position embedding
             of the patch tokens. ids_ptr: (N, K) int64.
     Constexprs: HAS_BIAS; BLOCK_K: tokens per program; BLOCK_D: next power of two >= D.
@@ -104,13 +116,13 @@ def _masked_patch_embed_epilogue_kernel(
     n = tl.program_id(0)
     j = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     j_ok = j < K
-    l = tl.load(ids_ptr + n.to(tl.int64) * K + j, mask=j_ok, other=0)
+    patch = tl.load(ids_ptr + n.to(tl.int64) * K + j, mask=j_ok, other=0)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     ok = j_ok[:, None] & d_ok[None, :]
     row = n.to(tl.int64) * K * D + j[:, None] * D + d[None, :]
     acc = tl.load(y_ptr + row, mask=ok, other=0.0).to(tl.float32)
-    acc += tl.load(pos_ptr + l[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
+    acc += tl.load(pos_ptr + patch[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(out_ptr + row, acc.to(out_ptr.dtype.element_ty), mask=ok)
@@ -135,19 +147,21 @@ def _masked_patch_embed_bwd_kernel(
     """Image gradient for BLOCK_L patches of one sample. Grid: (N, cdiv(L, BLOCK_L)).
 
     Pointers:
-        dpatch_ptr: (N, K, P) contiguous gradient of the gathered patches ((channel, row, col) rows).
+        dpatch_ptr: (N, K, P) contiguous gradient of the gathered patches, rows in
+            (channel, row, col) order.
         slot_ptr: (N, L) int64: for patch l, its row j in ``ids_keep`` (``ids_keep[n, j] == l``),
             or -1 for a removed patch.
-        dimg_ptr: (N, C, H, W) contiguous output, the image's dtype; fully written (zeros where removed).
+        dimg_ptr: (N, C, H, W) contiguous output, the image's dtype; fully written (zeros where
+            removed).
     Constexprs: PATCH: p; BLOCK_L: patches per program; BLOCK_P: next power of two >= P.
     """
     n = tl.program_id(0)
-    l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    l_ok = l < L
-    slot = tl.load(slot_ptr + n.to(tl.int64) * L + l, mask=l_ok, other=-1)
+    patch = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    l_ok = patch < L
+    slot = tl.load(slot_ptr + n.to(tl.int64) * L + patch, mask=l_ok, other=-1)
     kept = slot >= 0
-    gy = l // GW
-    gx = l % GW
+    gy = patch // GW
+    gx = patch % GW
     e = tl.arange(0, BLOCK_P)
     e_ok = e < P
     ch = e // (PATCH * PATCH)
@@ -199,8 +213,9 @@ def masked_patch_embed_forward(
     """Launch the forward.
 
     Args:
-        x: (N, C, H, W) images. ids_keep: (N, K) int64. weight: (D, C, p, p) convolution weight, in
-            the matmul's dtype (the caller casts it under autocast). bias: (D,) or None. pos: (L, D).
+        x: (N, C, H, W) images. ids_keep: (N, K) int64.
+        weight: (D, C, p, p) convolution weight, in the matmul's dtype (the caller casts it under
+            autocast). bias: (D,) or None. pos: (L, D).
     Returns:
         tokens (N, K, D) in ``promote_types(weight, pos)`` and the gathered patches (N, K, C*p*p)
         in the weight's dtype (saved for the weight gradient).
@@ -261,8 +276,9 @@ def masked_patch_embed_backward(
     need_bias: bool,
     need_pos: bool,
     num_patches: int,
-) -> list[torch.Tensor]:
-    """Launch the backward: ``[d_x, d_weight, d_bias, d_pos]``; an unneeded one is an empty tensor."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the backward: ``(d_x, d_weight, d_bias fp32, d_pos fp32)``; an unneeded one is an
+    empty tensor."""
     n, c, h, w = x.shape
     d, _, p, _ = weight.shape
     k = ids_keep.shape[1]
@@ -303,14 +319,16 @@ def masked_patch_embed_backward(
         if need_pos:
             d_pos = torch.zeros((num_patches, d), dtype=torch.float32, device=x.device)
             d_pos.index_add_(0, ids_keep.reshape(-1), g.float())
-    return [d_x, d_w, d_b, d_pos]
+    return d_x, d_w, d_b, d_pos
 
 
 class MaskedPatchEmbedFunction(torch.autograd.Function):
-    """Differentiable masked patch embedding: ``(x, ids_keep, weight, bias, pos) -> (tokens, patches)``.
+    """Differentiable masked patch embedding:
+    ``(x, ids_keep, weight, bias, pos) -> (tokens, patches)``.
 
-    Its ``setup_context``/``backward`` are the autograd rules of the ``mimir_fast::masked_patch_embed``
-    custom op; the backward calls ``mimir_fast::masked_patch_embed_backward``.
+    Its ``setup_context``/``backward`` are the autograd rules of the
+    ``mimir_fast::masked_patch_embed`` custom op below; the backward calls
+    ``mimir_fast::masked_patch_embed_backward``.
     """
 
     @staticmethod
@@ -353,6 +371,42 @@ class MaskedPatchEmbedFunction(torch.autograd.Function):
         )
 
 
+# The launchers, registered as custom ops.
+masked_patch_embed_op = torch.library.custom_op(
+    "mimir_fast::masked_patch_embed", masked_patch_embed_forward, mutates_args=()
+)
+masked_patch_embed_backward_op = torch.library.custom_op(
+    "mimir_fast::masked_patch_embed_backward", masked_patch_embed_backward, mutates_args=()
+)
+
+
+@masked_patch_embed_op.register_fake
+def _(x, ids_keep, weight, bias, pos):
+    n, k = ids_keep.shape
+    d, c, p, _ = weight.shape
+    dtype = torch.promote_types(weight.dtype, pos.dtype)
+    if bias is not None:
+        dtype = torch.promote_types(dtype, bias.dtype)
+    return x.new_empty((n, k, d), dtype=dtype), x.new_empty((n, k, c * p * p), dtype=weight.dtype)
+
+
+@masked_patch_embed_backward_op.register_fake
+def _(dout, x, ids_keep, weight, patches, need_x, need_weight, need_bias, need_pos, num_patches):
+    d = weight.shape[0]
+    e = dout.new_empty(0)
+    return (
+        x.new_empty(x.shape) if need_x else e,
+        weight.new_empty(weight.shape) if need_weight else e,
+        dout.new_empty((d,), dtype=torch.float32) if need_bias else e,
+        dout.new_empty((num_patches, d), dtype=torch.float32) if need_pos else e,
+    )
+
+
+masked_patch_embed_op.register_autograd(
+    MaskedPatchEmbedFunction.backward, setup_context=MaskedPatchEmbedFunction.setup_context
+)
+
+
 def masked_patch_embed_triton(
     x: torch.Tensor,
     ids_keep: torch.Tensor,
@@ -369,8 +423,6 @@ def masked_patch_embed_triton(
         (N, K, D). Under autocast the matmul runs in the autocast dtype (as the convolution
         would) and the bias / position add in fp32, giving the reference's dtype.
     """
-    from . import custom_ops  # noqa: F401  (registers the ops)
-
     if torch.is_autocast_enabled(x.device.type):
         weight = weight.to(torch.get_autocast_dtype(x.device.type))
-    return torch.ops.mimir_fast.masked_patch_embed(x, ids_keep, weight, bias, pos)[0]
+    return masked_patch_embed_op(x, ids_keep, weight, bias, pos)[0]

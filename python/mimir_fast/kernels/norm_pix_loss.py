@@ -18,7 +18,8 @@ then over the masked patches. Here:
   ``t_hat = (t - mean) / s``, ``s = sqrt(var + eps)``, with ``g = -2 w e / P``:
   ``d t = (g - mean(g) - t_hat * sum(g * t_hat) / (P - 1)) / s``.
 
-The reference is :func:`mimir_fast.ops.loss.masked_mse_loss` on ``patchify(image)``.
+The reference is :func:`mimir_fast.ops.norm_pix_loss.norm_pix_loss_reference`
+(:func:`~mimir_fast.ops.norm_pix_loss.masked_mse_loss` on ``patchify(image)``).
 """
 
 from __future__ import annotations
@@ -27,14 +28,24 @@ import torch
 import triton
 import triton.language as tl
 
-NORM_EPS = 1e-6
+from ._shared import NORM_PIX_EPS
+
+__all__ = [
+    "NormPixLossFunction",
+    "norm_pix_loss_backward",
+    "norm_pix_loss_backward_op",
+    "norm_pix_loss_forward",
+    "norm_pix_loss_op",
+    "norm_pix_loss_triton",
+]
 
 
 @triton.jit
-def _patch_addr(n, l, e, C, H, W, GW, PATCH: tl.constexpr):
-    """Image offsets of elements ``e`` ((row, col, channel) order) of patches ``l`` of sample ``n``."""
-    gy = l // GW
-    gx = l % GW
+def _patch_addr(n, patch, e, C, H, W, GW, PATCH: tl.constexpr):
+    """Image offsets of elements ``e`` ((row, col, channel) order) of patches ``patch`` of
+    sample ``n``."""
+    gy = patch // GW
+    gx = patch % GW
     r = e // (PATCH * C)
     c = (e // C) % PATCH
     ch = e % C
@@ -78,16 +89,16 @@ def _norm_pix_loss_fwd_kernel(
         BLOCK_L: patches per program. BLOCK_P: next power of two >= P.
     """
     n = tl.program_id(0)
-    l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    l_ok = l < L
+    patch = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    l_ok = patch < L
     e = tl.arange(0, BLOCK_P)
     e_ok = e < P
     ok = l_ok[:, None] & e_ok[None, :]
-    t = tl.load(img_ptr + _patch_addr(n, l, e, C, H, W, GW, PATCH), mask=ok, other=0.0).to(
+    t = tl.load(img_ptr + _patch_addr(n, patch, e, C, H, W, GW, PATCH), mask=ok, other=0.0).to(
         tl.float32
     )
     pred = tl.load(
-        pred_ptr + n.to(tl.int64) * stride_pn + l[:, None] * stride_pl + e[None, :],
+        pred_ptr + n.to(tl.int64) * stride_pn + patch[:, None] * stride_pl + e[None, :],
         mask=ok,
         other=0.0,
     ).to(tl.float32)
@@ -97,7 +108,7 @@ def _norm_pix_loss_fwd_kernel(
         var = tl.sum(cen * cen, axis=1) / (P - 1)
         t = cen / tl.sqrt(var + eps)[:, None]
     err = tl.where(ok, pred - t, 0.0)
-    tl.store(per_patch_ptr + n.to(tl.int64) * L + l, tl.sum(err * err, axis=1) / P, mask=l_ok)
+    tl.store(per_patch_ptr + n.to(tl.int64) * L + patch, tl.sum(err * err, axis=1) / P, mask=l_ok)
 
 
 @triton.jit
@@ -127,22 +138,23 @@ def _norm_pix_loss_bwd_kernel(
     """Gradients for BLOCK_L patches of one sample. Grid: (N, cdiv(L, BLOCK_L)).
 
     Pointers:
-        img_ptr, pred_ptr: as the forward. mask_ptr: (N, L) any dtype, 1 = counts (unused if not HAS_MASK).
+        img_ptr, pred_ptr: as the forward.
+        mask_ptr: (N, L) any dtype, 1 = counts (unused if not HAS_MASK).
         w_ptr: (1,) fp32, ``grad_loss / count`` (count = mask sum clamped to >= 1, or N*L).
         dpred_ptr: (N, L, P) contiguous output, pred's dtype.
         dimg_ptr: (N, C, H, W) contiguous output, the image's dtype (only written if NEED_DIMG).
     Constexprs: as the forward, plus HAS_MASK and NEED_DIMG.
     """
     n = tl.program_id(0)
-    l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    l_ok = l < L
+    patch = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    l_ok = patch < L
     e = tl.arange(0, BLOCK_P)
     e_ok = e < P
     ok = l_ok[:, None] & e_ok[None, :]
-    addr = _patch_addr(n, l, e, C, H, W, GW, PATCH)
+    addr = _patch_addr(n, patch, e, C, H, W, GW, PATCH)
     t = tl.load(img_ptr + addr, mask=ok, other=0.0).to(tl.float32)
     pred = tl.load(
-        pred_ptr + n.to(tl.int64) * stride_pn + l[:, None] * stride_pl + e[None, :],
+        pred_ptr + n.to(tl.int64) * stride_pn + patch[:, None] * stride_pl + e[None, :],
         mask=ok,
         other=0.0,
     ).to(tl.float32)
@@ -154,13 +166,13 @@ def _norm_pix_loss_bwd_kernel(
         t = cen * inv_s[:, None]
     w = tl.load(w_ptr)
     if HAS_MASK:
-        w = w * tl.load(mask_ptr + n.to(tl.int64) * L + l, mask=l_ok, other=0.0).to(tl.float32)
+        w = w * tl.load(mask_ptr + n.to(tl.int64) * L + patch, mask=l_ok, other=0.0).to(tl.float32)
         coef = (2.0 / P) * w[:, None]
     else:
         coef = tl.full([BLOCK_L, 1], 2.0 / P, dtype=tl.float32) * w
     dp = tl.where(ok, coef * (pred - t), 0.0)
     tl.store(
-        dpred_ptr + n.to(tl.int64) * L * P + l[:, None] * P + e[None, :],
+        dpred_ptr + n.to(tl.int64) * L * P + patch[:, None] * P + e[None, :],
         dp.to(dpred_ptr.dtype.element_ty),
         mask=ok,
     )
@@ -204,7 +216,8 @@ def norm_pix_loss_forward(
     patch_size: int,
     norm_pix: bool,
 ) -> torch.Tensor:
-    """Launch the forward: the scalar fp32 loss (masked mean of per-patch MSE; plain mean if mask is None)."""
+    """Launch the forward: the scalar fp32 loss, the masked mean of the per-patch MSE (the plain
+    mean when ``mask`` is None)."""
     n, c, h, w, length = _geometry(image, pred, patch_size)
     image = image.contiguous()
     pred = _pred_strides(pred)
@@ -223,7 +236,7 @@ def norm_pix_loss_forward(
         pdim,
         pred.stride(0),
         pred.stride(1),
-        NORM_EPS,
+        NORM_PIX_EPS,
         PATCH=patch_size,
         NORM_PIX=norm_pix,
         BLOCK_L=bl,
@@ -243,8 +256,9 @@ def norm_pix_loss_backward(
     patch_size: int,
     norm_pix: bool,
     need_image: bool,
-) -> list[torch.Tensor]:
-    """Launch the backward: ``[d_pred (N, L, P) in pred's dtype, d_image (empty unless need_image)]``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the backward: ``(d_pred (N, L, P) in pred's dtype, d_image (N, C, H, W))``, d_image
+    empty unless ``need_image``."""
     n, c, h, w, length = _geometry(image, pred, patch_size)
     image = image.contiguous()
     pred = _pred_strides(pred)
@@ -273,7 +287,7 @@ def norm_pix_loss_backward(
         pdim,
         pred.stride(0),
         pred.stride(1),
-        NORM_EPS,
+        NORM_PIX_EPS,
         PATCH=patch_size,
         NORM_PIX=norm_pix,
         HAS_MASK=mask is not None,
@@ -281,14 +295,16 @@ def norm_pix_loss_backward(
         BLOCK_L=bl,
         BLOCK_P=triton.next_power_of_2(pdim),
     )
-    return [d_pred, d_img]
+    return d_pred, d_img
 
 
 class NormPixLossFunction(torch.autograd.Function):
-    """Differentiable loss ``(image, pred, mask, patch_size, norm_pix) -> scalar``, w.r.t. pred and image.
+    """Differentiable loss ``(image, pred, mask, patch_size, norm_pix) -> scalar``, with respect
+    to pred and image.
 
     Its ``setup_context``/``backward`` are the autograd rules of the ``mimir_fast::norm_pix_loss``
-    custom op; the backward calls ``mimir_fast::norm_pix_loss_backward``. The mask gets no gradient.
+    custom op below; the backward calls ``mimir_fast::norm_pix_loss_backward``. The mask gets no
+    gradient.
     """
 
     @staticmethod
@@ -311,6 +327,30 @@ class NormPixLossFunction(torch.autograd.Function):
         return (d_img if need_image else None, d_pred if need_pred else None, None, None, None)
 
 
+# The launchers, registered as custom ops.
+norm_pix_loss_op = torch.library.custom_op(
+    "mimir_fast::norm_pix_loss", norm_pix_loss_forward, mutates_args=()
+)
+norm_pix_loss_backward_op = torch.library.custom_op(
+    "mimir_fast::norm_pix_loss_backward", norm_pix_loss_backward, mutates_args=()
+)
+
+
+@norm_pix_loss_op.register_fake
+def _(image, pred, mask, patch_size, norm_pix):
+    return pred.new_empty((), dtype=torch.float32)
+
+
+@norm_pix_loss_backward_op.register_fake
+def _(grad, image, pred, mask, patch_size, norm_pix, need_image):
+    return (pred.new_empty(pred.shape), image.new_empty(image.shape if need_image else (0,)))
+
+
+norm_pix_loss_op.register_autograd(
+    NormPixLossFunction.backward, setup_context=NormPixLossFunction.setup_context
+)
+
+
 def norm_pix_loss_triton(
     image: torch.Tensor,
     pred: torch.Tensor,
@@ -324,6 +364,4 @@ def norm_pix_loss_triton(
         image: (N, C, H, W) target. pred: (N, L, p*p*C). mask: (N, L) 1 = counts, or None (all).
         patch_size: p. norm_pix: normalise each target patch by its mean and unbiased std.
     """
-    from . import custom_ops  # noqa: F401  (registers the ops)
-
-    return torch.ops.mimir_fast.norm_pix_loss(image, pred, mask, patch_size, norm_pix)
+    return norm_pix_loss_op(image, pred, mask, patch_size, norm_pix)

@@ -1,6 +1,6 @@
 """Fused projected-gradient step (PGD / APGD update) as Triton kernels.
 
-The reference is :func:`mimir_fast.ops.pgd_step.pgd_step`; this computes the same thing in
+The reference is :func:`mimir_fast.ops.pgd_step.pgd_step_reference`; this computes the same thing in
 fp32 registers and writes the result in ``x_adv``'s dtype (fp32 or bf16):
 
 - L-inf: one pass. Each program loads a block of ``x_adv``, ``grad`` and ``x0`` of one sample,
@@ -21,7 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.pgd_step import NORM_FLOOR, check_step_inputs, per_sample
+from ._shared import NORM_FLOOR, check_step_inputs, per_sample
+
+__all__ = ["pgd_step_triton"]
 
 _BLOCK = 1024
 _STATS_BLOCK = 1024
@@ -113,7 +115,8 @@ def pgd_step_triton(
     eps: float | torch.Tensor,
     norm: str = "linf",
 ) -> torch.Tensor:
-    """Fused projected-gradient step; same contract as :func:`mimir_fast.ops.pgd_step.pgd_step`.
+    """Fused projected-gradient step; the contract of
+    :func:`~mimir_fast.ops.pgd_step.pgd_step_reference`.
 
     Args:
         x_adv, grad, x0: (N, ...) tensors of one shape on one device (made contiguous if needed).

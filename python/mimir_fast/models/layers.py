@@ -1,10 +1,11 @@
 """Transformer building blocks, laid out like timm's VisionTransformer so weights map 1:1."""
 
-import os
-
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..ops.attention import attention
+
+__all__ = ["Attention", "Block", "DropPath", "Mlp", "PatchEmbed"]
 
 
 class DropPath(nn.Module):
@@ -35,32 +36,19 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        # "triton": the fused kernel (kernels/attention.py) reads the qkv layout directly, except at
-        # shapes where SDPA measured faster; "torch": scaled_dot_product_attention. Set by MaskedViT.
+        # The kernels= path of ops.attention.attention ("torch": SDPA; "triton": the fused kernel,
+        # reading the qkv layout directly). Set by MaskedViT.
         self.backend = "torch"
-
-    def _use_triton(self, x: torch.Tensor, t: int, head_dim: int) -> bool:
-        if self.backend != "triton" or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            return False
-        from ..kernels.attention import sdpa_preferred
-
-        return not sdpa_preferred(t, head_dim, x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
-        qkv = self.qkv(x).reshape(
-            n, t, 3, self.num_heads, d // self.num_heads
-        )  # (N, T, 3, heads, head_dim)
-        if self._use_triton(x, t, d // self.num_heads):
-            from ..kernels.attention import attention_triton
-
-            return self.proj(attention_triton(qkv))  # (N, T, D), no transposes
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (N, heads, T, head_dim)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(n, t, d))
+        qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, d // self.num_heads)  # (N, T, 3, H, Dh)
+        return self.proj(attention(qkv, kernels=self.backend))  # (N, T, D)
 
 
 class Mlp(nn.Module):
+    """Two linears with an exact GELU between them."""
+
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)

@@ -22,10 +22,20 @@ from torch import nn
 
 from .. import ops
 from .._io import atomic_save_tensors, load_tensors
-from ..kernels import MASKED_VIT_TRITON_OPS, resolve_kernels
+from ..kernels.dispatch import resolve_kernels, use_triton
+from ..ops.decoder_scatter import decoder_scatter
+from ..ops.masked_patch_embed import masked_patch_embed
+from ..ops.norm_pix_loss import norm_pix_loss
 from .layers import Block, PatchEmbed
 
 FILE_FORMAT = "mimir_fast.MaskedViT/1"
+# MaskedViT's ops that have a Triton kernel (kernels/<op>.py).
+MASKED_VIT_TRITON_OPS: tuple[str, ...] = (
+    "masked_patch_embed",
+    "decoder_scatter",
+    "attention",
+    "norm_pix_loss",
+)
 
 
 @dataclass
@@ -152,13 +162,14 @@ class MaskedViT(nn.Module):
     Args:
         config: the architecture; keyword ``overrides`` replace its fields.
         kernels: "auto" (Triton on CUDA where a kernel exists, else PyTorch), "torch" or
-            "triton". ``MIMIR_FAST_KERNELS`` overrides it for the process. The Triton path fuses
+            "triton". The ``MIMIR_FAST_KERNELS`` environment variable, when set, replaces the
+            default "auto"; an explicit "torch" or "triton" wins over it. The Triton path fuses
             the masked patch embedding, the decoder's unshuffle + mask token + position add, the
             attention of every block (except at shapes listed in
-            ``kernels.attention.SDPA_PREFERRED``) and the norm-pix loss; each kernel is a
+            ``kernels.dispatch.SDPA_PREFERRED``) and the norm-pix loss; each kernel is a
             ``torch.library`` custom op, so the model also runs under ``torch.compile``. It runs
             on CUDA tensors (or on the CPU under ``TRITON_INTERPRET=1``); other tensors take
-            the PyTorch path.
+            the PyTorch path. The choice is resolved once, into ``backend``.
     """
 
     def __init__(
@@ -171,7 +182,7 @@ class MaskedViT(nn.Module):
         config = dataclasses.replace(config or MaskedViTConfig(), **overrides)
         self.config = c = config
         self.kernels = kernels
-        self.backend = resolve_kernels(kernels, MASKED_VIT_TRITON_OPS)
+        self.backend = resolve_kernels(kernels, MASKED_VIT_TRITON_OPS)  # "torch" or "triton"
         self.check_inputs = True  # validate shapes/dtypes/finiteness of public inputs
         self.num_classes = c.num_classes
         self.global_pool = c.global_pool
@@ -344,7 +355,7 @@ class MaskedViT(nn.Module):
     def _fast(self, t: torch.Tensor) -> bool:
         """Whether the fused Triton kernels run for a tensor on ``t``'s device: backend "triton" and
         a CUDA tensor (or the CPU interpreter, TRITON_INTERPRET=1)."""
-        return self.backend == "triton" and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+        return use_triton(self.backend, "masked_patch_embed", t)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, L, p*p*C)."""
@@ -388,10 +399,7 @@ class MaskedViT(nn.Module):
         """
         self._check_images(x)
         n = x.shape[0]
-        if self._fast(x):
-            tokens, mask, ids_restore = self._embed_kept_fused(x, mask_ratio, ids_keep)
-        else:
-            tokens, mask, ids_restore = self._embed_kept(x, mask_ratio, ids_keep)
+        tokens, mask, ids_restore = self._embed_kept(x, mask_ratio, ids_keep)
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)
         tokens = torch.cat([cls, tokens], dim=1)  # (N, 1 + len_keep, D)
         for block in self.blocks:
@@ -401,29 +409,10 @@ class MaskedViT(nn.Module):
     def _embed_kept(
         self, x: torch.Tensor, mask_ratio: float, ids_keep: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reference path: embed every patch, add position, then keep ``ids_keep`` (or a random mask)."""
-        n = x.shape[0]
-        tokens = self.patch_embed(x) + self.pos_embed[:, 1:, :]  # (N, L, D)
-        if ids_keep is not None:
-            self._check_ids_keep(ids_keep, n)
-            mask, ids_restore = ops.ids_from_keep(ids_keep, self.num_patches)
-            tokens = torch.gather(
-                tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
-            )
-        elif mask_ratio == 0:
-            self._check_mask_ratio(mask_ratio)
-            mask = tokens.new_zeros(n, self.num_patches, dtype=torch.float32)
-            ids_restore = torch.arange(self.num_patches, device=x.device).expand(n, -1)
-        else:
-            self._check_mask_ratio(mask_ratio)
-            tokens, mask, ids_restore = self.random_masking(tokens, mask_ratio)
-        return tokens, mask, ids_restore
+        """Tokens of the kept patches, position added: ``ids_keep``, or a random mask.
 
-    def _embed_kept_fused(
-        self, x: torch.Tensor, mask_ratio: float, ids_keep: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fused path: embed only the kept patches (kernels/masked_patch_embed.py). Draws the same
-        random mask as the reference path (same generator calls, in the same order)."""
+        The mask is drawn before the embedding, so every path makes the same generator calls.
+        """
         n, length = x.shape[0], self.num_patches
         if ids_keep is not None:
             self._check_ids_keep(ids_keep, n)
@@ -436,11 +425,9 @@ class MaskedViT(nn.Module):
         else:
             self._check_mask_ratio(mask_ratio)
             ids_keep, mask, ids_restore = ops.random_masking(n, length, mask_ratio, x.device)
-        from ..kernels.masked_patch_embed import masked_patch_embed_triton
-
         proj = self.patch_embed.proj
-        tokens = masked_patch_embed_triton(
-            x, ids_keep, proj.weight, proj.bias, self.pos_embed[0, 1:, :]
+        tokens = masked_patch_embed(
+            x, ids_keep, proj.weight, proj.bias, self.pos_embed[0, 1:, :], kernels=self.backend
         )
         return tokens, mask, ids_restore  # (N, len_keep, D)
 
@@ -454,22 +441,9 @@ class MaskedViT(nn.Module):
             (N, L, p*p*C) predicted patches (normalised patches when ``norm_pix_loss``).
         """
         x = self.decoder_embed(latent)  # (N, 1 + len_keep, Dd)
-        n, t, d = x.shape
-        if self._fast(x):
-            from ..kernels.decoder_scatter import decoder_scatter_triton
-
-            x = decoder_scatter_triton(
-                x, ids_restore, self.mask_token, self.decoder_pos_embed[0]
-            )  # (N, 1 + L, Dd)
-        else:
-            num_masked = ids_restore.shape[1] + 1 - t
-            patches = torch.cat(
-                [x[:, 1:, :], self.mask_token.expand(n, num_masked, -1)], dim=1
-            )  # (N, L, Dd)
-            patches = torch.gather(
-                patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d)
-            )  # unshuffle
-            x = torch.cat([x[:, :1, :], patches], dim=1) + self.decoder_pos_embed
+        x = decoder_scatter(
+            x, ids_restore, self.mask_token, self.decoder_pos_embed, kernels=self.backend
+        )  # (N, 1 + L, Dd)
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
@@ -477,14 +451,10 @@ class MaskedViT(nn.Module):
     def forward_loss(
         self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """MSE between ``pred`` and the patches of ``x`` over the removed patches (all if mask is None)."""
-        if self._fast(pred):
-            from ..kernels.norm_pix_loss import norm_pix_loss_triton
-
-            return norm_pix_loss_triton(
-                x, pred, mask, self.config.patch_size, self.config.norm_pix_loss
-            )
-        return ops.masked_mse_loss(pred, self.patchify(x), mask, norm_pix=self.config.norm_pix_loss)
+        """MSE between ``pred`` and the patches of ``x`` over the removed patches (all if ``mask``
+        is None), on per-patch normalised targets when ``norm_pix_loss``."""
+        c = self.config
+        return norm_pix_loss(x, pred, mask, c.patch_size, c.norm_pix_loss, kernels=self.backend)
 
     def forward_mae(
         self,

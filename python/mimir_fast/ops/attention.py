@@ -1,9 +1,23 @@
-"""Plain-PyTorch reference of the fused attention kernel (:mod:`mimir_fast.kernels.attention`)."""
+"""Softmax attention on the fused QKV layout: the reference, and the choice of path.
+
+- :func:`attention_reference`: the readable definition, in fp32; the kernel's tests compare
+  against it.
+- :func:`attention`: what a transformer block calls. It runs the fused Triton kernel
+  (:mod:`mimir_fast.kernels.attention`) where :mod:`mimir_fast.kernels.dispatch` picks Triton,
+  and PyTorch's ``scaled_dot_product_attention`` (the same math, fused by PyTorch) elsewhere.
+"""
+
+from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from ..kernels.dispatch import sdpa_preferred, use_triton
+
+__all__ = ["attention", "attention_reference"]
 
 
-def attention(qkv: torch.Tensor) -> torch.Tensor:
+def attention_reference(qkv: torch.Tensor) -> torch.Tensor:
     """Softmax attention on the fused QKV layout, computed in fp32.
 
     Args:
@@ -16,3 +30,25 @@ def attention(qkv: torch.Tensor) -> torch.Tensor:
     q, k, v = qkv.float().permute(2, 0, 3, 1, 4).unbind(0)  # each (N, H, T, Dh)
     weights = torch.softmax(q @ k.transpose(-2, -1) * dh**-0.5, dim=-1)  # (N, H, T, T)
     return (weights @ v).transpose(1, 2).reshape(n, t, h * dh).to(qkv.dtype)
+
+
+def attention(qkv: torch.Tensor, kernels: str = "auto") -> torch.Tensor:
+    """Softmax attention (scale ``Dh ** -0.5``, no mask, no dropout) on the fused QKV layout.
+
+    Args:
+        qkv: (N, T, 3, H, Dh), the ``qkv`` linear's output reshaped (a view, no copy).
+        kernels: "auto", "torch" or "triton" (see :func:`mimir_fast.kernels.resolve_kernels`).
+            The kernel is skipped at shapes where SDPA measured faster
+            (:data:`mimir_fast.kernels.dispatch.SDPA_PREFERRED`).
+
+    Returns:
+        (N, T, H * Dh) in qkv's dtype, the input of the ``proj`` linear.
+    """
+    n, t, _, h, dh = qkv.shape
+    if use_triton(kernels, "attention", qkv) and not sdpa_preferred(t, dh, qkv.device):
+        from ..kernels.attention import attention_triton
+
+        return attention_triton(qkv)  # no transposes
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (N, H, T, Dh)
+    out = F.scaled_dot_product_attention(q, k, v)  # (N, H, T, Dh)
+    return out.transpose(1, 2).reshape(n, t, h * dh)

@@ -2,6 +2,8 @@
 
 import torch
 
+__all__ = ["ids_from_keep", "random_masking"]
+
 
 def random_masking(
     num_samples: int,

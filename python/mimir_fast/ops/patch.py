@@ -2,6 +2,8 @@
 
 import torch
 
+__all__ = ["patchify", "unpatchify"]
+
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Cut images into non-overlapping patches, row-major, each flattened as (p, p, C).

@@ -1,5 +1,4 @@
-"""The projected-gradient update of PGD/APGD, in plain PyTorch (the reference of
-:mod:`mimir_fast.kernels.pgd_step`).
+"""The projected-gradient update of PGD/APGD: the reference, and the choice of path.
 
 One step moves ``x_adv`` along the gradient, projects the result onto the eps-ball around
 ``x0`` and clamps it to the image range [0, 1]:
@@ -10,44 +9,23 @@ One step moves ``x_adv`` along the gradient, projects the result onto the eps-ba
 
 then ``x = min(max(x, 0), 1)``. Everything is computed in fp32; the result has ``x_adv``'s dtype.
 ``alpha = 0`` gives the bare projection.
+
+- :func:`pgd_step_reference`: the step in plain PyTorch.
+- :func:`pgd_step`: what the attacks call; the fused Triton kernel
+  (:mod:`mimir_fast.kernels.pgd_step`) reads each input once.
 """
 
 from __future__ import annotations
 
 import torch
 
-NORMS = ("linf", "l2")
-# A zero gradient (or a zero delta) must not divide by zero; the same floor is used by the kernel.
-NORM_FLOOR = 1e-12
+from ..kernels._shared import NORM_FLOOR, NORMS, check_step_inputs, per_sample
+from ..kernels.dispatch import use_triton
+
+__all__ = ["NORMS", "pgd_step", "pgd_step_reference", "project"]
 
 
-def per_sample(value: float | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
-    """A step size or radius as an fp32 (N,) tensor: a Python number or a 0-d / (N,) tensor."""
-    t = torch.as_tensor(value, dtype=torch.float32, device=device)
-    if t.ndim == 0:
-        return t.expand(n)
-    if t.shape != (n,):
-        raise ValueError(
-            f"alpha and eps must be numbers or (N,) tensors with N={n}, got shape {tuple(t.shape)}"
-        )
-    return t
-
-
-def check_step_inputs(x_adv: torch.Tensor, grad: torch.Tensor, x0: torch.Tensor, norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if x_adv.shape != grad.shape or x_adv.shape != x0.shape:
-        raise ValueError(
-            f"x_adv, grad and x0 must have the same shape, got {tuple(x_adv.shape)}, "
-            f"{tuple(grad.shape)} and {tuple(x0.shape)}"
-        )
-    if x_adv.ndim < 1 or x_adv.shape[0] == 0:
-        raise ValueError("x_adv must be a non-empty batch (N, ...)")
-    if not x_adv.is_floating_point():
-        raise ValueError(f"x_adv must be a floating-point tensor, got {x_adv.dtype}")
-
-
-def pgd_step(
+def pgd_step_reference(
     x_adv: torch.Tensor,
     grad: torch.Tensor,
     x0: torch.Tensor,
@@ -75,21 +53,44 @@ def pgd_step(
         x = x + a * torch.sign(g)
         x = torch.minimum(torch.maximum(x, c - e), c + e)
     else:
-        g_norm = (
-            torch.linalg.vector_norm(g.reshape(n, -1), dim=1).clamp_min(NORM_FLOOR).reshape(view)
-        )
+        g_norm = _norms(g, n).clamp_min(NORM_FLOOR).reshape(view)
         delta = x + a * (g / g_norm) - c
-        d_norm = (
-            torch.linalg.vector_norm(delta.reshape(n, -1), dim=1)
-            .clamp_min(NORM_FLOOR)
-            .reshape(view)
-        )
+        d_norm = _norms(delta, n).clamp_min(NORM_FLOOR).reshape(view)
         x = c + delta * torch.clamp(e / d_norm, max=1.0)
     return x.clamp(0.0, 1.0).to(x_adv.dtype)
+
+
+def _norms(t: torch.Tensor, n: int) -> torch.Tensor:
+    """(N, ...) -> (N,) Euclidean norm of each sample."""
+    return torch.linalg.vector_norm(t.reshape(n, -1), dim=1)
+
+
+def pgd_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x0: torch.Tensor,
+    alpha: float | torch.Tensor,
+    eps: float | torch.Tensor,
+    norm: str = "linf",
+    kernels: str = "auto",
+) -> torch.Tensor:
+    """One projected-gradient step on the kernel where chosen; the contract of
+    :func:`pgd_step_reference`.
+
+    Args:
+        x_adv, grad, x0, alpha, eps, norm: as :func:`pgd_step_reference`.
+        kernels: "auto" (the fused Triton kernel on CUDA, the reference elsewhere), "torch" or
+            "triton" (see :func:`mimir_fast.kernels.resolve_kernels`).
+    """
+    if use_triton(kernels, "pgd_step", x_adv):
+        from ..kernels.pgd_step import pgd_step_triton
+
+        return pgd_step_triton(x_adv, grad, x0, alpha, eps, norm)
+    return pgd_step_reference(x_adv, grad, x0, alpha, eps, norm)
 
 
 def project(
     x: torch.Tensor, x0: torch.Tensor, eps: float | torch.Tensor, norm: str = "linf"
 ) -> torch.Tensor:
-    """Project ``x`` onto the eps-ball around ``x0`` intersected with [0, 1] (a step with alpha 0)."""
-    return pgd_step(x, x, x0, 0.0, eps, norm)
+    """Project ``x`` onto the eps-ball around ``x0`` intersected with [0, 1] (alpha 0)."""
+    return pgd_step_reference(x, x, x0, 0.0, eps, norm)

@@ -2,6 +2,8 @@
 
 import torch
 
+__all__ = ["sincos_pos_embed_2d"]
+
 
 def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     """(M,) positions -> (M, dim) = [sin(pos * w_k), cos(pos * w_k)], w_k = 10000^(-k / (dim/2))."""
