@@ -3,22 +3,15 @@
 Gradient attacks (:class:`FGSM`, :class:`PGD`, :class:`MIFGSM`, :class:`APGD`, :class:`APGDT`)
 share :class:`~mimir_fast.attacks.base.Attack`; :class:`Square` is score-based black-box;
 :class:`Ensemble` / :class:`AutoAttack` chain attacks on the points still robust. Objectives
-other than classification live in :mod:`mimir_fast.attacks.objectives`; defended pipelines
-(EOT, BPDA, gray-/black-box) in :mod:`mimir_fast.attacks.defended`.
+other than classification live in :mod:`mimir_fast.attacks.objectives`; attacking defended
+pipelines (EOT, gray-/black-box) in :mod:`mimir_fast.attacks.defended`. The purifiers and
+:class:`Defended` itself live in :mod:`mimir_fast.defenses` and are re-exported here.
 """
 
+from ..defenses import BPDA, Defended, GaussianNoise, MAEPurifier, Quantize, RandomPatchMask
 from .apgd import APGD, APGDT, apgd_checkpoints
 from .base import Attack, attack_mode, pgd_step
-from .defended import (
-    BPDA,
-    EOT,
-    Defended,
-    GaussianNoise,
-    MAEPurifier,
-    Quantize,
-    RandomPatchMask,
-    gray_box_target,
-)
+from .defended import EOT, THREATS, check_threat, gray_box_target
 from .ensemble import AutoAttack, Ensemble
 from .objectives import (
     DLR,
@@ -43,6 +36,7 @@ __all__ = [
     "FGSM",
     "MIFGSM",
     "PGD",
+    "THREATS",
     "Attack",
     "AutoAttack",
     "CallableObjective",
@@ -61,6 +55,7 @@ __all__ = [
     "TargetedDLR",
     "apgd_checkpoints",
     "attack_mode",
+    "check_threat",
     "get_objective",
     "gray_box_target",
     "pgd_step",

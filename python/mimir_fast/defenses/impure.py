@@ -1,4 +1,4 @@
-"""Test-time defenses that wrap a pretrained autoencoder as an input purifier."""
+"""IMPure's purifier (every patch rebuilt from the other patches) and its training loss."""
 
 from __future__ import annotations
 
@@ -8,48 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import MaskedViT
-from .noise import add_noise
+from ..models import MaskedViT
 
-
-class NIMDefense(nn.Module):
-    """NIM's defense: add Gaussian noise, denoise with the autoencoder, clamp to [0, 1].
-
-    ``y = classifier(NIMDefense(ae, sigma)(x))``. Random (a new noise draw per call) and
-    differentiable, so white-box attacks go through it with EOT.
-
-    The output is the autoencoder's pixel prediction and nothing else: no statistic of the
-    (possibly adversarial) input is copied into it. Autoencoders trained with norm-pix loss are
-    refused, since turning their output into pixels would need exactly those statistics.
-
-    Args:
-        autoencoder: a MaskedViT trained with ``train(method="nim")`` (pixel targets).
-        sigma: noise level on the 0..255 scale (NIM: 30-140; ~70-75 is the most robust).
-    """
-
-    def __init__(self, autoencoder: MaskedViT, sigma: float = 75.0):
-        super().__init__()
-        if autoencoder.config.norm_pix_loss:
-            raise ValueError(
-                "NIMDefense needs an autoencoder that predicts pixels (norm_pix_loss=False); "
-                "a norm-pix model would leak the input's patch statistics into the output"
-            )
-        if not sigma >= 0:
-            raise ValueError(f"sigma must be >= 0 (0..255 scale), got {sigma}")
-        self.autoencoder = autoencoder
-        self.sigma = float(sigma)
-
-    def denoise(self, x_noisy: torch.Tensor) -> torch.Tensor:
-        """The autoencoder's reconstruction of every patch, clamped to [0, 1]."""
-        latent, _, ids_restore = self.autoencoder.forward_encoder(x_noisy, 0.0)
-        pred = self.autoencoder.forward_decoder(latent, ids_restore)
-        return self.autoencoder.unpatchify(pred).clamp(0.0, 1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.denoise(add_noise(x, self.sigma))
-
-    def extra_repr(self) -> str:
-        return f"sigma={self.sigma}"
+__all__ = ["IMPurePurifier", "impure_loss"]
 
 
 class IMPurePurifier(nn.Module):
@@ -79,8 +40,8 @@ class IMPurePurifier(nn.Module):
             or autoencoder.num_patches % num_groups
         ):
             raise ValueError(
-                f"num_groups must be an integer >= 2 dividing the {autoencoder.num_patches} patches, "
-                f"got {num_groups!r}"
+                f"num_groups must be an integer >= 2 dividing the {autoencoder.num_patches} "
+                f"patches, got {num_groups!r}"
             )
         self.autoencoder = autoencoder
         self.num_groups = num_groups
