@@ -1,5 +1,8 @@
-from .masked_vit import MaskedViT, MaskedViTConfig, create_model
-from .presets import MAE_DECODER, MIMIR_DECODER, list_models
+"""MaskedViT, its config, and the named presets."""
+
+from .config import MaskedViTConfig
+from .masked_vit import MaskedViT
+from .presets import MAE_DECODER, MIMIR_DECODER, create_model, list_models
 
 __all__ = [
     "MAE_DECODER",

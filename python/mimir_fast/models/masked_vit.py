@@ -7,28 +7,33 @@
 - Classifier, a drop-in for timm's ``VisionTransformer``: ``model(x)`` returns logits;
   ``forward_features`` / ``forward_head`` follow timm; :meth:`MaskedViT.from_timm` carries a
   timm ViT's weights over.
+
+The config lives in :mod:`.config`, files in :mod:`._io`, the timm conversion in :mod:`._timm`,
+the named presets in :mod:`.presets`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from .. import ops
-from .._io import atomic_save_tensors, load_tensors
+from .._validate import check_choice, check_number
 from ..kernels.dispatch import resolve_kernels, use_triton
 from ..ops.decoder_scatter import decoder_scatter
 from ..ops.masked_patch_embed import masked_patch_embed
 from ..ops.norm_pix_loss import norm_pix_loss
+from . import _io, _timm
+from ._checks import check_ids_keep, check_images
+from .config import GLOBAL_POOLS, MaskedViTConfig, check_fields
 from .layers import Block, PatchEmbed
 
-FILE_FORMAT = "mimir_fast.MaskedViT/1"
+__all__ = ["MASKED_VIT_TRITON_OPS", "MaskedViT"]
+
 # MaskedViT's ops that have a Triton kernel (kernels/<op>.py).
 MASKED_VIT_TRITON_OPS: tuple[str, ...] = (
     "masked_patch_embed",
@@ -36,124 +41,6 @@ MASKED_VIT_TRITON_OPS: tuple[str, ...] = (
     "attention",
     "norm_pix_loss",
 )
-
-
-@dataclass
-class MaskedViTConfig:
-    """Architecture of a :class:`MaskedViT`. Defaults: ViT-B/16 at 224 px with MIMIR's decoder."""
-
-    img_size: int = 224  # square input side, pixels
-    patch_size: int = 16
-    in_chans: int = 3
-    embed_dim: int = 768  # encoder width
-    depth: int = 12  # encoder blocks
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    norm_eps: float = 1e-6
-    decoder_embed_dim: int = 128  # MIMIR's small decoder; MAE's is 512 / 8 / 16
-    decoder_depth: int = 2
-    decoder_num_heads: int = 16
-    num_classes: int = 1000  # 0: no classifier head (features only)
-    global_pool: str = "avg"  # "avg" over patch tokens, or "token" (the class token)
-    fc_norm: bool | None = None  # norm after pooling; None: True for "avg" pooling (as timm)
-    drop_path_rate: float = 0.0  # stochastic depth of the encoder, linearly increasing
-    norm_pix_loss: bool = True  # MAE loss on per-patch normalised targets
-    learnable_pos_embed: bool = False  # fixed sin-cos by default; True for models from timm
-
-    def __post_init__(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ValueError(f"MaskedViTConfig: {msg}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_real(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        for name in (
-            "img_size",
-            "patch_size",
-            "in_chans",
-            "embed_dim",
-            "depth",
-            "num_heads",
-            "decoder_embed_dim",
-            "decoder_num_heads",
-        ):
-            need(
-                is_int(getattr(self, name)) and getattr(self, name) > 0,
-                f"{name} must be a positive integer, got {getattr(self, name)!r}",
-            )
-        for name in ("decoder_depth", "num_classes"):
-            need(
-                is_int(getattr(self, name)) and getattr(self, name) >= 0,
-                f"{name} must be an integer >= 0, got {getattr(self, name)!r}",
-            )
-        for name in ("mlp_ratio", "norm_eps"):
-            need(
-                is_real(getattr(self, name)) and getattr(self, name) > 0,
-                f"{name} must be a finite number > 0, got {getattr(self, name)!r}",
-            )
-        for name in ("qkv_bias", "norm_pix_loss", "learnable_pos_embed"):
-            need(
-                isinstance(getattr(self, name), bool),
-                f"{name} must be True or False, got {getattr(self, name)!r}",
-            )
-        need(
-            self.fc_norm is None or isinstance(self.fc_norm, bool),
-            f"fc_norm must be None, True or False, got {self.fc_norm!r}",
-        )
-        need(
-            round(self.embed_dim * self.mlp_ratio) >= 1
-            and round(self.decoder_embed_dim * self.mlp_ratio) >= 1,
-            f"mlp_ratio {self.mlp_ratio} leaves an MLP without hidden units",
-        )
-        need(
-            self.img_size % self.patch_size == 0,
-            f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}",
-        )
-        need(
-            self.embed_dim % self.num_heads == 0,
-            f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}",
-        )
-        need(
-            self.decoder_embed_dim % self.decoder_num_heads == 0,
-            f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by "
-            f"decoder_num_heads {self.decoder_num_heads}",
-        )
-        need(
-            self.embed_dim % 4 == 0 and self.decoder_embed_dim % 4 == 0,
-            "embed_dim and decoder_embed_dim must be divisible by 4 (sin-cos position embedding)",
-        )
-        need(
-            self.global_pool in ("avg", "token"),
-            f"global_pool must be 'avg' or 'token', got {self.global_pool!r}",
-        )
-        need(
-            is_real(self.drop_path_rate) and 0.0 <= self.drop_path_rate < 1.0,
-            f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}",
-        )
-
-    @property
-    def use_fc_norm(self) -> bool:
-        return self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MaskedViTConfig:
-        if not isinstance(d, dict):
-            raise ValueError(
-                f"a MaskedViTConfig is built from a dict of its fields, got {type(d).__name__}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MaskedViTConfig fields: {unknown}")
-        return cls(**d)
 
 
 class MaskedViT(nn.Module):
@@ -176,9 +63,7 @@ class MaskedViT(nn.Module):
         self, config: MaskedViTConfig | None = None, *, kernels: str = "auto", **overrides: Any
     ):
         super().__init__()
-        known = {f.name for f in dataclasses.fields(MaskedViTConfig)}
-        if set(overrides) - known:
-            raise ValueError(f"unknown MaskedViTConfig fields: {sorted(set(overrides) - known)}")
+        check_fields(overrides)
         config = dataclasses.replace(config or MaskedViTConfig(), **overrides)
         self.config = c = config
         self.kernels = kernels
@@ -188,8 +73,14 @@ class MaskedViT(nn.Module):
         self.global_pool = c.global_pool
         self.num_prefix_tokens = 1
         self.embed_dim = self.num_features = c.embed_dim
+        self._build_encoder(c)
+        self._build_decoder(c)
+        for block in (*self.blocks, *self.decoder_blocks):
+            block.attn.backend = self.backend
+        self._init_weights()
 
-        # encoder
+    # ------------------------------------------------------------------ setup
+    def _build_encoder(self, c: MaskedViTConfig) -> None:
         self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim)
         self.num_patches = self.patch_embed.num_patches
         self.grid_size = self.patch_embed.grid_size
@@ -209,14 +100,14 @@ class MaskedViT(nn.Module):
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if c.use_fc_norm else nn.Identity()
         self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
 
-        # decoder
+    def _build_decoder(self, c: MaskedViTConfig) -> None:
         patch_dim = c.patch_size**2 * c.in_chans
         self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
         self.register_buffer(
             "decoder_pos_embed",
             ops.sincos_pos_embed_2d(c.decoder_embed_dim, self.grid_size).unsqueeze(0),
-        )
+        )  # (1, 1 + L, Dd)
         self.decoder_blocks = nn.ModuleList(
             Block(
                 c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.qkv_bias, 0.0, c.norm_eps
@@ -225,13 +116,10 @@ class MaskedViT(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.norm_eps)
         self.decoder_pred = nn.Linear(c.decoder_embed_dim, patch_dim)
-        for block in (*self.blocks, *self.decoder_blocks):
-            block.attn.backend = self.backend
-        self._init_weights()
 
-    # ------------------------------------------------------------------ setup
     def _init_weights(self) -> None:
-        """MAE's initialisation: xavier-uniform linears (and patch projection), N(0, 0.02) tokens."""
+        """MAE's initialisation: xavier-uniform linears (and the patch projection), N(0, 0.02)
+        tokens."""
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
@@ -294,62 +182,16 @@ class MaskedViT(nn.Module):
 
     # ------------------------------------------------------------------ validation
     def _check_images(self, x: torch.Tensor, name: str = "x") -> None:
-        if not self.check_inputs:
-            return
-        c = self.config
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 4:
-            raise ValueError(
-                f"{name} must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise ValueError(
-                f"{name} must be a floating-point tensor, got {x.dtype}; convert uint8 "
-                "images with x.float() / 255"
-            )
-        if x.shape[1] != c.in_chans:
-            raise ValueError(
-                f"{name} has {x.shape[1]} channels but the model expects in_chans={c.in_chans}"
-            )
-        if x.shape[2] != c.img_size or x.shape[3] != c.img_size:
-            raise ValueError(
-                f"{name} is {x.shape[2]}x{x.shape[3]} but the model expects "
-                f"{c.img_size}x{c.img_size} images; resize them or build the model "
-                f"with img_size={x.shape[2]}"
-            )
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} is an empty batch")
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or infinite values")
+        if self.check_inputs:
+            check_images(x, self.config, name)
 
     @staticmethod
     def _check_mask_ratio(mask_ratio: float) -> None:
-        if (
-            not isinstance(mask_ratio, (int, float))
-            or not (0.0 <= mask_ratio < 1.0)
-            or math.isnan(mask_ratio)
-        ):
-            raise ValueError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
+        check_number(mask_ratio, "mask_ratio", 0, 1, high_open=True)
 
     def _check_ids_keep(self, ids_keep: torch.Tensor, batch: int) -> None:
-        if not self.check_inputs:
-            return
-        if ids_keep.dtype != torch.int64 or ids_keep.ndim != 2 or ids_keep.shape[0] != batch:
-            raise ValueError(
-                f"ids_keep must be an int64 tensor of shape ({batch}, len_keep), got "
-                f"{ids_keep.dtype} {tuple(ids_keep.shape)}"
-            )
-        if not 1 <= ids_keep.shape[1] <= self.num_patches:
-            raise ValueError(
-                f"ids_keep keeps {ids_keep.shape[1]} patches; it must keep between 1 and "
-                f"{self.num_patches}"
-            )
-        if ids_keep.device.type == "cpu":  # value checks would cost a host sync on a GPU
-            if ids_keep.min() < 0 or ids_keep.max() >= self.num_patches:
-                raise ValueError(f"ids_keep values must lie in [0, {self.num_patches})")
-            if (ids_keep.sort(dim=1).values.diff(dim=1) == 0).any():
-                raise ValueError("ids_keep repeats a patch index within a sample")
+        if self.check_inputs:
+            check_ids_keep(ids_keep, batch, self.num_patches)
 
     # ------------------------------------------------------------------ helpers
     def _fast(self, t: torch.Tensor) -> bool:
@@ -550,8 +392,7 @@ class MaskedViT(nn.Module):
         self.config.fc_norm = isinstance(self.fc_norm, nn.LayerNorm)
         self.num_classes = self.config.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ("avg", "token"):
-                raise ValueError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
+            check_choice(global_pool, "global_pool", GLOBAL_POOLS)
             self.global_pool = self.config.global_pool = global_pool
         device = self.cls_token.device
         self.head = (
@@ -561,8 +402,7 @@ class MaskedViT(nn.Module):
 
     def set_drop_path(self, rate: float) -> None:
         """Set the encoder's stochastic depth (linearly increasing over blocks up to ``rate``)."""
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+        check_number(rate, "drop path rate", 0.0, 1.0, high_open=True)
         self.config.drop_path_rate = rate
         for block, p in zip(self.blocks, torch.linspace(0, rate, len(self.blocks)).tolist()):
             block.drop_path.drop_prob = p
@@ -570,11 +410,7 @@ class MaskedViT(nn.Module):
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
         """Write weights and config to one safetensors file (atomically; no pickle)."""
-        atomic_save_tensors(
-            self.state_dict(),
-            path,
-            metadata={"format": FILE_FORMAT, "config": self.config.to_dict()},
-        )
+        _io.save_model(self, path)
 
     @classmethod
     def load(
@@ -584,82 +420,13 @@ class MaskedViT(nn.Module):
         kernels: str = "auto",
     ) -> MaskedViT:
         """Build a model from a file written by :meth:`save` (or a training checkpoint)."""
-        tensors, meta = load_tensors(path, map_location)
-        if "config" not in meta:
-            raise ValueError(f"{path} holds no MaskedViT config; was it written by MaskedViT.save?")
-        try:
-            config = MaskedViTConfig.from_dict(meta["config"])
-        except ValueError as e:
-            raise ValueError(f"{path} holds an invalid MaskedViT config: {e}") from None
-        prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
-        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        cls._check_layout(config, state, str(path))  # before allocating a model of the file's size
-        model = cls(config, kernels=kernels)
-        model.load_weights(state, source=str(path))
-        return model.to(map_location)
-
-    @classmethod
-    def _check_layout(
-        cls, config: MaskedViTConfig, state: dict[str, torch.Tensor], source: str
-    ) -> None:
-        """Raise ValueError when ``state`` cannot be the weights of a model built from ``config``.
-
-        Compares the block counts and the tensors that fix every width, before the model is built:
-        a file whose config was altered cannot make the loader build a model far larger than
-        the file (``load_weights`` then checks every tensor).
-        """
-        for name, depth in (("blocks", config.depth), ("decoder_blocks", config.decoder_depth)):
-            found = {k.split(".")[1] for k in state if k.startswith(name + ".")}
-            if len(found) != depth:
-                raise ValueError(
-                    f"{source} does not match its config: it holds {len(found)} {name} but the "
-                    f"config says {depth}"
-                )
-        c = config
-        p, d, dd = c.patch_size, c.embed_dim, c.decoder_embed_dim
-        tokens = 1 + (c.img_size // p) ** 2
-        expected = {
-            "patch_embed.proj.weight": (d, c.in_chans, p, p),
-            "pos_embed": (1, tokens, d),
-            "decoder_pos_embed": (1, tokens, dd),
-            "decoder_pred.weight": (p * p * c.in_chans, dd),
-        }
-        if c.num_classes > 0:
-            expected["head.weight"] = (c.num_classes, d)
-        if c.depth:
-            expected["blocks.0.mlp.fc1.weight"] = (round(d * c.mlp_ratio), d)
-        if c.decoder_depth:
-            expected["decoder_blocks.0.mlp.fc1.weight"] = (round(dd * c.mlp_ratio), dd)
-        problems = [
-            f"{k}: file {tuple(state[k].shape) if k in state else 'none'} vs config {shape}"
-            for k, shape in expected.items()
-            if k not in state or tuple(state[k].shape) != shape
-        ]
-        if problems:
-            raise ValueError(f"{source} does not match its config: " + "; ".join(problems))
+        return _io.load_model(cls, path, map_location, kernels)
 
     def load_weights(
         self, state: dict[str, torch.Tensor], source: str = "state dict", strict: bool = True
     ) -> None:
         """``load_state_dict`` with errors that say which tensors are missing or mis-shaped."""
-        own = self.state_dict()
-        problems = []
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if strict and missing:
-            problems.append(f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if strict and unexpected:
-            problems.append(f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        shapes = [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in sorted(set(own) & set(state))
-            if state[k].shape != own[k].shape
-        ]
-        if shapes:
-            problems.append("shape mismatch " + "; ".join(shapes[:8]))
-        if problems:
-            raise ValueError(f"{source} does not match this MaskedViT: " + " | ".join(problems))
-        self.load_state_dict(state, strict=strict)
+        _io.load_weights(self, state, source, strict)
 
     @classmethod
     def from_timm(cls, vit: nn.Module, kernels: str = "auto", **overrides: Any) -> MaskedViT:
@@ -669,81 +436,4 @@ class MaskedViT(nn.Module):
         initialised. Supported: class token, no register tokens, plain pre-norm blocks (no
         layer scale, no q/k norm), GELU MLPs, ``global_pool`` "avg" or "token".
         """
-
-        def need(cond: bool, what: str) -> None:
-            if not cond:
-                raise ValueError(f"from_timm: {what} is not supported")
-
-        need(
-            hasattr(vit, "patch_embed") and hasattr(vit, "blocks"),
-            "a model that is not a timm VisionTransformer",
-        )
-        need(getattr(vit, "cls_token", None) is not None, "a ViT without a class token")
-        need(getattr(vit, "reg_token", None) is None, "register tokens")
-        need(not getattr(vit, "no_embed_class", False), "no_embed_class=True")
-        need(getattr(vit, "pos_embed", None) is not None, "a ViT without position embedding")
-        need(getattr(vit, "attn_pool", None) is None, "attention pooling")
-        need(vit.global_pool in ("avg", "token"), f"global_pool={vit.global_pool!r}")
-        for name in ("norm_pre", "patch_drop"):
-            need(isinstance(getattr(vit, name, nn.Identity()), nn.Identity), name)
-        need(
-            isinstance(getattr(vit.patch_embed, "norm", nn.Identity()), nn.Identity),
-            "a patch-embed norm",
-        )
-        block0 = vit.blocks[0]
-        for name in ("ls1", "ls2"):
-            need(isinstance(getattr(block0, name, nn.Identity()), nn.Identity), "layer scale")
-        for name in ("q_norm", "k_norm", "norm"):
-            need(
-                isinstance(getattr(block0.attn, name, nn.Identity()), nn.Identity),
-                f"attention {name}",
-            )
-        act = getattr(block0.mlp, "act", None)
-        need(
-            isinstance(act, nn.GELU) and act.approximate == "none",
-            "an MLP activation other than exact GELU",
-        )
-        need(isinstance(getattr(block0.mlp, "norm", nn.Identity()), nn.Identity), "an MLP norm")
-        proj = vit.patch_embed.proj
-        img = vit.patch_embed.img_size
-        need(
-            img[0] == img[1] and proj.kernel_size[0] == proj.kernel_size[1] == proj.stride[0],
-            "non-square images or overlapping patches",
-        )
-        embed_dim = proj.out_channels
-        use_fc_norm = isinstance(vit.fc_norm, nn.LayerNorm)
-        norm_layer = vit.fc_norm if use_fc_norm else vit.norm
-        config = MaskedViTConfig(
-            img_size=img[0],
-            patch_size=proj.kernel_size[0],
-            in_chans=proj.in_channels,
-            embed_dim=embed_dim,
-            depth=len(vit.blocks),
-            num_heads=block0.attn.num_heads,
-            mlp_ratio=block0.mlp.fc1.out_features / embed_dim,
-            qkv_bias=block0.attn.qkv.bias is not None,
-            norm_eps=norm_layer.eps if isinstance(norm_layer, nn.LayerNorm) else 1e-6,
-            num_classes=vit.num_classes,
-            global_pool=vit.global_pool,
-            fc_norm=use_fc_norm,
-            learnable_pos_embed=True,
-        )
-        config = dataclasses.replace(config, **overrides)
-        model = cls(config, kernels=kernels)
-        theirs = vit.state_dict()
-        state = model.state_dict()
-        for name in state:
-            if name in theirs and not name.startswith(("decoder", "mask_token")):
-                state[name] = theirs[name]
-        model.load_weights(state, source="timm model")
-        return model
-
-
-def create_model(name: str, **overrides: Any) -> MaskedViT:
-    """Build a preset by name (see :func:`list_models`); keyword overrides replace config fields."""
-    from .presets import PRESETS
-
-    if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
-    kernels = overrides.pop("kernels", "auto")
-    return MaskedViT(PRESETS[name], kernels=kernels, **overrides)
+        return _timm.from_timm(cls, vit, kernels, **overrides)

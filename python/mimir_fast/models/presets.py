@@ -1,11 +1,26 @@
 """Named MaskedViT configurations.
 
 Encoder sizes follow ViT (T/S/B/L); every preset carries MIMIR's small decoder (width 128,
-depth 2, 16 heads); override
-``decoder_embed_dim=512, decoder_depth=8`` for MAE's original one.
+depth 2, 16 heads); override ``decoder_embed_dim=512, decoder_depth=8`` for MAE's original one.
+:func:`create_model` builds a preset by name. Like timm's registry, this module imports the
+model, never the other way round.
 """
 
-from .masked_vit import MaskedViTConfig
+from __future__ import annotations
+
+from typing import Any
+
+from .config import MaskedViTConfig
+from .masked_vit import MaskedViT
+
+__all__ = [
+    "ENCODER_SIZES",
+    "MAE_DECODER",
+    "MIMIR_DECODER",
+    "PRESETS",
+    "create_model",
+    "list_models",
+]
 
 # name: (embed_dim, depth, num_heads)
 ENCODER_SIZES = {
@@ -42,3 +57,16 @@ for _size in ("tiny", "small", "base"):
 def list_models() -> list[str]:
     """Names accepted by :func:`mimir_fast.create_model`."""
     return sorted(PRESETS)
+
+
+def create_model(name: str, **overrides: Any) -> MaskedViT:
+    """Build a preset by name (see :func:`list_models`); keyword overrides replace config fields.
+
+    Args:
+        name: a preset, e.g. "vit_small_patch2_32".
+        overrides: config fields to replace, and ``kernels`` (the model's fast-path switch).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
+    kernels = overrides.pop("kernels", "auto")
+    return MaskedViT(PRESETS[name], kernels=kernels, **overrides)
