@@ -1,11 +1,13 @@
 """Adversarial attacks with torchattacks' call convention: ``x_adv = atk(x, y)``.
 
-Gradient attacks (:class:`FGSM`, :class:`PGD`, :class:`MIFGSM`, :class:`APGD`, :class:`APGDT`)
-share :class:`~mimir_fast.attacks.base.Attack`; :class:`Square` is score-based black-box;
-:class:`Ensemble` / :class:`AutoAttack` chain attacks on the points still robust. Objectives
-other than classification live in :mod:`mimir_fast.attacks.objectives`; attacking defended
-pipelines (EOT, gray-/black-box) in :mod:`mimir_fast.attacks.defended`. The purifiers and
-:class:`Defended` itself live in :mod:`mimir_fast.defenses` and are re-exported here.
+Gradient attacks (:class:`FGSM`, :class:`PGD`, :class:`MIFGSM`, :class:`APGD`, :class:`APGDT`,
+:class:`TRADESAttack`) share :class:`~mimir_fast.attacks.base.Attack`; :class:`Square` is
+score-based black-box; :class:`Ensemble` / :class:`AutoAttack` chain attacks on the points
+still robust. Objectives other than classification live in
+:mod:`mimir_fast.attacks.objectives`;
+attacking defended pipelines (EOT, gray-/black-box) in :mod:`mimir_fast.attacks.defended`.
+The purifiers and :class:`Defended` itself live in :mod:`mimir_fast.defenses` and are
+re-exported here.
 """
 
 from ..defenses import BPDA, Defended, GaussianNoise, MAEPurifier, Quantize, RandomPatchMask
@@ -26,6 +28,7 @@ from .objectives import (
 )
 from .pgd import FGSM, MIFGSM, PGD
 from .square import Square
+from .trades import TRADESAttack
 
 __all__ = [
     "APGD",
@@ -52,6 +55,7 @@ __all__ = [
     "Quantize",
     "RandomPatchMask",
     "Square",
+    "TRADESAttack",
     "TargetedDLR",
     "apgd_checkpoints",
     "attack_mode",

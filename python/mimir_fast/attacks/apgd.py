@@ -18,8 +18,11 @@ from typing import Any
 
 import torch
 
-from .base import Attack, check_count, random_start
+from .._validate import check_int
+from .base import Attack, random_start
 from .objectives import TargetedDLR
+
+__all__ = ["APGD", "APGDT", "MOMENTUM", "RHO", "apgd_checkpoints"]
 
 RHO = 0.75
 MOMENTUM = 0.75
@@ -62,8 +65,8 @@ class APGD(Attack):
         **kwargs: Any,
     ):
         super().__init__(model, eps, loss=loss, **kwargs)
-        self.steps = check_count(steps, "steps")
-        self.restarts = check_count(restarts, "restarts")
+        self.steps = check_int(steps, "steps", low=1)
+        self.restarts = check_int(restarts, "restarts", low=1)
         self.random_start = bool(random_start)
         if not 0 < rho <= 1:
             raise ValueError(f"rho must be in (0, 1], got {rho!r}")
@@ -71,13 +74,17 @@ class APGD(Attack):
         self.name = f"apgd-{self.objective.name}"
 
     def __repr__(self) -> str:
-        return f"APGD(eps={self.eps:.4g}, steps={self.steps}, norm={self.norm!r}, loss={self.objective!r})"
+        return (
+            f"APGD(eps={self.eps:.4g}, steps={self.steps}, norm={self.norm!r}, "
+            f"loss={self.objective!r})"
+        )
 
     def perturb(self, x, y):
         return self._restarts(x, y, self.objective, self._generator(x.device), self.restarts)
 
     def _restarts(self, x, y, objective, gen, restarts, result=None, done=None):
-        """Run ``restarts`` times on the points not yet fooled; update ``result`` / ``done`` in place."""
+        """Run ``restarts`` times on the points not yet fooled, updating ``result`` and ``done``
+        in place."""
         n = x.shape[0]
         result = x.clone() if result is None else result
         done = torch.zeros(n, dtype=torch.bool, device=x.device) if done is None else done
@@ -196,7 +203,7 @@ class APGDT(APGD):
                 "APGDT uses the targeted DLR loss against the true labels; pass y as true labels"
             )
         super().__init__(model, eps, steps=steps, restarts=restarts, loss="ce", **kwargs)
-        self.n_target_classes = check_count(n_target_classes, "n_target_classes")
+        self.n_target_classes = check_int(n_target_classes, "n_target_classes", low=1)
         self.objective = TargetedDLR()
         self.name = "apgd-t"
 

@@ -8,7 +8,6 @@ its inputs once; its iterates stay in [0, 1] by construction). All of it is rest
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,9 +16,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validate import check_int, check_positive
 from ..kernels import resolve_kernels
 from ..ops.pgd_step import NORMS, pgd_step
 from .objectives import Objective, get_objective
+
+__all__ = [
+    "PGD_STEP_TRITON_OPS",
+    "Attack",
+    "attack_mode",
+    "check_images",
+    "check_labels",
+    "num_classes_of",
+    "pgd_step",
+    "random_start",
+]
 
 # The attacks' op with a Triton kernel: the projected step (mimir_fast.ops.pgd_step).
 PGD_STEP_TRITON_OPS = ("pgd_step",)
@@ -53,7 +64,8 @@ def attack_mode(model: Any) -> Iterator[None]:
 
 
 def num_classes_of(model: Any) -> int | None:
-    """The model's number of classes, when it says (``num_classes`` attribute, also on a Defended)."""
+    """The model's number of classes when it says (a ``num_classes`` attribute, also on a
+    Defended's classifier); else None."""
     for obj in (model, getattr(model, "classifier", None)):
         n = getattr(obj, "num_classes", None)
         if isinstance(n, int) and n > 0:
@@ -98,23 +110,6 @@ def check_labels(y: Any, n: int, num_classes: int | None, name: str = "y") -> to
     return y.long()
 
 
-def check_positive(value: Any, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_count(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def random_start(
     x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -143,7 +138,8 @@ class Attack(ABC):
         eps: radius of the threat model (L-inf or L2), > 0.
         norm: "linf" or "l2".
         loss: what to maximise: "ce", "dlr", "margin", "mim", "feature", an
-            :class:`~mimir_fast.attacks.objectives.Objective` or a callable ``loss(model, x_adv, x, y)``.
+            :class:`~mimir_fast.attacks.objectives.Objective` or a callable
+            ``loss(model, x_adv, x, y)``.
         targeted: ``y`` holds target labels, which the attack tries to reach.
         eot_iter: gradients averaged over this many forward/backward passes per step
             (Expectation over Transformation, for randomised models); default: the model's
@@ -179,7 +175,7 @@ class Attack(ABC):
         self.objective = get_objective(loss, targeted=self.targeted)
         if eot_iter is None:
             eot_iter = int(getattr(model, "eot_samples", 1))
-        self.eot_iter = check_count(eot_iter, "eot_iter")
+        self.eot_iter = check_int(eot_iter, "eot_iter", low=1)
         self.seed = seed
         self.kernels = kernels
         resolve_kernels(kernels, PGD_STEP_TRITON_OPS, device="cpu")  # validates the choice
@@ -187,7 +183,7 @@ class Attack(ABC):
 
     # ------------------------------------------------------------------ public call
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Return adversarial examples for images ``x`` (N, C, H, W) in [0, 1] and labels ``y`` (N,)."""
+        """Adversarial examples for images ``x`` (N, C, H, W) in [0, 1] and labels ``y`` (N,)."""
         check_images(x)
         if y is None:
             if self.objective.classification:
@@ -208,7 +204,10 @@ class Attack(ABC):
         """Adversarial examples for validated inputs (the model is already in attack mode)."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(eps={self.eps:.4g}, norm={self.norm!r}, loss={self.objective!r})"
+        return (
+            f"{type(self).__name__}(eps={self.eps:.4g}, norm={self.norm!r}, "
+            f"loss={self.objective!r})"
+        )
 
     # ------------------------------------------------------------------ helpers
     def _generator(self, device: torch.device) -> torch.Generator | None:
@@ -228,7 +227,8 @@ class Attack(ABC):
         y: torch.Tensor,
         objective: Objective | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Per-sample loss, logits (last EOT draw) and the gradient averaged over ``eot_iter`` draws."""
+        """Per-sample loss, logits (last EOT draw) and the gradient averaged over ``eot_iter``
+        draws."""
         objective = objective or self.objective
         loss_sum = grad_sum = logits = None
         for _ in range(self.eot_iter):

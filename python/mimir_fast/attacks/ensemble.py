@@ -12,6 +12,8 @@ from .apgd import APGD, APGDT
 from .base import Attack, attack_mode, check_images, check_labels, num_classes_of
 from .square import Square
 
+__all__ = ["AutoAttack", "Ensemble"]
+
 
 class Ensemble:
     """Run ``attacks`` in order; each sees only the points that every earlier attack failed on.

@@ -67,7 +67,7 @@ class CrossEntropy(Objective):
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Difference of logits ratio: ``-(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)`` (needs >= 3 classes)."""
+    """Difference of logits ratio ``-(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)`` (>= 3 classes)."""
     z = logits.float()
     top, _ = z.sort(dim=1, descending=True)
     z_y = z.gather(1, y[:, None]).squeeze(1)
@@ -118,7 +118,8 @@ class TargetedDLR(Objective):
 
 
 class Margin(Objective):
-    """``max_{i!=y} z_i - z_y`` (untargeted) or ``z_t - max_{i!=t} z_i`` (targeted): > 0 means success."""
+    """``max_{i!=y} z_i - z_y`` (untargeted) or ``z_t - max_{i!=t} z_i`` (targeted); > 0 means
+    success."""
 
     name = "margin"
 
@@ -162,7 +163,7 @@ class MaskedReconstruction(Objective):
         self._draws = 0
 
     def ids_keep(self, model: Any, x: torch.Tensor, salt: int = 0) -> torch.Tensor:
-        """The kept patch indices (N, len_keep) for ``x``: a function of the seed, ``salt`` and N."""
+        """The kept patch indices (N, len_keep) for ``x``, a function of the seed, ``salt``, N."""
         n, length = x.shape[0], model.num_patches
         keep = max(1, int(length * (1 - self.mask_ratio)))
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + salt)

@@ -6,7 +6,10 @@ from typing import Any
 
 import torch
 
-from .base import Attack, check_count, check_positive, random_start
+from .._validate import check_int, check_positive
+from .base import Attack, random_start
+
+__all__ = ["FGSM", "MIFGSM", "PGD"]
 
 
 class FGSM(Attack):
@@ -52,15 +55,16 @@ class PGD(Attack):
     ):
         super().__init__(model, eps, **kwargs)
         self.alpha = check_positive(alpha, "alpha")
-        self.steps = check_count(steps, "steps")
-        self.restarts = check_count(restarts, "restarts")
+        self.steps = check_int(steps, "steps", low=1)
+        self.restarts = check_int(restarts, "restarts", low=1)
         self.random_start = bool(random_start)
         self.early_stop = bool(early_stop)
 
     def __repr__(self) -> str:
         return (
-            f"PGD(eps={self.eps:.4g}, alpha={self.alpha:.4g}, steps={self.steps}, norm={self.norm!r}, "
-            f"random_start={self.random_start}, restarts={self.restarts}, loss={self.objective!r})"
+            f"PGD(eps={self.eps:.4g}, alpha={self.alpha:.4g}, steps={self.steps}, "
+            f"norm={self.norm!r}, random_start={self.random_start}, restarts={self.restarts}, "
+            f"loss={self.objective!r})"
         )
 
     def perturb(self, x, y):
@@ -132,7 +136,7 @@ class MIFGSM(Attack):
         **kwargs: Any,
     ):
         super().__init__(model, eps, **kwargs)
-        self.steps = check_count(steps, "steps")
+        self.steps = check_int(steps, "steps", low=1)
         self.alpha = check_positive(self.eps / self.steps if alpha is None else alpha, "alpha")
         if not decay >= 0:
             raise ValueError(f"decay must be >= 0, got {decay!r}")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from ..attacks import PGD, Attack, CallableObjective, Defended
-from ..attacks.base import check_count, check_positive
+from ..attacks import PGD, Defended, TRADESAttack
 from ..defenses import NIMDefense
 from ..models import MaskedViT
 from ..noise import add_noise, sample_sigma
@@ -16,7 +13,6 @@ from .base import Batch, Method, StepOutput, register_method
 
 DEFAULT_ATTACK_STEP = 2 / 255  # PGD-AT / TRADES step size when config.attack_step is None
 DEFAULT_ATTACK_STEPS = 10  # and iterations when config.attack_steps is None
-TRADES_INIT_STD = 0.001  # TRADES starts its attack from x + 0.001 * N(0, 1)
 
 
 def trades_loss(
@@ -41,56 +37,6 @@ def trades_loss(
         log_target=True,
     )
     return ce + beta * kl, ce, kl
-
-
-class TRADESAttack(Attack):
-    """TRADES' inner maximisation: ``x_adv`` maximising ``KL(softmax f(x) || softmax f(x_adv))``.
-
-    Starts from ``x + init_std * N(0, 1)`` (TRADES' start; clamped to [0, 1] here), then takes
-    ``steps`` L-inf sign steps of size ``alpha``, each projected onto the eps-ball around ``x``
-    and clamped to [0, 1]. ``f(x)`` is computed once, in attack mode (eval), without gradients.
-
-    Args:
-        model, eps, eot_iter, seed, kernels: see :class:`~mimir_fast.attacks.Attack` (L-inf only).
-        alpha: step size; steps: iterations; init_std: std of the Gaussian start.
-    """
-
-    name = "trades"
-
-    def __init__(
-        self,
-        model: Any,
-        eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        init_std: float = TRADES_INIT_STD,
-        **kwargs: Any,
-    ):
-        super().__init__(model, eps, norm="linf", **kwargs)
-        self.alpha = check_positive(alpha, "alpha")
-        self.steps = check_count(steps, "steps")
-        self.init_std = check_positive(init_std, "init_std")
-
-    def perturb(self, x, y):
-        with torch.no_grad():
-            clean_log_probs = F.log_softmax(self.model(x).float(), dim=1)
-
-        def kl_to_clean(model, x_adv, x0, y0):  # per sample, summed over classes
-            adv_log_probs = F.log_softmax(model(x_adv).float(), dim=1)
-            return F.kl_div(adv_log_probs, clean_log_probs, reduction="none", log_target=True).sum(
-                dim=1
-            )
-
-        objective = CallableObjective(kl_to_clean)
-        noise = torch.randn(
-            x.shape, generator=self._generator(x.device), device=x.device, dtype=torch.float32
-        )
-        x_adv = (x.float() + self.init_std * noise).clamp(0.0, 1.0).to(x.dtype)
-        for _ in range(self.steps):
-            _, _, grad = self._loss_grad(x_adv, x, y, objective)
-            with torch.no_grad():
-                x_adv = self._step(x_adv, grad, x, self.alpha)
-        return x_adv
 
 
 @register_method
