@@ -121,7 +121,7 @@ _NAN, _INF = float("nan"), float("inf")
 
 @st.composite
 def _loader_case(draw):
-    """(images, labels, kwargs): each argument valid most of the time, else one of its bad values."""
+    """(images, labels, kwargs): each argument valid most of the time, else a bad value of it."""
     all_valid = draw(st.booleans())
 
     def pick(valid, invalid):
@@ -309,7 +309,10 @@ def _check_loader(loader, x: np.ndarray, kw: dict) -> str | None:
                     or mask.shape != (m, length)
                     or ids_restore.shape != (m, length)
                 ):
-                    return f"mask shapes {tuple(ids_keep.shape)} {tuple(mask.shape)}, want keep {keep} of {length}"
+                    return (
+                        f"mask shapes {tuple(ids_keep.shape)} {tuple(mask.shape)}, "
+                        f"want keep {keep} of {length}"
+                    )
                 if not torch.equal(mask.sum(1), torch.full((m,), float(length - keep))):
                     return "mask does not remove L - len_keep patches"
                 if not torch.equal(ids_restore.sort(1).values, torch.arange(length).expand(m, -1)):
@@ -1404,21 +1407,23 @@ def test_metric_arguments_are_checked(kw, fragment):
         psnr(x[:0], y[:0], reduction="mean")
 
 
-# ================================================================= gaps the fuzzing found, now closed
+# ============================================================== gaps the fuzzing found, now closed
 
 _NATIVE_PROBE = r"""
-import glob, importlib.util, io, os, resource, struct, sys
+import glob, importlib.util, io, os, resource, struct, sys, types
 resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 import numpy as np
 so = glob.glob(os.path.join(sys.argv[1], "_native*.so"))[0]
 spec = importlib.util.spec_from_file_location("mimir_fast._native", so)
 native = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(native)  # the extension alone: no torch, starts in well under a second
-cfg = dict(batch_size=1, shuffle=False, seed=0, drop_last=False, rank=0, world_size=1, augment=sys.argv[3],
+cfg = types.SimpleNamespace(  # LoaderConfig's attributes, without importing the package
+           batch_size=1, shuffle=False, seed=0, drop_last=False, rank=0, world_size=1,
+           augment=sys.argv[3],
            padding=0, rrc_scale=(0.2, 1.0), rrc_ratio=(0.75, 4 / 3), num_masks=0, mask_ratio=0.75,
            image_size=None if sys.argv[3] == "none" else 8,
            patch_size=None, sigma=None, noisy=False, output="float", num_threads=1, prefetch=0,
-           skip_corrupt=False)
+           skip_corrupt=False, partial_decode=True)
 path = sys.argv[2]
 try:
     if path.endswith(".npy"):

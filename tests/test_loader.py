@@ -47,7 +47,7 @@ def _same(a: LoaderBatch, b: LoaderBatch) -> bool:
 
 
 def _threads() -> int:
-    """Live loader producer threads of this process (other libraries may start threads of their own)."""
+    """Live loader producer threads of this process (other libraries may start their own)."""
     names = []
     for tid in os.listdir("/proc/self/task"):
         try:
@@ -245,11 +245,11 @@ def _ref_crop_flip(img: np.ndarray, pad: int, top: int, left: int, flip: bool) -
 def _find_shift(out: np.ndarray, img: np.ndarray, pad: int) -> list[tuple[int, int, bool]]:
     """All (top, left, flip) whose padded crop equals ``out`` (exhaustive search)."""
     return [
-        (t, l, f)
+        (t, left, f)
         for t in range(2 * pad + 1)
-        for l in range(2 * pad + 1)
+        for left in range(2 * pad + 1)
         for f in (False, True)
-        if np.array_equal(_ref_crop_flip(img, pad, t, l, f), out)
+        if np.array_equal(_ref_crop_flip(img, pad, t, left, f), out)
     ]
 
 
@@ -359,7 +359,7 @@ def test_image_folder_center_crop_path_and_jpeg(tmp_path):
         assert np.abs(x - ref).mean() < 3 / 255
 
 
-def test_partial_jpeg_decode_is_exact(tmp_path, monkeypatch):
+def test_partial_jpeg_decode_is_exact(tmp_path):
     """Decoding a JPEG only down to the crop's rows gives the same batches as a full decode,
     for every JPEG layout (chroma subsampling, progressive, grayscale, restart markers)."""
     rng = np.random.default_rng(5)
@@ -386,15 +386,13 @@ def test_partial_jpeg_decode_is_exact(tmp_path, monkeypatch):
             k += 1
 
     def run(partial: bool) -> list[LoaderBatch]:
-        from mimir_fast.data import loader as loader_mod
-
-        def make_config(make=loader_mod._make_config, **kw):
-            cfg, pin = make(**kw)
-            return {**cfg, "partial_decode": partial}, pin
-
-        monkeypatch.setattr(loader_mod, "_make_config", make_config)
         loader = Loader.from_image_folder(
-            tmp_path, image_size=16, batch_size=4, seed=3, rrc_scale=(0.05, 0.6)
+            tmp_path,
+            image_size=16,
+            batch_size=4,
+            seed=3,
+            rrc_scale=(0.05, 0.6),
+            partial_decode=partial,
         )
         return [b for e in range(3) for b in (loader.set_epoch(e) or _all(loader))]
 
@@ -408,9 +406,12 @@ def test_partial_jpeg_decode_is_exact(tmp_path, monkeypatch):
 @pytest.mark.parametrize("output", ["float", "uint8"])
 def test_freed_batch_buffers_are_reused_and_held_ones_kept(output):
     imgs = _images(96, size=16, seed=4)
-    make = lambda: Loader(
-        imgs, batch_size=8, augment="crop_flip", padding=2, seed=1, output=output, prefetch=1
-    )
+
+    def make():
+        return Loader(
+            imgs, batch_size=8, augment="crop_flip", padding=2, seed=1, output=output, prefetch=1
+        )
+
     held = _all(make())  # every batch kept alive: no buffer can be reused
     first = held[0].images.clone()
     ptrs, streamed = set(), []

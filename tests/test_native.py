@@ -1,4 +1,4 @@
-"""The compiled extension module: it is there, release-built, and agrees with the package metadata."""
+"""The compiled extension module: there, release-built, and agreeing with the package metadata."""
 
 import importlib.metadata
 from pathlib import Path

@@ -1,5 +1,21 @@
 """Type stubs for the Rust extension module ``mimir_fast._native``."""
 
+from os import PathLike
+from typing import final
+
+import numpy as np
+
+from mimir_fast.data.loader_config import LoaderConfig
+
+__all__ = [
+    "NativeBatch",
+    "NativeIter",
+    "NativeLoader",
+    "build_profile",
+    "build_info",
+    "__version__",
+]
+
 __version__: str
 
 def build_profile() -> str:
@@ -10,35 +26,28 @@ def build_info() -> dict[str, str | bool]:
 
 # --- the native data loader (wrapped by mimir_fast.data.loader.Loader) ----------------------
 
-from os import PathLike
-from typing import Any
-
-import numpy as np
-
+@final
 class NativeLoader:
-    """Rust loader state: source, validated configuration and the worker thread pool.
+    """Rust loader state: source, configuration and the worker thread pool.
 
-    ``config`` is the dict built by ``mimir_fast.data.loader._make_config`` (keys:
-    batch_size, shuffle, seed, drop_last, rank, world_size, augment, padding, rrc_scale,
-    rrc_ratio, image_size, num_masks, mask_ratio, patch_size, sigma, noisy, output,
-    num_threads, prefetch, skip_corrupt; optional: partial_decode, default True, which decodes a
-    sequential JPEG only down to the rows its random-resized-crop reads, with identical output).
-    Bad values raise ``ValueError``.
+    ``config`` is a checked :class:`~mimir_fast.data.LoaderConfig`; the Rust side reads its
+    attributes by name (any object with them will do) and checks only what needs the
+    images, raising ``ValueError``.
     """
 
     @staticmethod
     def from_array(
-        images: np.ndarray, labels: np.ndarray | None, config: dict[str, Any]
+        images: np.ndarray, labels: np.ndarray | None, config: LoaderConfig
     ) -> NativeLoader:
         """Borrow a C-contiguous uint8 (N, H, W[, C]) array (no copy; must not be modified)."""
     @staticmethod
     def from_npy(
-        path: str | PathLike[str], labels: np.ndarray | None, config: dict[str, Any]
+        path: str | PathLike[str], labels: np.ndarray | None, config: LoaderConfig
     ) -> NativeLoader:
         """Memory-map a C-order uint8 ``.npy`` file."""
     @staticmethod
     def from_files(
-        paths: list[str], labels: np.ndarray | None, config: dict[str, Any]
+        paths: list[str], labels: np.ndarray | None, config: LoaderConfig
     ) -> NativeLoader:
         """JPEG/PNG files decoded as RGB on the worker threads."""
     def __len__(self) -> int:
@@ -64,27 +73,48 @@ class NativeLoader:
     def iter_epoch(self, epoch: int, start_batch: int) -> NativeIter:
         """Start a producer thread for ``epoch`` from batch ``start_batch``."""
 
-class PixelBuffer:
-    """Base object of a batch's image array; its memory returns to the loader for reuse when
-    the array is freed."""
+@final
+class NativeBatch:
+    """One batch; every array is 1-D and ``mimir_fast.data.loader`` reshapes it.
 
+    The images' memory returns to the loader for reuse once the array is freed.
+    """
+
+    @property
+    def n(self) -> int:
+        """Samples in the batch."""
+    @property
+    def images(self) -> np.ndarray:
+        """(n * C * S * S,) float32 in [0, 1], or uint8 with ``output="uint8"``."""
+    @property
+    def labels(self) -> np.ndarray:
+        """(n,) int64."""
+    @property
+    def indices(self) -> np.ndarray:
+        """(n,) int64 dataset indices."""
+    @property
+    def masks(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per mask: ids_keep (n * len_keep,) int64, mask (n * L,) float32, ids_restore
+        (n * L,) int64."""
+    @property
+    def sigma(self) -> np.ndarray | None:
+        """(n,) float32 noise levels, or None without ``sigma``."""
+    @property
+    def noise_seed(self) -> np.ndarray | None:
+        """(n,) int64 per-sample noise seeds, or None without ``sigma``."""
+    @property
+    def noisy(self) -> np.ndarray | None:
+        """(n * C * S * S,) float32 noisy images with ``noisy=True``, else None."""
+    @property
+    def skipped(self) -> int:
+        """Samples of this batch dropped as unreadable."""
+
+@final
 class NativeIter:
     """A running epoch; ``__next__`` waits with the GIL released. Dropping it joins the producer."""
 
     def __iter__(self) -> NativeIter: ...
-    def __next__(
-        self,
-    ) -> tuple[
-        int,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-        np.ndarray | None,
-        np.ndarray | None,
-        np.ndarray | None,
-        int,
-    ]:
-        """``(n, images, labels, indices, masks, sigma, noise_seed, noisy, skipped)``, all 1-D."""
+    def __next__(self) -> NativeBatch:
+        """The next batch; raises ``StopIteration`` at the end of the epoch."""
     def close(self) -> None:
         """Stop the producer thread and wait for it."""

@@ -10,28 +10,47 @@ import math
 
 import torch
 
-SIGMA_KINDS = {"gamma": 2, "uniform": 2, "constant": 1}
+__all__ = ["NIM_DEFAULT", "SIGMA_KINDS", "add_noise", "parse_sigma_spec", "sample_sigma"]
+
+SIGMA_KINDS = {"gamma": 2, "uniform": 2, "constant": 1}  # kind -> number of parameters
 NIM_DEFAULT = ("gamma", 25.0, 3.0)  # mean 75, NIM's best pretraining distribution
+_FORMS = "'gamma:K,THETA', 'uniform:A,B' or 'constant:V'"
 
 
-def parse_sigma_spec(spec: str | tuple) -> tuple:
-    """``"gamma:K,THETA"`` | ``"uniform:A,B"`` | ``"constant:V"`` (or the tuple) -> ``(kind, *params)``."""
-    forms = "'gamma:K,THETA', 'uniform:A,B' or 'constant:V'"
+def parse_sigma_spec(spec: str | tuple | list, name: str = "noise spec") -> tuple:
+    """Read a noise-level spec into ``(kind, *params)`` with float parameters.
+
+    Accepted: ``"gamma:K,THETA"``, ``"uniform:A,B"``, ``"constant:V"``, or the same as a tuple
+    or list (``("gamma", K, THETA)``); ``"gamma"`` alone is NIM's Gamma(25, 3). Kinds are
+    case-insensitive. The training config and the native loader both read specs here.
+
+    Args:
+        spec: The spec string or sequence.
+        name: What the caller calls the spec, at the start of error messages (the loader
+            says ``"sigma"``).
+
+    Raises:
+        ValueError: An unknown kind, the wrong number of parameters, parameters that are not
+            finite numbers, or out of their range (K, THETA > 0; 0 <= A <= B; V >= 0).
+    """
     if isinstance(spec, str):
         kind, _, params = spec.partition(":")
         params = params.split(",") if params else []
     elif isinstance(spec, (tuple, list)) and spec:
         kind, *params = spec
     else:
-        raise ValueError(f"noise spec must be {forms} (or such a tuple), got {spec!r}")
+        raise ValueError(f"{name} must be {_FORMS} (or such a tuple), got {spec!r}")
     try:
         values = tuple(float(v) for v in params)
     except (TypeError, ValueError):
-        raise ValueError(f"noise spec {spec!r}: parameters must be numbers") from None
+        raise ValueError(f"{name} parameters must be numbers, got {spec!r}") from None
+    kind = kind.lower() if isinstance(kind, str) else None
+    if kind == "gamma" and not values:
+        values = NIM_DEFAULT[1:]
     if kind not in SIGMA_KINDS or len(values) != SIGMA_KINDS[kind]:
-        raise ValueError(f"noise spec must be {forms}, got {spec!r}")
+        raise ValueError(f"{name} must be {_FORMS}, got {spec!r}")
     if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"noise spec {spec!r}: parameters must be finite")
+        raise ValueError(f"{name} {spec!r}: parameters must be finite")
     if kind == "gamma" and not (values[0] > 0 and values[1] > 0):
         raise ValueError(f"gamma noise needs K > 0 and THETA > 0, got {values}")
     if kind == "uniform" and not 0 <= values[0] <= values[1]:
@@ -42,7 +61,13 @@ def parse_sigma_spec(spec: str | tuple) -> tuple:
 
 
 def sample_sigma(spec: str | tuple, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Draw ``n`` sigmas (0..255 scale) from ``spec`` with torch's RNG, on ``device``; (n,) float32."""
+    """Draw ``n`` sigmas (0..255 scale) from ``spec`` with torch's RNG; (n,) float32.
+
+    Args:
+        spec: A noise spec, as :func:`parse_sigma_spec` reads it.
+        n: How many sigmas.
+        device: Where to draw them.
+    """
     kind, *p = parse_sigma_spec(spec)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an integer >= 0, got {n!r}")

@@ -4,19 +4,29 @@
 use pyo3::prelude::*;
 
 mod augment;
+mod batch;
+mod buffer_pool;
 mod build_info;
+mod config;
 mod decode;
+mod epoch;
 mod loader;
+mod markers;
 mod masking;
 mod noise;
+mod py_batch;
 mod py_loader;
+mod resize;
 mod rng;
+mod sample;
 mod source;
 
 #[pymodule]
 mod _native {
     use super::*;
 
+    #[pymodule_export]
+    use crate::py_batch::NativeBatch;
     #[pymodule_export]
     use crate::py_loader::{NativeIter, NativeLoader};
 

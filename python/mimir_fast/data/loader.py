@@ -21,10 +21,9 @@ Example::
 
 from __future__ import annotations
 
-import math
 import os
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,19 +32,13 @@ import numpy as np
 import torch
 
 from mimir_fast import _native
+from mimir_fast._validate import check_int
+from mimir_fast.data.arrays import PathLike, _check_float_range, _load_npy_file, _npy_header
+from mimir_fast.data.cifar import CIFAR
+from mimir_fast.data.image_folder import ImageFolder
+from mimir_fast.data.loader_config import LoaderConfig
 
 __all__ = ["Loader", "LoaderBatch"]
-
-PathLike = str | os.PathLike
-SigmaArg = tuple | str | None
-
-_AUGMENTS = ("crop_flip", "crop", "flip", "rrc_flip", "rrc", "none")
-_NIM_GAMMA = (25.0, 3.0)  # NIM's default noise-level distribution, Gamma(k=25, theta=3)
-# Upper bounds of options whose absurd values would make the native side allocate without end.
-_MAX_IMAGE_SIZE = 1 << 16
-_MAX_NUM_MASKS = 1024
-_MAX_PREFETCH = 1024
-_MAX_THREADS = 1024
 
 
 @dataclass
@@ -96,123 +89,6 @@ class LoaderBatch:
         )
 
 
-def _check_int(
-    name: str, v: Any, lo: int, allow_none: bool = False, hi: int | None = None
-) -> int | None:
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {v!r}")
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {v}")
-    return int(v)
-
-
-def _check_pair(name: str, v: Any) -> tuple[float, float]:
-    try:
-        a, b = (float(x) for x in v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair of numbers (lo, hi), got {v!r}") from None
-    if not (math.isfinite(a) and math.isfinite(b) and 0 < a <= b):
-        raise ValueError(f"{name} must satisfy 0 < lo <= hi, got {v!r}")
-    return a, b
-
-
-def _parse_sigma(sigma: SigmaArg) -> tuple[str, float, float] | None:
-    """None, "gamma" (NIM's Gamma(25, 3)), ("gamma", k, theta), ("uniform", a, b), ("constant", v)."""
-    if sigma is None:
-        return None
-    if isinstance(sigma, str):
-        sigma = (sigma,)
-    if not isinstance(sigma, (tuple, list)) or not sigma or not isinstance(sigma[0], str):
-        raise ValueError(
-            "sigma must be None, ('gamma', k, theta), ('uniform', a, b) or ('constant', v), "
-            f"got {sigma!r}"
-        )
-    try:
-        kind, args = sigma[0].lower(), [float(a) for a in sigma[1:]]
-    except (TypeError, ValueError):
-        raise ValueError(f"sigma parameters must be numbers, got {sigma!r}") from None
-    if kind == "gamma" and not args:
-        args = list(_NIM_GAMMA)
-    want = {"gamma": 2, "uniform": 2, "constant": 1}
-    if kind not in want:
-        raise ValueError(f"sigma kind must be 'gamma', 'uniform' or 'constant', got {sigma[0]!r}")
-    if len(args) != want[kind]:
-        raise ValueError(f"sigma=({kind!r}, ...) takes {want[kind]} number(s), got {sigma!r}")
-    if kind == "constant":
-        args.append(0.0)
-    return kind, args[0], args[1]
-
-
-def _make_config(
-    *,
-    batch_size: int,
-    shuffle: bool = True,
-    seed: int = 0,
-    drop_last: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
-    augment: str = "crop_flip",
-    padding: int = 4,
-    rrc_scale: Sequence[float] = (0.2, 1.0),
-    rrc_ratio: Sequence[float] = (3 / 4, 4 / 3),
-    image_size: int | None = None,
-    num_masks: int = 0,
-    mask_ratio: float = 0.75,
-    patch_size: int | None = None,
-    sigma: SigmaArg = None,
-    noisy: bool = False,
-    output: str = "float",
-    num_threads: int | None = None,
-    prefetch: int = 2,
-    pin_memory: bool = False,
-    skip_corrupt: bool = False,
-) -> tuple[dict, bool]:
-    if augment not in _AUGMENTS:
-        raise ValueError(f"augment must be one of {_AUGMENTS}, got {augment!r}")
-    if output not in ("float", "uint8"):
-        raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    if not isinstance(mask_ratio, (int, float)) or not 0.0 <= float(mask_ratio) < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
-    world_size = _check_int("world_size", world_size, 1)
-    rank = _check_int("rank", rank, 0)
-    if rank >= world_size:
-        raise ValueError(
-            f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}"
-        )
-    scale = _check_pair("rrc_scale", rrc_scale)
-    if scale[1] > 1.0:
-        raise ValueError(f"rrc_scale must lie in (0, 1], got {rrc_scale!r}")
-    cfg = {
-        "batch_size": _check_int("batch_size", batch_size, 1),
-        "shuffle": bool(shuffle),
-        "seed": int(seed) % (1 << 64),
-        "drop_last": bool(drop_last),
-        "rank": rank,
-        "world_size": world_size,
-        "augment": augment,
-        "padding": _check_int("padding", padding, 0),
-        "rrc_scale": scale,
-        "rrc_ratio": _check_pair("rrc_ratio", rrc_ratio),
-        "image_size": _check_int("image_size", image_size, 1, allow_none=True, hi=_MAX_IMAGE_SIZE),
-        "num_masks": _check_int("num_masks", num_masks, 0, hi=_MAX_NUM_MASKS),
-        "mask_ratio": float(mask_ratio),
-        "patch_size": _check_int("patch_size", patch_size, 1, allow_none=True, hi=_MAX_IMAGE_SIZE),
-        "sigma": _parse_sigma(sigma),
-        "noisy": bool(noisy),
-        "output": output,
-        "num_threads": _check_int("num_threads", num_threads, 1, allow_none=True, hi=_MAX_THREADS),
-        "prefetch": _check_int("prefetch", prefetch, 0, hi=_MAX_PREFETCH),
-        "skip_corrupt": bool(skip_corrupt),
-    }
-    return cfg, bool(pin_memory)
-
-
 def _labels_array(labels: Any, what: str = "labels") -> np.ndarray | None:
     if labels is None:
         return None
@@ -239,12 +115,8 @@ def _uint8_images(images: Any) -> np.ndarray:
     if arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"unsupported image dtype {arr.dtype}; use uint8 or float in [0, 1]")
-        if arr.size:
-            from mimir_fast.data.datasets import _check_float_range
-
-            _check_float_range(
-                arr
-            )  # NaN, inf or values outside [0, 1] raise (they were clipped silently)
+        if arr.size:  # NaN, inf or values outside [0, 1] raise (they were clipped silently)
+            _check_float_range(arr)
         arr = np.rint(np.clip(np.asarray(arr, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
     return np.ascontiguousarray(arr)
 
@@ -256,20 +128,21 @@ def _physical_memory() -> int | None:
         return None
 
 
-def _check_batch_memory(native: Any, cfg: dict) -> None:
+def _check_batch_memory(native: Any, cfg: LoaderConfig) -> None:
     """Raise ValueError when one batch could not fit in this machine's memory (instead of the
     native side failing to allocate it)."""
     limit = _physical_memory()
     if limit is None:
         return
-    n = min(cfg["batch_size"], native.samples_per_rank)
-    pixels = n * native.channels * native.image_size**2
-    need = pixels * (1 if cfg["output"] == "uint8" else 4) + (4 * pixels if cfg["noisy"] else 0)
-    need += cfg["num_masks"] * n * (8 * native.len_keep + 12 * native.num_patches)
+    n = min(cfg.batch_size, native.samples_per_rank)
+    c, s = native.channels, native.image_size
+    pixels = n * c * s**2
+    need = pixels * (1 if cfg.output == "uint8" else 4) + (4 * pixels if cfg.noisy else 0)
+    need += cfg.num_masks * n * (8 * native.len_keep + 12 * native.num_patches)
     if need > limit:
         raise ValueError(
-            f"one batch would need {need / 2**30:.1f} GiB ({n} images of {native.channels}x{native.image_size}x"
-            f"{native.image_size}) but this machine has {limit / 2**30:.1f} GiB; lower batch_size or image_size"
+            f"one batch would need {need / 2**30:.1f} GiB ({n} images of {c}x{s}x{s}) but this "
+            f"machine has {limit / 2**30:.1f} GiB; lower batch_size or image_size"
         )
 
 
@@ -279,8 +152,6 @@ def _check_npy_file(path: Path) -> None:
     Raises:
         ValueError: naming the file.
     """
-    from mimir_fast.data.datasets import _npy_header
-
     _, dtype = _npy_header(path)
     if dtype != np.uint8:
         raise ValueError(
@@ -304,10 +175,7 @@ class _EpochIterator(Iterator[LoaderBatch]):
             raise StopIteration
         try:
             raw = next(self._it)
-        except StopIteration:
-            self.close()
-            raise
-        except BaseException:
+        except BaseException:  # the end of the epoch (StopIteration) or a failure
             self.close()
             raise
         return self._loader._wrap(raw)
@@ -333,57 +201,35 @@ class Loader:
             buffer is borrowed, not copied, and must not be modified while the loader lives)
             or float in [0, 1] (converted to uint8 once, a copy).
         labels: (N,) integer labels; None means all zeros.
-        batch_size: Samples per batch.
-        shuffle: Permute the dataset each epoch (seeded by ``seed`` and the epoch).
-        seed: Seed of every random draw.
-        drop_last: Drop this rank's last incomplete batch.
-        rank, world_size: Distributed shard: the epoch's permutation is cut to
-            ``N // world_size * world_size`` samples and rank ``r`` takes every
-            ``world_size``-th one from ``r`` (equal, disjoint shards).
-        augment: ``"crop_flip"`` (random crop of the zero-padded image + horizontal flip),
-            ``"crop"``, ``"flip"``, ``"rrc_flip"`` / ``"rrc"`` (torchvision's
-            random-resized-crop, antialiased bilinear resize to ``image_size``) or ``"none"``.
-        padding: Zero padding of the random crop.
-        rrc_scale, rrc_ratio: Area fraction and aspect-ratio ranges of random-resized-crop.
-        image_size: Output size; defaults to the images' size (arrays) or 224 (folders).
-            Arrays need ``image_size`` equal to their size unless ``augment`` is rrc.
-        num_masks: Independent patch masks per sample (MIMIR uses 2).
-        mask_ratio: Fraction of patches removed; ``len_keep = int(L * (1 - mask_ratio))``.
-        patch_size: The ViT's patch size (needed when ``num_masks > 0``).
-        sigma: Per-sample noise level on the 0..255 scale: None, ``("gamma", k, theta)``
-            (``"gamma"`` alone is NIM's Gamma(25, 3)), ``("uniform", a, b)`` or ``("constant", v)``.
-        noisy: Also return ``images + sigma / 255 * z`` made on the host (needs ``sigma``).
-        output: ``"float"`` (float32 in [0, 1]) or ``"uint8"`` (convert on the device).
-        num_threads: Worker threads; None = available cores.
-        prefetch: Ready batches kept in the queue.
-        pin_memory: Pin batch tensors when CUDA is available (no-op otherwise).
-        skip_corrupt: Drop unreadable samples from their batch (which is then shorter) and
-            count them in ``skipped``, instead of raising ``ValueError``.
+        **options: The options of :class:`LoaderConfig` (``batch_size`` is required; also
+            ``shuffle``, ``seed``, ``drop_last``, ``rank``, ``world_size``, ``augment``,
+            ``padding``, ``rrc_scale``, ``rrc_ratio``, ``image_size``, ``num_masks``,
+            ``mask_ratio``, ``patch_size``, ``sigma``, ``noisy``, ``output``, ``num_threads``,
+            ``prefetch``, ``pin_memory``, ``skip_corrupt``), documented there.
 
     Raises:
-        ValueError: A bad configuration (integer options have upper bounds: ``image_size`` and
-            ``patch_size`` 65536, ``num_masks``, ``num_threads`` and ``prefetch`` 1024), a batch
-            larger than the machine's memory, float images with NaN or values outside [0, 1], or
+        ValueError: A bad option (see :class:`LoaderConfig`), options that do not fit the images
+            (``image_size``, ``patch_size``, a mask that keeps no patch), a batch larger than
+            the machine's memory, float images with NaN or values outside [0, 1], or
             shapes/dtypes the loader does not support.
     """
 
-    def __init__(self, images: Any, labels: Any = None, **kw: Any):
-        cfg, pin = _make_config(**kw)
+    def __init__(self, images: Any, labels: Any = None, **options: Any):
+        cfg = LoaderConfig(**options)
         arr = _uint8_images(images)
-        native = _native.NativeLoader.from_array(arr, _labels_array(labels), cfg)
-        self._setup(native, cfg, pin)
+        self._setup(_native.NativeLoader.from_array(arr, _labels_array(labels), cfg), cfg)
 
     # --- constructors ---------------------------------------------------------------------
 
     @classmethod
-    def _from_native(cls, native: Any, cfg: dict, pin: bool) -> Loader:
+    def _from_native(cls, native: Any, cfg: LoaderConfig) -> Loader:
         self = cls.__new__(cls)
-        self._setup(native, cfg, pin)
+        self._setup(native, cfg)
         return self
 
     @classmethod
     def from_npy(
-        cls, images_path: PathLike, labels_path: PathLike | None = None, **kw: Any
+        cls, images_path: PathLike, labels_path: PathLike | None = None, **options: Any
     ) -> Loader:
         """Memory-map a uint8 (N, H, W[, C]) ``.npy`` file in Rust (not read up front).
 
@@ -391,7 +237,7 @@ class Loader:
             FileNotFoundError: A file does not exist.
             ValueError: The file is not a C-order uint8 ``.npy`` array (the message names it).
         """
-        cfg, pin = _make_config(**kw)
+        cfg = LoaderConfig(**options)
         path = Path(images_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"npy file not found: {path}")
@@ -401,43 +247,36 @@ class Loader:
             lp = Path(labels_path).expanduser()
             if not lp.is_file():
                 raise FileNotFoundError(f"npy file not found: {lp}")
-            from mimir_fast.data.datasets import _load_npy_file
-
             labels = _labels_array(np.asarray(_load_npy_file(lp, mmap=False)), f"labels in {lp}")
-        return cls._from_native(_native.NativeLoader.from_npy(str(path), labels, cfg), cfg, pin)
+        return cls._from_native(_native.NativeLoader.from_npy(str(path), labels, cfg), cfg)
 
     @classmethod
-    def from_cifar(cls, root: PathLike, train: bool = True, **kw: Any) -> Loader:
+    def from_cifar(cls, root: PathLike, train: bool = True, **options: Any) -> Loader:
         """CIFAR-10/100 python batches, read with ``mimir_fast.data.CIFAR``'s safe unpickler
         (in Python, once) and handed to Rust as a uint8 array."""
-        from mimir_fast.data.datasets import CIFAR
-
-        return cls.from_dataset(CIFAR(root, train=train), **kw)
+        return cls.from_dataset(CIFAR(root, train=train), **options)
 
     @classmethod
-    def from_image_folder(cls, root: PathLike, image_size: int = 224, **kw: Any) -> Loader:
+    def from_image_folder(cls, root: PathLike, image_size: int = 224, **options: Any) -> Loader:
         """``root/<class>/<image>`` JPEG/PNG files decoded in Rust (``augment`` defaults to
         ``"rrc_flip"``; other augments resize the central square to ``image_size`` first)."""
-        from mimir_fast.data.datasets import ImageFolder
-
         ds = ImageFolder(root, image_size=image_size, extensions=(".jpg", ".jpeg", ".png"))
-        return cls.from_dataset(ds, **kw)
+        return cls.from_dataset(ds, **options)
 
     @classmethod
-    def from_dataset(cls, dataset: Any, **kw: Any) -> Loader:
+    def from_dataset(cls, dataset: Any, **options: Any) -> Loader:
         """From ``ArrayDataset``/``CIFAR``/``load_digits`` (their ``.images``, borrowed; a float
         array is converted to uint8 once) or ``ImageFolder`` (its ``.samples``). The dataset's
         own ``transform`` is not used: the loader's ``augment`` replaces it."""
         if hasattr(dataset, "samples") and hasattr(dataset, "root"):
-            kw.setdefault("image_size", dataset.image_size)
-            kw.setdefault("augment", "rrc_flip")
-            cfg, pin = _make_config(**kw)
+            options.setdefault("image_size", dataset.image_size)
+            options.setdefault("augment", "rrc_flip")
+            cfg = LoaderConfig(**options)
             paths = [str(p) for p, _ in dataset.samples]
             labels = np.asarray([int(y) for _, y in dataset.samples], dtype=np.int64)
-            native = _native.NativeLoader.from_files(paths, labels, cfg)
-            return cls._from_native(native, cfg, pin)
+            return cls._from_native(_native.NativeLoader.from_files(paths, labels, cfg), cfg)
         if hasattr(dataset, "images"):
-            return cls(dataset.images, getattr(dataset, "labels", None), **kw)
+            return cls(dataset.images, getattr(dataset, "labels", None), **options)
         raise TypeError(
             f"from_dataset needs an ArrayDataset/CIFAR/digits dataset (with .images) or an "
             f"ImageFolder (with .samples), got {type(dataset).__name__}"
@@ -445,16 +284,16 @@ class Loader:
 
     # --- state ----------------------------------------------------------------------------
 
-    def _setup(self, native: Any, cfg: dict, pin: bool) -> None:
+    def _setup(self, native: Any, cfg: LoaderConfig) -> None:
         _check_batch_memory(native, cfg)
         self._native = native
         self._cfg = cfg
-        self._pin = pin and torch.cuda.is_available()  # pinning needs CUDA; no-op otherwise
+        self._pin = cfg.pin_memory and torch.cuda.is_available()  # needs CUDA; no-op otherwise
         self._epoch = 0
         self._start_batch = 0
         self._active: weakref.ref | None = None
         self.skipped = 0  # samples dropped as unreadable so far (skip_corrupt=True)
-        self.batch_size = cfg["batch_size"]
+        self.batch_size = cfg.batch_size
         self.image_size = native.image_size
         self.in_chans = native.channels
         self.num_patches = native.num_patches
@@ -477,8 +316,8 @@ class Loader:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch of the next iteration, optionally resuming at batch ``start_batch``
         (only for that next iteration). Stops an iteration still running."""
-        epoch = _check_int("epoch", epoch, 0)
-        start_batch = _check_int("start_batch", start_batch, 0)
+        epoch = check_int(epoch, "epoch", 0)
+        start_batch = check_int(start_batch, "start_batch", 0)
         if start_batch > len(self):
             raise ValueError(
                 f"start_batch={start_batch} is past the end of the epoch ({len(self)} batches)"
@@ -514,38 +353,40 @@ class Loader:
     def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
         """This rank's dataset indices for ``epoch`` (default: the current one), in order."""
         return self._native.rank_indices(
-            self._epoch if epoch is None else _check_int("epoch", epoch, 0)
+            self._epoch if epoch is None else check_int(epoch, "epoch", 0)
         )
 
     def debug_params(self, index: int, epoch: int | None = None) -> dict:
         """Augmentation parameters of dataset ``index``: ``top``, ``left`` (crop corner in the
         padded image, or the rrc box corner in the source), ``height``, ``width``, ``flip``."""
         return self._native.debug_params(
-            _check_int("index", index, 0),
-            self._epoch if epoch is None else _check_int("epoch", epoch, 0),
+            check_int(index, "index", 0),
+            self._epoch if epoch is None else check_int(epoch, "epoch", 0),
         )
 
     # --- batches --------------------------------------------------------------------------
 
-    def _wrap(self, raw: tuple) -> LoaderBatch:
-        n, images, labels, indices, masks, sigma, seeds, noisy, skipped = raw
-        c, s = self.in_chans, self.image_size
+    def _wrap(self, raw: Any) -> LoaderBatch:
+        """A ``_native.NativeBatch`` (flat numpy arrays) as a ``LoaderBatch`` of shaped tensors
+        over the same memory."""
+        n, c, s = raw.n, self.in_chans, self.image_size
         lk, L = self.len_keep, self.num_patches
 
-        def t(a):
-            return None if a is None else torch.from_numpy(a)
+        def tensor(a: np.ndarray | None, *shape: int) -> torch.Tensor | None:
+            return None if a is None else torch.from_numpy(a.reshape(n, *shape))
 
         batch = LoaderBatch(
-            images=torch.from_numpy(images.reshape(n, c, s, s)),
-            labels=t(labels),
-            indices=t(indices),
-            masks=[
-                (t(k.reshape(n, lk)), t(m.reshape(n, L)), t(r.reshape(n, L))) for k, m, r in masks
+            images=tensor(raw.images, c, s, s),  # (N, C, S, S)
+            labels=tensor(raw.labels),  # (N,)
+            indices=tensor(raw.indices),  # (N,)
+            masks=[  # (N, len_keep), (N, L), (N, L) each
+                (tensor(keep, lk), tensor(mask, L), tensor(restore, L))
+                for keep, mask, restore in raw.masks
             ],
-            sigma=t(sigma),
-            noise_seed=t(seeds),
-            noisy=None if noisy is None else torch.from_numpy(noisy.reshape(n, c, s, s)),
-            skipped=int(skipped),
+            sigma=tensor(raw.sigma),  # (N,)
+            noise_seed=tensor(raw.noise_seed),  # (N,)
+            noisy=tensor(raw.noisy, c, s, s),  # (N, C, S, S)
+            skipped=raw.skipped,
         )
         self.skipped += batch.skipped
         return batch.pin_memory() if self._pin else batch
@@ -553,8 +394,8 @@ class Loader:
     def __repr__(self) -> str:
         c = self._cfg
         return (
-            f"Loader(num_samples={self.num_samples}, batch_size={c['batch_size']}, "
-            f"image_size={self.image_size}, in_chans={self.in_chans}, augment={c['augment']!r}, "
-            f"num_masks={c['num_masks']}, sigma={c['sigma']}, rank={c['rank']}/{c['world_size']}, "
+            f"Loader(num_samples={self.num_samples}, batch_size={c.batch_size}, "
+            f"image_size={self.image_size}, in_chans={self.in_chans}, augment={c.augment!r}, "
+            f"num_masks={c.num_masks}, sigma={c.sigma}, rank={c.rank}/{c.world_size}, "
             f"threads={self.num_threads})"
         )
