@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUGMENTATIONS", "crop_with_padding_and_flip"]
+__all__ = ["AUGMENTATIONS", "crop_padded", "crop_with_padding_and_flip"]
 
 # Every augmentation a training run can ask for; "rrc*" (random-resized-crop) needs the native
 # loader, the others run in either loader.
@@ -21,15 +21,43 @@ def crop_with_padding_and_flip(
     Args:
         images: (N, C, H, W).
         padding: zero border added on each side before cropping back to (H, W).
+        flip: Flip each image with probability 1/2; False: never.
         generator: a CPU generator; the same seed gives the same crops and flips.
     """
     n, _, h, w = images.shape
     offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)  # (N, 2) top, left
     flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
-    padded = F.pad(images, (padding, padding, padding, padding))
-    rows = (offsets[:, 0, None] + torch.arange(h)).to(images.device)  # (N, H)
-    cols = (offsets[:, 1, None] + torch.arange(w)).to(images.device)  # (N, W)
+    return crop_padded(images, offsets, flips, padding, (h, w))
+
+
+def crop_padded(
+    images: torch.Tensor,
+    offsets: torch.Tensor,
+    flips: torch.Tensor,
+    padding: int,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """Crop one window per image from the zero-padded batch, mirrored horizontally where asked.
+
+    The one crop-and-flip of the package: the batched augmentation and the per-image
+    transforms (``RandomCropWithPadding``, ``RandomHorizontalFlip``) all cut through here.
+
+    Args:
+        images: (N, C, H, W).
+        offsets: (N, 2) integer top, left corners of the windows in the padded images.
+        flips: (N,) bool, mirror that window's columns.
+        padding: zero border added on each side first.
+        size: (height, width) of the windows.
+
+    Returns:
+        (N, C, height, width), a gather (new memory) from ``images``.
+    """
+    n = images.shape[0]
+    height, width = size
+    padded = F.pad(images, (padding, padding, padding, padding))  # (N, C, H + 2p, W + 2p)
+    rows = (offsets[:, 0, None] + torch.arange(height)).to(images.device)  # (N, height)
+    cols = (offsets[:, 1, None] + torch.arange(width)).to(images.device)  # (N, width)
     cols = torch.where(flips.to(images.device)[:, None], cols.flip(1), cols)
-    idx_n = torch.arange(n, device=images.device)[:, None, None]
-    # advanced indexing: (N, H, W, C) -> (N, C, H, W)
+    idx_n = torch.arange(n, device=images.device)[:, None, None]  # (N, 1, 1)
+    # advanced indexing: (N, height, width, C) -> (N, C, height, width)
     return padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

@@ -12,6 +12,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from mimir_fast._validate import check_int, check_number
+from mimir_fast.data.augmentations import crop_padded
+
 __all__ = [
     "Compose",
     "RandomCropWithPadding",
@@ -27,12 +30,6 @@ def _check_image(img: torch.Tensor) -> None:
     if not isinstance(img, torch.Tensor) or img.ndim != 3:
         shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
         raise ValueError(f"expected a (C, H, W) tensor, got {shape}")
-
-
-def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    return size
 
 
 def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
@@ -72,21 +69,20 @@ class RandomCropWithPadding:
     """
 
     def __init__(self, size: int, padding: int = 4):
-        self.size = _check_size(size)
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"padding must be a non-negative int, got {padding!r}")
-        self.padding = padding
+        self.size = check_int(size, "size", 1)
+        self.padding = check_int(padding, "padding", 0)
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_image(img)
-        p = self.padding
-        padded = F.pad(img, (p, p, p, p)) if p else img  # (C, H + 2p, W + 2p)
-        _, hp, wp = padded.shape
+        hp, wp = img.shape[1] + 2 * self.padding, img.shape[2] + 2 * self.padding
         if self.size > hp or self.size > wp:
             raise ValueError(f"crop size {self.size} is larger than the padded image {hp}x{wp}")
         top = _randint(0, hp - self.size, generator)
         left = _randint(0, wp - self.size, generator)
-        return padded[:, top : top + self.size, left : left + self.size].contiguous()
+        offsets = torch.tensor([[top, left]])  # (1, 2)
+        no_flip = torch.zeros(1, dtype=torch.bool)
+        crop = crop_padded(img[None], offsets, no_flip, self.padding, (self.size, self.size))
+        return crop[0].contiguous()  # (C, size, size)
 
     def __repr__(self) -> str:
         return f"RandomCropWithPadding(size={self.size}, padding={self.padding})"
@@ -100,14 +96,14 @@ class RandomHorizontalFlip:
     """
 
     def __init__(self, p: float = 0.5):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
-        self.p = p
+        self.p = check_number(p, "p", 0.0, 1.0)
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_image(img)
         if torch.rand(1, generator=generator).item() < self.p:
-            return img.flip(-1)
+            _, h, w = img.shape
+            origin, flip = torch.zeros(1, 2, dtype=torch.long), torch.ones(1, dtype=torch.bool)
+            return crop_padded(img[None], origin, flip, 0, (h, w))[0].contiguous()  # (C, H, W)
         return img
 
     def __repr__(self) -> str:
@@ -133,7 +129,7 @@ class RandomResizedCrop:
         scale: tuple[float, float] = (0.2, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
     ):
-        self.size = _check_size(size)
+        self.size = check_int(size, "size", 1)
         if not 0.0 < scale[0] <= scale[1] <= 1.0:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
         if not 0.0 < ratio[0] <= ratio[1]:
