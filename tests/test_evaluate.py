@@ -8,7 +8,8 @@ import pytest
 import torch
 from mimir_fast.attacks import PGD, Defended, GaussianNoise, Quantize
 from mimir_fast.data import load_digits
-from mimir_fast.evaluate import _masking_warnings, evaluate
+from mimir_fast.evaluate import evaluate
+from mimir_fast.evaluation import masking_warnings as _masking_warnings
 
 SMALL = [{"name": "pgd", "steps": 5}, {"name": "fgsm"}, {"name": "square", "n_queries": 40}]
 

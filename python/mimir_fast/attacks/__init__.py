@@ -4,7 +4,7 @@ Gradient attacks (:class:`FGSM`, :class:`PGD`, :class:`MIFGSM`, :class:`APGD`, :
 :class:`TRADESAttack`) share :class:`~mimir_fast.attacks.base.Attack`; :class:`Square` is
 score-based black-box; :class:`Ensemble` / :class:`AutoAttack` chain attacks on the points
 still robust. Objectives other than classification live in
-:mod:`mimir_fast.attacks.objectives`;
+:mod:`mimir_fast.attacks.objectives`; attacks by name in :mod:`mimir_fast.attacks.registry`;
 attacking defended pipelines (EOT, gray-/black-box) in :mod:`mimir_fast.attacks.defended`.
 The purifiers and :class:`Defended` itself live in :mod:`mimir_fast.defenses` and are
 re-exported here.
@@ -27,12 +27,14 @@ from .objectives import (
     get_objective,
 )
 from .pgd import FGSM, MIFGSM, PGD
+from .registry import ATTACK_NAMES, build_attack
 from .square import Square
 from .trades import TRADESAttack
 
 __all__ = [
     "APGD",
     "APGDT",
+    "ATTACK_NAMES",
     "BPDA",
     "DLR",
     "EOT",
@@ -59,6 +61,7 @@ __all__ = [
     "TargetedDLR",
     "apgd_checkpoints",
     "attack_mode",
+    "build_attack",
     "check_threat",
     "get_objective",
     "gray_box_target",

@@ -1,0 +1,167 @@
+"""Attacks by name: :func:`build_attack` and the specs :func:`mimir_fast.evaluate` accepts.
+
+An attack spec is a name from :data:`ATTACK_NAMES`, a dict ``{"name": ..., "label": ...,
+**overrides}``, a factory ``(model, eps) -> attack`` or an attack instance (run at its own eps).
+:func:`attack_kind` sorts attacks into the groups the gradient-masking checks compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .apgd import APGD, APGDT
+from .base import Attack
+from .ensemble import AutoAttack, Ensemble
+from .objectives import MaskedReconstruction
+from .pgd import FGSM, MIFGSM, PGD
+from .square import Square
+
+__all__ = [
+    "ATTACK_KINDS",
+    "ATTACK_NAMES",
+    "attack_from_spec",
+    "attack_kind",
+    "attack_specs",
+    "build_attack",
+]
+
+ATTACK_NAMES = (
+    "fgsm",
+    "pgd",
+    "mifgsm",
+    "apgd",
+    "apgd-ce",
+    "apgd-dlr",
+    "apgd-t",
+    "square",
+    "autoattack",
+    "mim",
+)
+ATTACK_KINDS = ("iterative", "single", "black", "reconstruction")
+GRADIENT_FREE = ("square",)
+SINGLE_STEP = ("fgsm",)
+
+
+def build_attack(
+    name: str,
+    model: Any,
+    eps: float,
+    norm: str = "linf",
+    seed: int = 0,
+    kernels: str = "auto",
+    **kwargs: Any,
+) -> Attack | Ensemble:
+    """An attack from its name and the threat model; ``kwargs`` override the defaults.
+
+    Defaults: PGD-20 with ``alpha = 2.5 eps / steps`` and a random start; MI-FGSM-10;
+    APGD/APGD-T 100 steps; Square 5000 queries; AutoAttack (APGD-CE, APGD-T, Square) standard
+    budgets; "mim": PGD-20 on the masked-reconstruction loss of a MaskedViT (mask ratio 0.75).
+
+    Args:
+        name: one of :data:`ATTACK_NAMES` (any case), or "ensemble" (AutoAttack).
+        model: what the attack differentiates or queries.
+        eps, norm, seed, kernels: the threat model, the attack's seed and its step path.
+        **kwargs: constructor arguments that override the defaults.
+    """
+    key = name.lower()
+    common = {"norm": norm, "seed": seed, "kernels": kernels}
+    if key == "fgsm":
+        return FGSM(model, eps, **{**common, **kwargs})
+    if key in ("pgd", "mim"):
+        steps = kwargs.pop("steps", 20)
+        alpha = kwargs.pop("alpha", 2.5 * eps / steps)
+        if key == "mim":
+            kwargs.setdefault(
+                "loss", MaskedReconstruction(kwargs.pop("mask_ratio", 0.75), seed=seed)
+            )
+        return PGD(model, eps, alpha=alpha, steps=steps, **{**common, **kwargs})
+    if key == "mifgsm":
+        return MIFGSM(model, eps, **{**common, **kwargs})
+    if key in ("apgd", "apgd-ce", "apgd-dlr"):
+        loss = "dlr" if key == "apgd-dlr" else kwargs.pop("loss", "ce")
+        return APGD(model, eps, loss=loss, **{**common, **kwargs})
+    if key == "apgd-t":
+        return APGDT(model, eps, **{**common, **kwargs})
+    if key == "square":
+        return Square(model, eps, seed=seed, **kwargs)
+    if key in ("autoattack", "ensemble"):
+        return AutoAttack(model, eps, **{**common, **kwargs})
+    raise ValueError(
+        f"unknown attack {name!r}; use one of {ATTACK_NAMES}, a spec dict, a factory "
+        "(model, eps) -> attack, or an attack instance"
+    )
+
+
+def _label_and_spec(attack: Any) -> tuple[str, Any]:
+    """(label, normalised spec) of one entry of ``attacks``."""
+    if isinstance(attack, str):
+        if attack.lower() not in ATTACK_NAMES + ("ensemble",):
+            raise ValueError(f"unknown attack {attack!r}; use one of {ATTACK_NAMES}")
+        return attack.lower(), attack.lower()
+    if isinstance(attack, Mapping):
+        if "name" not in attack:
+            raise ValueError(f"an attack spec dict needs a 'name': {dict(attack)}")
+        return str(attack.get("label", attack["name"])), dict(attack)
+    if isinstance(attack, (Attack, Ensemble)):
+        return getattr(attack, "name", type(attack).__name__.lower()), attack
+    if callable(attack):
+        return getattr(attack, "__name__", "custom"), attack
+    raise ValueError(f"cannot use {attack!r} as an attack")  # noqa: TRY004 (bad input is a ValueError throughout)
+
+
+def attack_specs(attacks: Any) -> list[tuple[str, Any]]:
+    """``[(label, spec), ...]`` from one attack spec or a list of them; labels are unique.
+
+    Names become lower case, dicts are copied, instances and factories are kept as given.
+
+    Args:
+        attacks: a spec or a sequence of specs (see the module docstring).
+    """
+    if isinstance(attacks, (str, Mapping, Attack, Ensemble)) or (
+        callable(attacks) and not isinstance(attacks, (list, tuple))
+    ):
+        attacks = [attacks]
+    specs = [_label_and_spec(a) for a in attacks]
+    if not specs:
+        raise ValueError("attacks must name at least one attack")
+    labels = [label for label, _ in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"attack labels must be unique (give dict specs a 'label'), got {labels}")
+    return specs
+
+
+def attack_from_spec(
+    spec: Any, model: Any, eps: float | None, norm: str, seed: int, kernels: str
+) -> tuple[Attack | Ensemble, float]:
+    """(attack, the eps it runs at) for one spec of :func:`attack_specs` and one eps.
+
+    An attack instance runs at its own eps (``eps`` is ignored, and may be None).
+    """
+    if isinstance(spec, (Attack, Ensemble)):
+        return spec, spec.eps
+    if isinstance(spec, str):
+        return build_attack(spec, model, eps, norm, seed, kernels), eps
+    if isinstance(spec, dict):
+        overrides = {k: v for k, v in spec.items() if k not in ("name", "label")}
+        return build_attack(spec["name"], model, eps, norm, seed, kernels, **overrides), eps
+    return spec(model, eps), eps
+
+
+def attack_kind(spec: Any, attack: Any) -> str:
+    """One of :data:`ATTACK_KINDS`: "reconstruction" (not a classification objective), "black"
+    (gradient-free), "single" (single-step) or "iterative"."""
+    if isinstance(spec, dict):
+        name = spec["name"]
+    elif isinstance(spec, str):
+        name = spec
+    else:
+        name = getattr(attack, "name", "")
+    name = name.lower()
+    if name == "mim" or (isinstance(attack, Attack) and not attack.objective.classification):
+        return "reconstruction"
+    if name in GRADIENT_FREE or getattr(attack, "uses_gradients", True) is False:
+        return "black"
+    if name in SINGLE_STEP:
+        return "single"
+    return "iterative"
