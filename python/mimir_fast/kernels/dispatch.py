@@ -45,11 +45,15 @@ SDPA_PREFERRED: dict[str, frozenset[tuple[int, int]]] = {}
 
 def triton_available() -> bool:
     """True when Triton can run here: a CUDA device, or the CPU interpreter (TRITON_INTERPRET=1)."""
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        # Checked before importing Triton: its own @jit helpers (tl.sum, ...) are built at
+        # import, for the interpreter only if TRITON_INTERPRET=1 is set by then.
+        return False
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    return True
 
 
 def triton_runs_on(tensor: torch.Tensor) -> bool:
