@@ -91,10 +91,12 @@ class FAB(Attack):
         beta: backward step towards the clean point after an adversarial iterate, in (0, 1).
         early_stop: skip the later runs for samples already fooled within eps (enough for
             robust accuracy, cheaper); by default every run is made and the smallest kept.
-        seed, kernels: see :class:`~mimir_fast.attacks.Attack`.
-    Samples the model already misclassifies are returned unchanged. After a call,
-    ``last_distances`` holds per sample the norm of the smallest adversarial perturbation
-    found (0 for samples already misclassified, inf where none was found).
+        seed: seeds the random restarts (see :class:`~mimir_fast.attacks.Attack`).
+    Gradients come from one forward pass per step (no EOT averaging: FAB follows the boundary
+    of a deterministic classifier). Samples the model already misclassifies are returned
+    unchanged. After a call, ``last_distances`` holds per sample the norm of the smallest
+    adversarial perturbation found (0 for samples already misclassified, inf where none was
+    found).
     """
 
     name = "fab"
