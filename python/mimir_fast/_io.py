@@ -12,6 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+__all__ = ["atomic_save_tensors", "atomic_write", "load_tensors"]
+
 
 def _temp_prefix(path: Path) -> str:
     """``.NAME.HOST.PID.``: temp files name their writer, so a dead writer's can be removed."""
@@ -72,7 +74,7 @@ def atomic_save_tensors(
     path: str | os.PathLike,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``tensors`` to a safetensors file atomically; ``metadata`` values are stored as JSON."""
+    """Write ``tensors`` to a safetensors file atomically; ``metadata`` values stored as JSON."""
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))

@@ -65,7 +65,10 @@ def psnr(
 def gaussian_window(
     sigma: float = 1.5, truncate: float = 3.5, dtype=torch.float64, device=None
 ) -> torch.Tensor:
-    """The normalised 1-D Gaussian of scipy's ``gaussian_filter`` (radius ``int(truncate*sigma+0.5)``)."""
+    """The normalised 1-D Gaussian of scipy's ``gaussian_filter``.
+
+    Its radius is ``int(truncate * sigma + 0.5)``, as scipy's.
+    """
     radius = int(truncate * sigma + 0.5)
     t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
     w = torch.exp(-0.5 * (t / sigma) ** 2)
