@@ -1,7 +1,8 @@
 """Adversarial attacks with torchattacks' call convention: ``x_adv = atk(x, y)``.
 
 Gradient attacks (:class:`FGSM`, :class:`PGD`, :class:`MIFGSM`, :class:`APGD`, :class:`APGDT`,
-:class:`TRADESAttack`) share :class:`~mimir_fast.attacks.base.Attack`; :class:`Square` is
+:class:`TRADESAttack`, :class:`DIFGSM`, the minimal-norm :class:`FAB` / :class:`FABT` and
+:class:`CW`) share :class:`~mimir_fast.attacks.base.Attack`; :class:`Square` (L-inf, L2) is
 score-based black-box; :class:`Ensemble` / :class:`AutoAttack` chain attacks on the points
 still robust. Objectives other than classification live in
 :mod:`mimir_fast.attacks.objectives`; attacks by name in :mod:`mimir_fast.attacks.registry`;
@@ -13,8 +14,11 @@ re-exported here.
 from ..defenses import BPDA, Defended, GaussianNoise, MAEPurifier, Quantize, RandomPatchMask
 from .apgd import APGD, APGDT, apgd_checkpoints
 from .base import Attack, attack_mode, pgd_step
+from .cw import CW
 from .defended import EOT, THREATS, check_threat, gray_box_target
+from .difgsm import DIFGSM
 from .ensemble import AutoAttack, Ensemble
+from .fab import FAB, FABT
 from .objectives import (
     DLR,
     CallableObjective,
@@ -36,8 +40,12 @@ __all__ = [
     "APGDT",
     "ATTACK_NAMES",
     "BPDA",
+    "CW",
+    "DIFGSM",
     "DLR",
     "EOT",
+    "FAB",
+    "FABT",
     "FGSM",
     "MIFGSM",
     "PGD",

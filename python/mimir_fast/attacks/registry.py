@@ -12,7 +12,9 @@ from typing import Any
 
 from .apgd import APGD, APGDT
 from .base import Attack
+from .difgsm import DIFGSM
 from .ensemble import AutoAttack, Ensemble
+from .fab import FAB, FABT
 from .objectives import MaskedReconstruction
 from .pgd import FGSM, MIFGSM, PGD
 from .square import Square
@@ -37,6 +39,9 @@ ATTACK_NAMES = (
     "square",
     "autoattack",
     "mim",
+    "fab",
+    "fab-t",
+    "difgsm",
 )
 ATTACK_KINDS = ("iterative", "single", "black", "reconstruction")
 GRADIENT_FREE = ("square",)
@@ -56,7 +61,8 @@ def build_attack(
 
     Defaults: PGD-20 with ``alpha = 2.5 eps / steps`` and a random start; MI-FGSM-10;
     APGD/APGD-T 100 steps; Square 5000 queries; AutoAttack (APGD-CE, APGD-T, Square) standard
-    budgets; "mim": PGD-20 on the masked-reconstruction loss of a MaskedViT (mask ratio 0.75).
+    budgets; "mim": PGD-20 on the masked-reconstruction loss of a MaskedViT (mask ratio 0.75);
+    FAB / FAB-T 100 steps (FAB-T: 9 target classes); DI-FGSM 10 steps of 2/255.
 
     Args:
         name: one of :data:`ATTACK_NAMES` (any case), or "ensemble" (AutoAttack).
@@ -87,6 +93,10 @@ def build_attack(
         return Square(model, eps, seed=seed, **kwargs)
     if key in ("autoattack", "ensemble"):
         return AutoAttack(model, eps, **{**common, **kwargs})
+    if key in ("fab", "fab-t"):
+        return (FAB if key == "fab" else FABT)(model, eps, **{**common, **kwargs})
+    if key == "difgsm":
+        return DIFGSM(model, eps, **{**common, **kwargs})
     raise ValueError(
         f"unknown attack {name!r}; use one of {ATTACK_NAMES}, a spec dict, a factory "
         "(model, eps) -> attack, or an attack instance"
