@@ -48,15 +48,17 @@ class MaskedViT(nn.Module):
 
     Args:
         config: the architecture; keyword ``overrides`` replace its fields.
-        kernels: "auto" (Triton on CUDA where a kernel exists, else PyTorch), "torch" or
-            "triton". The ``MIMIR_FAST_KERNELS`` environment variable, when set, replaces the
-            default "auto"; an explicit "torch" or "triton" wins over it. The Triton path fuses
-            the masked patch embedding, the decoder's unshuffle + mask token + position add, the
+        kernels: "auto" (a Triton kernel where ``kernels/verified.json`` says it was verified
+            faster on this GPU and dtype, else PyTorch), "torch" or "triton". The
+            ``MIMIR_FAST_KERNELS`` environment variable, when set, replaces the default "auto";
+            an explicit "torch" or "triton" wins over it. The Triton path fuses the masked
+            patch embedding, the decoder's unshuffle + mask token + position add, the
             attention of every block (except at shapes listed in
             ``kernels.dispatch.SDPA_PREFERRED``) and the norm-pix loss; each kernel is a
             ``torch.library`` custom op, so the model also runs under ``torch.compile``. It runs
             on CUDA tensors (or on the CPU under ``TRITON_INTERPRET=1``); other tensors take
-            the PyTorch path. The choice is resolved once, into ``backend``.
+            the PyTorch path. ``backend`` says whether any kernel may run; "auto" is decided
+            on each call, per op and dtype.
     """
 
     def __init__(
@@ -68,6 +70,8 @@ class MaskedViT(nn.Module):
         self.config = c = config
         self.kernels = kernels
         self.backend = resolve_kernels(kernels, MASKED_VIT_TRITON_OPS)  # "torch" or "triton"
+        # what each op call is given: there "auto" is decided per op, device and dtype
+        self.op_kernels = kernels if self.backend == "triton" else "torch"
         self.check_inputs = True  # validate shapes/dtypes/finiteness of public inputs
         self.num_classes = c.num_classes
         self.global_pool = c.global_pool
@@ -76,7 +80,7 @@ class MaskedViT(nn.Module):
         self._build_encoder(c)
         self._build_decoder(c)
         for block in (*self.blocks, *self.decoder_blocks):
-            block.attn.backend = self.backend
+            block.attn.backend = self.op_kernels
         self._init_weights()
 
     # ------------------------------------------------------------------ setup
@@ -197,7 +201,7 @@ class MaskedViT(nn.Module):
     def _fast(self, t: torch.Tensor) -> bool:
         """Whether the fused Triton kernels run for a tensor on ``t``'s device: backend "triton" and
         a CUDA tensor (or the CPU interpreter, TRITON_INTERPRET=1)."""
-        return use_triton(self.backend, "masked_patch_embed", t)
+        return use_triton(self.op_kernels, "masked_patch_embed", t)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, L, p*p*C)."""
@@ -269,7 +273,7 @@ class MaskedViT(nn.Module):
             ids_keep, mask, ids_restore = ops.random_masking(n, length, mask_ratio, x.device)
         proj = self.patch_embed.proj
         tokens = masked_patch_embed(
-            x, ids_keep, proj.weight, proj.bias, self.pos_embed[0, 1:, :], kernels=self.backend
+            x, ids_keep, proj.weight, proj.bias, self.pos_embed[0, 1:, :], kernels=self.op_kernels
         )
         return tokens, mask, ids_restore  # (N, len_keep, D)
 
@@ -284,7 +288,7 @@ class MaskedViT(nn.Module):
         """
         x = self.decoder_embed(latent)  # (N, 1 + len_keep, Dd)
         x = decoder_scatter(
-            x, ids_restore, self.mask_token, self.decoder_pos_embed, kernels=self.backend
+            x, ids_restore, self.mask_token, self.decoder_pos_embed, kernels=self.op_kernels
         )  # (N, 1 + L, Dd)
         for block in self.decoder_blocks:
             x = block(x)
@@ -296,7 +300,7 @@ class MaskedViT(nn.Module):
         """MSE between ``pred`` and the patches of ``x`` over the removed patches (all if ``mask``
         is None), on per-patch normalised targets when ``norm_pix_loss``."""
         c = self.config
-        return norm_pix_loss(x, pred, mask, c.patch_size, c.norm_pix_loss, kernels=self.backend)
+        return norm_pix_loss(x, pred, mask, c.patch_size, c.norm_pix_loss, kernels=self.op_kernels)
 
     def forward_mae(
         self,
