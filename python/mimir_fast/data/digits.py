@@ -18,7 +18,13 @@ __all__ = ["load_digits"]
 @functools.lru_cache(maxsize=4)
 def _digits_upscaled(image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """All 1797 sklearn digits as read-only uint8 (N, S, S) plus int64 (N,) labels."""
-    from sklearn.datasets import load_digits as sk_load_digits
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError:
+        raise ImportError(
+            "the embedded digits dataset ships with scikit-learn, which is not installed: "
+            "pip install 'mimir-fast[demo]' (or scikit-learn)"
+        ) from None
 
     bunch = sk_load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
