@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -511,3 +512,15 @@ def test_build_dataset_errors(tmp_path):
     _write_image(half / "train" / "a" / "1.png", np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(FileNotFoundError, match="val"):
         build_dataset(f"imagefolder:{half}", "test")
+
+
+def test_digits_without_scikit_learn_names_the_extra(monkeypatch):
+    from mimir_fast.data import digits
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails
+    digits._digits_upscaled.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"mimir-fast\[demo\]"):
+            digits.load_digits(image_size=9)
+    finally:
+        digits._digits_upscaled.cache_clear()
