@@ -18,7 +18,10 @@ from .tables import format_table
 __all__ = ["PLOT_NAME", "evaluation_markdown", "plot_robust_accuracy", "write_report"]
 
 PLOT_NAME = "robust_accuracy_vs_eps.png"
-NO_MATPLOTLIB = f"{PLOT_NAME} skipped: matplotlib is not installed (pip install matplotlib)"
+NO_MATPLOTLIB = (
+    f"{PLOT_NAME} skipped: matplotlib is not installed "
+    "(pip install 'mimir-fast[plot]', or matplotlib)"
+)
 
 
 def write_report(report: dict[str, Any], out_dir: PathLike) -> dict[str, Path]:
