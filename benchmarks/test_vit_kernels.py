@@ -21,9 +21,12 @@ ViT-S/2 at 32 px (batch 512, 65 visible tokens, head dim 64) and ViT-B/16 at 224
 
 Every timed call synchronises CUDA inside; warm-up rounds (Triton compilation, cuBLAS
 heuristics) are excluded; correctness against the fp32 reference is asserted before timing;
-peak memory of one call is in ``extra_info["peak_mem_mib"]``. On a machine without CUDA the
-module imports and its cases are collected and skipped (Triton timings under the CPU
-interpreter mean nothing); ``tests/test_vit_kernels.py`` checks correctness there.
+peak memory of one call is in ``extra_info["peak_mem_mib"]``. Each fused-kernel group also
+records its ``op`` and ``dtype`` (the key of the evidence table, ``kernels/verified.json``) and
+the bytes each path moves (``kernel_bytes``, ``reference_bytes``: ``roofline.py``), from which
+``run_gpu_suite.py`` reports the fraction of the memory bandwidth reached. On a machine
+without CUDA the module imports and its cases are collected and skipped (Triton timings under
+the CPU interpreter mean nothing); ``tests/test_vit_kernels.py`` checks correctness there.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import roofline
 import torch
 import torch.nn.functional as F
 from mimir_fast import ops
@@ -63,6 +67,11 @@ PEAK_BF16 = {
     "A10G": 70e12,
     "4090": 165e12,
 }
+
+
+def _roofline(benchmark, op: str, dtype: torch.dtype, counts: dict[str, int]) -> None:
+    """Record which op and dtype a benchmark measures, and the bytes each path moves."""
+    benchmark.extra_info.update(op=op, dtype=str(dtype).removeprefix("torch."), **counts)
 
 
 def _kernels(provider: str) -> str:
@@ -119,6 +128,10 @@ def test_masked_patch_embed(benchmark, provider, shape):
     conv = torch.nn.Conv2d(c.in_chans, c.embed_dim, c.patch_size, c.patch_size).cuda()
     pos = ops.sincos_pos_embed_2d(c.embed_dim, (g, g)).cuda()[1:]
     ids_keep, _, _ = _ids(n, g * g)
+    counts = roofline.masked_patch_embed_bytes(
+        n, c.in_chans, c.img_size, c.patch_size, c.embed_dim, ids_keep.shape[1]
+    )
+    _roofline(benchmark, "masked_patch_embed", BF16, counts)
 
     def run():
         with torch.autocast("cuda", dtype=BF16):
@@ -155,6 +168,7 @@ def test_decoder_scatter(benchmark, provider, shape):
     tok = torch.randn(1, 1, d, device="cuda", requires_grad=True)
     pos = ops.sincos_pos_embed_2d(d, (g, g)).cuda().unsqueeze(0)
     _, _, ids_restore = _ids(n, length)
+    _roofline(benchmark, "decoder_scatter", BF16, roofline.decoder_scatter_bytes(n, k, length, d))
 
     def run():
         if provider == "torch":
@@ -228,6 +242,7 @@ def test_attention(benchmark, provider, shape, part):
     dh = dim // h
     qkv = torch.randn(n, t, 3, h, dh, device="cuda", dtype=BF16, requires_grad=True)
     benchmark.extra_info.update(tokens=t, heads=h, head_dim=dh, batch=n)
+    _roofline(benchmark, "attention", BF16, roofline.attention_bytes(n, t, h, dh))
     if provider == "torch":
         backend = _best_sdpa_backend(qkv)
         assert backend is not None, "no SDPA backend runs at this shape"
@@ -266,6 +281,8 @@ def test_norm_pix_loss(benchmark, provider, shape):
     image = torch.rand(n, c.in_chans, c.img_size, c.img_size, device="cuda")
     pred = torch.randn(n, length, p * p * c.in_chans, device="cuda", dtype=BF16, requires_grad=True)
     _, mask, _ = _ids(n, length)
+    counts = roofline.norm_pix_loss_bytes(n, length, p * p * c.in_chans)
+    _roofline(benchmark, "norm_pix_loss", BF16, counts)
 
     def run():
         if provider == "torch":
@@ -291,6 +308,9 @@ def test_hsic(benchmark, provider, shape):
     t = 1 + int((c.img_size // c.patch_size) ** 2 * (1 - MASK_RATIO))
     x = torch.rand(n, c.in_chans, c.img_size, c.img_size, device="cuda")
     z = torch.randn(n, t, c.embed_dim, device="cuda", dtype=BF16, requires_grad=True)
+    # the Gram matrices run in fp32 whatever z's dtype
+    counts = roofline.hsic_bytes(n, c.in_chans * c.img_size**2, t * c.embed_dim)
+    _roofline(benchmark, "gaussian_gram", torch.float32, counts)
 
     def run():
         value = hsic(x, z, kernels=_kernels(provider))
@@ -306,7 +326,8 @@ def test_hsic(benchmark, provider, shape):
 
 
 def vit_flops(config, tokens: int, decoder_tokens: int, batch: int) -> tuple[float, float]:
-    """Forward matmul FLOPs (2 per multiply-add) of (encoder on ``tokens``, decoder on ``decoder_tokens``)."""
+    """Forward matmul FLOPs (2 per multiply-add): (encoder on ``tokens``, decoder on
+    ``decoder_tokens``)."""
 
     def blocks(width: int, depth: int, t: int) -> float:
         hidden = round(width * config.mlp_ratio)
