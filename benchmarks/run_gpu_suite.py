@@ -11,7 +11,9 @@ package installed. It installs nothing; in order:
 
 1. Checks that CUDA, Triton, torchattacks, pytest-benchmark, pytest-timeout and an importable
    mimir_fast (with its native module) are there, and stops at once naming what is missing.
-2. Correctness, under its own timeout: ``pytest -m requires_cuda tests`` (log: correctness.log).
+2. Correctness, under its own timeout: ``pytest -m requires_cuda`` over the test files that hold
+   such tests (log: correctness.log); a phase cut short or a file that fails to import verifies
+   nothing.
 3. Benchmarks, under one timeout for the phase: ``pytest benchmarks/<file> --benchmark-only``
    per file, kernels first (logs and pytest-benchmark JSON: bench-<file>.log / .json); a file cut
    short by the timeout leaves the others' results.
@@ -81,10 +83,6 @@ ESTIMATES: tuple[tuple[str, float], ...] = (
 SESSION_S = {"correctness": 15, "benchmarks": 8}  # collection of tests/ imports much more
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-device"
-
-
 # ------------------------------------------------------------------------------ what is needed
 
 
@@ -100,12 +98,16 @@ def missing_requirements(need_cuda: bool = True) -> list[str]:
     wheels = "install its wheel with pip install --no-deps --no-index (docs/gpu.md)"
     for module, name in (
         ("triton", "triton"),
-        ("torchattacks", "torchattacks"),
+        ("pytest", "pytest"),
         ("pytest_benchmark", "pytest-benchmark"),
         ("pytest_timeout", "pytest-timeout"),
     ):
         if importlib.util.find_spec(module) is None:
             missing.append(f"{name}: {wheels}")
+    try:
+        import torchattacks  # noqa: F401  (imported in full: it needs scipy too)
+    except ImportError as e:
+        missing.append(f"torchattacks, importable ({e}): {wheels}")
     try:
         from mimir_fast import _native
 
@@ -188,10 +190,22 @@ def run_logged(cmd: list[str], log: Path, timeout: float) -> dict:
     return {"command": cmd, "exit_code": code, "seconds": seconds, "timed_out": timed_out}
 
 
+def cuda_test_files() -> list[str]:
+    """The test files with ``requires_cuda`` tests: only those are collected, so the check
+    needs none of the other test files' extra packages (hypothesis, timm, ...)."""
+    files = sorted((ROOT / "tests").glob("test_*.py"))
+    return [f"tests/{f.name}" for f in files if "requires_cuda" in f.read_text()]
+
+
 def run_correctness(out: Path, k: str | None, timeout: float) -> tuple[dict, dict[str, str]]:
-    cmd = _pytest("-v", "-m", "requires_cuda", "tests", *(("-k", k) if k else ()))
+    """The requires_cuda tests; "complete" when they all ran (collected, not cut short)."""
+    cmd = _pytest("-v", "-m", "requires_cuda", *cuda_test_files(), *(("-k", k) if k else ()))
     phase = run_logged(cmd, out / "correctness.log", timeout)
-    return phase, gpu_evidence.parse_outcomes((out / "correctness.log").read_text())
+    log = (out / "correctness.log").read_text()
+    phase["complete"] = (
+        phase["exit_code"] in (0, 1) and not phase["timed_out"] and "ERROR collecting" not in log
+    )
+    return phase, gpu_evidence.parse_outcomes(log)
 
 
 def run_benchmarks(out: Path, k: str | None, timeout: float) -> tuple[dict, dict, dict[str, str]]:
@@ -312,12 +326,11 @@ def run(args: argparse.Namespace) -> int:
     correctness, test_outcomes = run_correctness(out, args.k, args.correctness_timeout)
     bench_runs, bench, bench_outcomes = run_benchmarks(out, args.k, args.benchmark_timeout)
     groups = summarise(bench)
-    complete = correctness["exit_code"] in (0, 1) and not correctness["timed_out"]
     evidence = gpu_evidence.evidence_table(
         gpu_evidence.correctness_evidence(test_outcomes),
         gpu_evidence.benchmark_evidence(groups, bench_outcomes),
         about,
-        complete,
+        correctness["complete"],
     )
     result = {
         **about,
@@ -356,7 +369,7 @@ def dry_run(args: argparse.Namespace) -> int:
     """List every test and benchmark the check would run, with the time estimate."""
     k = ["-k", args.k] if args.k else []
     phases = {
-        "correctness": _collect(["-m", "requires_cuda", "tests", *k]),
+        "correctness": _collect(["-m", "requires_cuda", *cuda_test_files(), *k]),
         "benchmarks": _collect([f"benchmarks/{name}" for name in BENCH_FILES] + k),
     }
     total = 0.0
