@@ -11,7 +11,9 @@ import types
 import numpy as np
 import pytest
 from mimir_fast import TrainConfig
-from mimir_fast.cli import field_comments, load_config_file, main, parse_annotation
+from mimir_fast._config_types import parse_annotation
+from mimir_fast.cli import load_config_file, main
+from mimir_fast.cli.train_fields import field_help as field_comments
 
 TINY = {
     "embed_dim": 32,
@@ -382,7 +384,7 @@ def test_data_problems_exit_2(tmp_path, capsys):
 
 def test_diverging_loss_is_reported_without_traceback(monkeypatch, capsys):
     train_module = sys.modules[
-        "mimir_fast.train"
+        "mimir_fast.training"
     ]  # the package's `train` attribute is the function
 
     def diverge(config):

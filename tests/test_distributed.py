@@ -19,13 +19,8 @@ from mimir_fast.cli import main as cli_main
 from mimir_fast.data import ArrayDataset, load_digits
 from mimir_fast.evaluate import evaluate
 from mimir_fast.models import MaskedViT, create_model
-from mimir_fast.train import (
-    CHECKPOINT_NAME,
-    TrainConfig,
-    _epoch_batches,
-    load_checkpoint,
-    step_seed,
-)
+from mimir_fast.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint, step_seed
+from mimir_fast.training.batches import epoch_batches as _epoch_batches
 
 TINY = {
     "embed_dim": 32,

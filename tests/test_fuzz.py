@@ -782,7 +782,7 @@ def fuzz_models(n: int, work: Path) -> dict:
     from mimir_fast.models import MaskedViT
 
     train_module = importlib.import_module(
-        "mimir_fast.train"
+        "mimir_fast.training"
     )  # the package's `train` is the function
     folder = work / "models"
     folder.mkdir()
@@ -990,7 +990,7 @@ def native_results(native_child):
 def _train_fields() -> dict:
     import dataclasses
 
-    from mimir_fast.train import TrainConfig
+    from mimir_fast.training import TrainConfig
 
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -1023,7 +1023,7 @@ _GOOD_VALUES = {
 
 
 def test_train_config_from_random_dicts(request):
-    from mimir_fast.train import TrainConfig
+    from mimir_fast.training import TrainConfig
 
     fields = _train_fields()
     tally = Tally("train_config")
@@ -1081,7 +1081,7 @@ def _has_nan(d: dict) -> bool:
 def _off_type_values(config, given: dict) -> dict:
     """Fields of an accepted config whose given value is not of the field's annotated type, or is
     a non-finite number."""
-    from mimir_fast.cli import field_types
+    from mimir_fast.cli.train_fields import field_types
 
     def fits(value, base: str) -> bool:
         if isinstance(value, float) and not math.isfinite(value):
@@ -1515,7 +1515,7 @@ def test_loader_from_npy_guards_the_overflowing_shape(tmp_path):
     ],
 )
 def test_train_config_rejects_values_of_the_wrong_type(field, value):
-    from mimir_fast.train import TrainConfig
+    from mimir_fast.training import TrainConfig
 
     with pytest.raises(ValueError, match=field):
         TrainConfig.from_dict({field: value})
@@ -1525,7 +1525,7 @@ def test_train_config_rejects_values_of_the_wrong_type(field, value):
 def test_checkpoint_with_missing_metadata_is_a_clean_error(tmp_path, drop):
     import torch
 
-    train_module = importlib.import_module("mimir_fast.train")
+    train_module = importlib.import_module("mimir_fast.training")
     from mimir_fast._io import atomic_save_tensors, load_tensors
     from mimir_fast.models import MaskedViT
 

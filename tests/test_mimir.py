@@ -9,7 +9,7 @@ from mimir_fast.attacks import MaskedReconstruction
 from mimir_fast.data import ArrayDataset, load_digits
 from mimir_fast.hsic import hsic
 from mimir_fast.methods import MIMIRPretraining, get_method, mimir_attack
-from mimir_fast.train import CHECKPOINT_NAME
+from mimir_fast.training import CHECKPOINT_NAME
 
 TINY = {
     "img_size": 16,

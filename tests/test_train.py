@@ -11,7 +11,7 @@ import torch
 from mimir_fast import Batch, Method, StepOutput, TrainConfig, register_method, train
 from mimir_fast.data import ArrayDataset
 from mimir_fast.data.augmentations import crop_with_padding_and_flip
-from mimir_fast.train import CHECKPOINT_NAME, learning_rate, load_checkpoint, save_checkpoint
+from mimir_fast.training import CHECKPOINT_NAME, learning_rate, load_checkpoint, save_checkpoint
 
 TINY = {
     "embed_dim": 32,

@@ -29,7 +29,7 @@ from .hsic import HSIC, hsic
 from .methods import Batch, Method, StepOutput, mimir_attack, register_method
 from .metrics import psnr, ssim
 from .models import MaskedViT, MaskedViTConfig, create_model, list_models
-from .train import TrainConfig, TrainResult, train
+from .training import TrainConfig, TrainResult, train
 
 __all__ = [
     "mimir_attack",

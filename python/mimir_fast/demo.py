@@ -41,7 +41,7 @@ from .report import (
     save_reconstruction_grid,
     write_json,
 )
-from .train import TrainConfig, train
+from .training import TrainConfig, train
 
 # A small ViT for the 8x8 digits shown at 16x16: patch 4 -> 16 tokens, 4 visible at mask ratio 0.75.
 DEMO_MODEL = "vit_tiny_patch4_32"

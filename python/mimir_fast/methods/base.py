@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the trainer imports the methods
     from ..models import MaskedViT
-    from ..train import TrainConfig
+    from ..training.config import TrainConfig
+
+__all__ = ["METHODS", "Batch", "Method", "StepOutput", "get_method", "register_method"]
 
 
 @dataclass
@@ -60,7 +62,8 @@ class Method(ABC):
 
     @abstractmethod
     def evaluate(self, model: MaskedViT, batches: Any) -> dict[str, float]:
-        """Metrics on held-out batches (an iterable of :class:`Batch`), model in eval mode, no grad."""
+        """Metrics on held-out batches (an iterable of :class:`Batch`), model in eval mode, no
+        grad."""
 
 
 METHODS: dict[str, type[Method]] = {}
@@ -73,6 +76,11 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name``.
+
+    Raises:
+        ValueError: no method has that name.
+    """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]
