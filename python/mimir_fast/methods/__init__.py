@@ -1,7 +1,8 @@
 """Training methods, each plugged into :func:`mimir_fast.train` through :class:`Method`."""
 
+from ..attacks import TRADESAttack
 from .base import METHODS, Batch, Method, StepOutput, get_method, register_method
-from .finetune import Finetuning, TRADESAttack, trades_loss
+from .finetune import Finetuning, trades_loss
 from .impure import ImpureTraining
 from .mae import MAEPretraining
 from .mimir import MIMIRPretraining, mimir_attack

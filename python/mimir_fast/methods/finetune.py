@@ -11,6 +11,8 @@ from ..models import MaskedViT
 from ..noise import add_noise, sample_sigma
 from .base import Batch, Method, StepOutput, register_method
 
+__all__ = ["DEFAULT_ATTACK_STEP", "DEFAULT_ATTACK_STEPS", "Finetuning", "trades_loss"]
+
 DEFAULT_ATTACK_STEP = 2 / 255  # PGD-AT / TRADES step size when config.attack_step is None
 DEFAULT_ATTACK_STEPS = 10  # and iterations when config.attack_steps is None
 
@@ -91,7 +93,8 @@ class Finetuning(Method):
         return model
 
     def purify(self, images: torch.Tensor) -> torch.Tensor:
-        """Noise then the denoiser's reconstruction, differentiable (identity without a denoiser)."""
+        """Noise then the denoiser's reconstruction, differentiable (identity without a
+        denoiser)."""
         if self.denoiser is None:
             return images
         self.denoiser.to(images.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -13,6 +14,8 @@ from ..defenses import IMPurePurifier, impure_loss
 from ..metrics import psnr
 from ..models import MaskedViT
 from .base import Batch, Method, StepOutput, register_method
+
+__all__ = ["ImpureTraining"]
 
 
 @register_method
@@ -40,7 +43,7 @@ class ImpureTraining(Method):
     a pretrained autoencoder with ``pretrained=``.
 
     Args:
-        config: the run's :class:`~mimir_fast.train.TrainConfig`.
+        config: the run's :class:`~mimir_fast.TrainConfig`.
         classifier: a classifier module to use instead of loading ``config.classifier``.
         features: the perceptual feature network (default: ``classifier.forward_features``).
         pixel_weight, feature_weight: weights of the two loss terms.
@@ -87,13 +90,15 @@ class ImpureTraining(Method):
 
     # ------------------------------------------------------------------ pieces
     def prepare_model(self, model, num_classes):
-        model.config.norm_pix_loss = False
+        # a changed copy: code holding the model's previous config object sees no change
+        model.config = dataclasses.replace(model.config, norm_pix_loss=False)
         self._check_classifier(model, num_classes)
         self.purifier(model)  # refuses a group count that does not divide the patches
         return model
 
     def _check_classifier(self, model: MaskedViT, num_classes: int | None = None) -> None:
-        """The classifier must read the images the autoencoder reads (and label the data's classes)."""
+        """The classifier must read the images the autoencoder reads (and label the data's
+        classes)."""
         config = getattr(self.classifier, "config", None)
         if config is not None and (config.in_chans, config.img_size) != (
             model.config.in_chans,

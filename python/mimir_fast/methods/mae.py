@@ -4,6 +4,8 @@ import torch
 
 from .base import Batch, Method, StepOutput, register_method
 
+__all__ = ["MAEPretraining"]
+
 
 @register_method
 class MAEPretraining(Method):

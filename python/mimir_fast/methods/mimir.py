@@ -18,27 +18,18 @@ Python branching.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import ops
+from .._validate import check_int, check_number
 from ..attacks.base import attack_mode, pgd_step, random_start
 from ..hsic import hsic
 from .base import Batch, Method, StepOutput, register_method
 
+__all__ = ["DEFAULT_STEP", "DEFAULT_STEPS", "MIMIRPretraining", "mimir_attack"]
+
 DEFAULT_STEP = 10 / 255  # MIMIR's attack step size
 DEFAULT_STEPS = 1  # and its number of steps
-
-
-def _check_number(value, name: str, low: float, high: float, low_open: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        raise ValueError(
-            f"{name} must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}"
-        )
-    return float(value)
 
 
 def mimir_attack(
@@ -78,10 +69,9 @@ def mimir_attack(
     """
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
         raise ValueError("x must be a floating-point (N, C, H, W) tensor of images in [0, 1]")
-    eps = _check_number(eps, "eps", 0.0, 1.0, low_open=False)
-    step = _check_number(step, "step", 0.0, 1.0, low_open=True)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    eps = check_number(eps, "eps", 0.0, 1.0)
+    step = check_number(step, "step", 0.0, 1.0, low_open=True)
+    steps = check_int(steps, "steps", 1)
     if not hasattr(model, "forward_encoder"):
         raise ValueError(
             "mimir_attack needs a MaskedViT (with forward_encoder/forward_decoder/forward_loss)"
@@ -114,8 +104,9 @@ class MIMIRPretraining(Method):
     ``config.attack_steps`` (default 1); its mask is ``batch.extras["ids_keep"]`` and the
     training mask ``batch.extras["ids_keep_1"]`` when the data loader supplies them, else
     independent random masks with ``config.mask_ratio``. ``config.hsic_weight`` (0 disables the
-    term) and ``config.hsic_estimator`` set the penalty; with ``config.hsic_gather`` a distributed run
-    computes HSIC over the batch gathered from every process (default: per process, as MIMIR).
+    term) and ``config.hsic_estimator`` set the penalty; with ``config.hsic_gather`` a distributed
+    run computes HSIC over the batch gathered from every process (default: per process, as
+    MIMIR).
 
     Metrics: ``loss``, ``recon`` (reconstruction of the clean image from ``x_adv``), ``hsic``
     (when its weight is > 0) and ``attack_recon``, the reconstruction loss where the attack

@@ -1,9 +1,13 @@
 """NIM pretraining: denoise Gaussian noise over all tokens (no masking)."""
 
+import dataclasses
+
 import torch
 
 from ..noise import add_noise, sample_sigma
 from .base import Batch, Method, StepOutput, register_method
+
+__all__ = ["NIMPretraining"]
 
 
 @register_method
@@ -21,7 +25,8 @@ class NIMPretraining(Method):
     loader_sigma = True
 
     def prepare_model(self, model, num_classes):
-        model.config.norm_pix_loss = False
+        # a changed copy: code holding the model's previous config object sees no change
+        model.config = dataclasses.replace(model.config, norm_pix_loss=False)
         return model
 
     def _noisy(self, batch: Batch) -> torch.Tensor:
