@@ -16,9 +16,27 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+__all__ = [
+    "DistContext",
+    "all_reduce",
+    "barrier",
+    "current",
+    "fsdp_clip_grad_norm",
+    "fsdp_full_state",
+    "fsdp_load_optimizer",
+    "fsdp_reshard",
+    "fsdp_wrap",
+    "gather_batch",
+    "mean_over_ranks",
+    "setup",
+    "teardown",
+]
+
 
 @dataclass(frozen=True)
 class DistContext:
+    """This process's place in a run: its rank, the number of processes, its GPU index."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -70,12 +88,14 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
 
 
 def teardown(ctx: DistContext) -> None:
+    """Leave the process group, if :func:`setup` started it."""
     if ctx.owns_group and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
 def barrier(ctx: DistContext) -> None:
+    """Wait until every rank gets here (nothing on one process)."""
     if ctx.enabled:
         dist.barrier()
 
@@ -109,7 +129,8 @@ def current() -> DistContext:
 
 
 def all_reduce(ctx: DistContext, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """``t`` reduced over the ranks ("sum" or "max"), on ``t``'s device; ``t`` itself on one process."""
+    """``t`` reduced over the ranks ("sum" or "max"), on ``t``'s device; ``t`` itself on one
+    process."""
     if not ctx.enabled:
         return t
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
@@ -124,7 +145,8 @@ def all_reduce(ctx: DistContext, t: torch.Tensor, op: str = "sum") -> torch.Tens
 
 # ---------------------------------------------------------------------- FSDP
 def _fully_shard_api():
-    """PyTorch's per-parameter FSDP (``fully_shard``, "FSDP2"), or None where this build lacks it."""
+    """PyTorch's per-parameter FSDP (``fully_shard``, "FSDP2"), or None where this build lacks
+    it."""
     try:
         from torch.distributed.fsdp import fully_shard  # PyTorch >= 2.6
     except ImportError:
