@@ -41,7 +41,9 @@ from .report import (
     save_reconstruction_grid,
     write_json,
 )
-from .training import TrainConfig, train
+from .training import TrainConfig, TrainResult, train
+
+__all__ = ["DemoPlan", "demo_plan", "run_demo"]
 
 # A small ViT for the 8x8 digits shown at 16x16: patch 4 -> 16 tokens, 4 visible at mask ratio 0.75.
 DEMO_MODEL = "vit_tiny_patch4_32"
@@ -215,14 +217,10 @@ def _percent(v: Any) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def run_demo(
-    out_dir: str | Path = "mimir-fast-demo", quick: bool = False, progress: bool = True
-) -> dict[str, Any]:
-    """Run every stage of the comparison on the digits and write and print the report."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan = demo_plan(out_dir, quick)
-    started = time.perf_counter()
+def _train_runs(
+    plan: DemoPlan, progress: bool
+) -> tuple[dict[str, TrainResult], dict[str, MaskedViT], dict[str, float]]:
+    """Every training run of the plan, in order: (results, models on the CPU, seconds)."""
     results, models, seconds = {}, {}, {}
     for k, (name, cfg) in enumerate(plan.runs.items()):
         print(f"[{k + 1}/{len(plan.runs) + 1}] {cfg.method} -> {cfg.out_dir} ({cfg.epochs} epochs)")
@@ -230,19 +228,17 @@ def run_demo(
         results[name] = train(dataclasses.replace(cfg, progress=progress))
         seconds[name] = round(time.perf_counter() - t0, 1)
         models[name] = results[name].model.cpu().eval()
+    return results, models, seconds
 
-    print(
-        f"[{len(plan.runs) + 1}/{len(plan.runs) + 1}] robustness at eps {EPS * 255:.0f}/255 on "
-        f"{plan.eval_images} held-out digits"
-    )
-    t0 = time.perf_counter()
-    rows = _robustness(models, plan, out_dir, progress)
-    seconds["robustness"] = round(time.perf_counter() - t0, 1)
 
-    # pictures: MAE vs MIMIR reconstructions, and what the two defenses make of an attacked digit
+def _save_figures(
+    models: dict[str, MaskedViT], results: dict[str, TrainResult], out_dir: Path
+) -> None:
+    """MAE vs MIMIR reconstructions, what the two defenses make of an attacked digit, and the
+    loss curves."""
     test = load_digits("test", image_size=DEMO_MODEL_OVERRIDES["img_size"])
-    images = torch.stack([test[i][0] for i in range(8)])
-    labels = torch.tensor([test[i][1] for i in range(8)])
+    images = torch.stack([test[i][0] for i in range(8)])  # (8, 1, 16, 16)
+    labels = torch.tensor([test[i][1] for i in range(8)])  # (8,)
     for name in ("mae", "mimir"):
         save_reconstruction_grid(
             models[name], images, out_dir / f"reconstructions-{name}.png", mask_ratio=0.75
@@ -259,6 +255,14 @@ def run_demo(
     )
     plot_loss_curves({name: r.history for name, r in results.items()}, out_dir / "loss_curves.png")
 
+
+def _summary_text(
+    plan: DemoPlan,
+    rows: list[dict[str, Any]],
+    results: dict[str, TrainResult],
+    seconds: dict[str, float],
+) -> str:
+    """The report's two tables: robust accuracy, and the training runs."""
     table_rows = [
         {
             **r,
@@ -279,12 +283,27 @@ def run_demo(
         }
         for name in plan.runs
     ]
-    summary = {
+    return (
+        f"Robust accuracy at eps {EPS * 255:.0f}/255 (L-inf) on {plan.eval_images} held-out "
+        "digits\n\n" + format_table(table_rows) + "\n\nTraining runs\n\n" + format_table(training)
+    )
+
+
+def _summary(
+    plan: DemoPlan,
+    rows: list[dict[str, Any]],
+    results: dict[str, TrainResult],
+    seconds: dict[str, float],
+    quick: bool,
+    total_seconds: float,
+) -> dict[str, Any]:
+    """What ``summary.json`` holds."""
+    return {
         "robustness": rows,
         "training": {n: r.final_metrics for n, r in results.items()},
         "test_accuracy": results["plain"].final_metrics["accuracy"],
         "chance_accuracy": 0.1,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": total_seconds,
         "stage_seconds": seconds,
         "quick": quick,
         "settings": {
@@ -298,13 +317,37 @@ def run_demo(
             "runs": {n: c.to_dict() for n, c in plan.runs.items()},
         },
     }
-    write_json(summary, out_dir / "summary.json")
-    text = (
-        f"Robust accuracy at eps {EPS * 255:.0f}/255 (L-inf) on {plan.eval_images} held-out digits\n\n"
-        + format_table(table_rows)
-        + "\n\nTraining runs\n\n"
-        + format_table(training)
+
+
+def run_demo(
+    out_dir: str | Path = "mimir-fast-demo", quick: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run every stage of the comparison on the digits and write and print the report.
+
+    Args:
+        out_dir: the report folder (each training run gets a subfolder).
+        quick: a few steps per stage, for a smoke test.
+        progress: show progress bars.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = demo_plan(out_dir, quick)
+    started = time.perf_counter()
+    results, models, seconds = _train_runs(plan, progress)
+
+    print(
+        f"[{len(plan.runs) + 1}/{len(plan.runs) + 1}] robustness at eps {EPS * 255:.0f}/255 on "
+        f"{plan.eval_images} held-out digits"
     )
+    t0 = time.perf_counter()
+    rows = _robustness(models, plan, out_dir, progress)
+    seconds["robustness"] = round(time.perf_counter() - t0, 1)
+    _save_figures(models, results, out_dir)
+
+    total_seconds = round(time.perf_counter() - started, 1)
+    summary = _summary(plan, rows, results, seconds, quick, total_seconds)
+    write_json(summary, out_dir / "summary.json")
+    text = _summary_text(plan, rows, results, seconds)
     (out_dir / "summary.md").write_text(text + "\n")
     print("\n" + text)
     print(f"\n{summary['seconds']:.0f} s; report in {out_dir}/")
