@@ -189,6 +189,12 @@ def info() -> dict[str, Any]:
     out["device"] = torch.cuda.get_device_name(0) if cuda else "cpu"
     if cuda:
         out["device count"] = torch.cuda.device_count()
+    try:  # where kernels="auto" runs a Triton kernel (docs/gpu.md)
+        from ..kernels.dispatch import describe_table
+
+        out["kernel table"] = describe_table()
+    except ValueError as e:  # a malformed MIMIR_FAST_VERIFIED_TABLE
+        out["kernel table"] = f"unavailable ({e})"
     try:
         from ..methods import METHODS
         from ..models import list_models
