@@ -105,8 +105,8 @@ def hsic(
         bandwidth: "mimir" or "median" (median heuristic, no ``d`` scaling).
         eps: ridge of the "nocca" form (MIMIR: 1e-5).
         zero_if_nonfinite: return 0 instead of NaN/inf, without a host sync.
-        kernels: Gram matrices on the fused Triton kernel: "auto" (on CUDA, or as the
-            ``MIMIR_FAST_KERNELS`` environment variable says), "torch" or "triton".
+        kernels: Gram matrices on the fused Triton kernel: "auto" (where the evidence table
+            verified it faster, or as ``MIMIR_FAST_KERNELS`` says), "torch" or "triton".
 
     Returns:
         A scalar fp32 tensor.

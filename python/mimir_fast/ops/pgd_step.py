@@ -79,8 +79,9 @@ def pgd_step(
 
     Args:
         x_adv, grad, x0, alpha, eps, norm: as :func:`pgd_step_reference`.
-        kernels: "auto" (the fused Triton kernel on CUDA, the reference elsewhere), "torch" or
-            "triton" (see :func:`mimir_fast.kernels.resolve_kernels`).
+        kernels: "auto" (the fused Triton kernel where the evidence table verified it faster,
+            the reference elsewhere), "torch" or "triton" (see
+            :func:`mimir_fast.kernels.resolve_kernels`).
     """
     if use_triton(kernels, "pgd_step", x_adv):
         from ..kernels.pgd_step import pgd_step_triton
