@@ -24,10 +24,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ._shared import LaunchConfig, device_arch, next_power_of_2
+
 __all__ = [
     "DecoderScatterFunction",
     "decoder_scatter_backward",
     "decoder_scatter_backward_op",
+    "decoder_scatter_config",
     "decoder_scatter_forward",
     "decoder_scatter_op",
     "decoder_scatter_triton",
@@ -117,8 +120,19 @@ def _decoder_scatter_bwd_kernel(
     )
 
 
-def _tokens_per_program(width: int, budget: int = 4096) -> int:
-    return max(1, min(64, budget // triton.next_power_of_2(width)))
+def decoder_scatter_config(width: int, arch: int) -> LaunchConfig:
+    """Tokens per program (BLOCK_T) and row width (BLOCK_D) of both kernels for width D.
+
+    About 2048 elements and at most 32 tokens a program: at 4096 elements or 64 tokens ptxas
+    spilled a few bytes in the 16-bit forward (tests/test_aot_compile.py). No loops: num_stages 1.
+
+    Args:
+        width: D. arch: compute capability; every arch gets the same configuration.
+    """
+    del arch  # no shared memory, no tensor cores: one configuration fits every arch
+    block = next_power_of_2(width)
+    tokens = max(1, min(32, 2048 // block))
+    return LaunchConfig({"BLOCK_T": tokens, "BLOCK_D": block}, num_warps=4, num_stages=1)
 
 
 def decoder_scatter_forward(
@@ -146,8 +160,8 @@ def decoder_scatter_forward(
         )
     dtype = torch.promote_types(torch.promote_types(x.dtype, mask_token.dtype), pos.dtype)
     out = torch.empty((n, length + 1, d), dtype=dtype, device=x.device)
-    bt = _tokens_per_program(d)
-    _decoder_scatter_fwd_kernel[(n, triton.cdiv(length + 1, bt))](
+    cfg = decoder_scatter_config(d, device_arch(x))
+    _decoder_scatter_fwd_kernel[(n, triton.cdiv(length + 1, cfg.constexprs["BLOCK_T"]))](
         x.contiguous(),
         ids_restore.contiguous(),
         mask_token.reshape(d).contiguous(),
@@ -156,8 +170,7 @@ def decoder_scatter_forward(
         k1,
         length,
         d,
-        BLOCK_T=bt,
-        BLOCK_D=triton.next_power_of_2(d),
+        **cfg.kwargs(),
     )
     return out
 
@@ -174,8 +187,8 @@ def decoder_scatter_backward(
     n, t, d = dout.shape
     length = t - 1
     dout = dout.contiguous()
-    bt = _tokens_per_program(d)
-    nblk = triton.cdiv(length + 1, bt)
+    cfg = decoder_scatter_config(d, device_arch(dout))
+    nblk = triton.cdiv(length + 1, cfg.constexprs["BLOCK_T"])
     d_x = torch.empty((n, num_kept + 1, d), dtype=x_dtype, device=dout.device)
     part = torch.empty((n, nblk, d), dtype=torch.float32, device=dout.device)
     _decoder_scatter_bwd_kernel[(n, nblk)](
@@ -186,8 +199,7 @@ def decoder_scatter_backward(
         num_kept + 1,
         length,
         d,
-        BLOCK_T=bt,
-        BLOCK_D=triton.next_power_of_2(d),
+        **cfg.kwargs(),
     )
     d_tok = part.sum((0, 1))
     d_pos = dout.float().sum(0) if need_pos else dout.new_empty(0, dtype=torch.float32)

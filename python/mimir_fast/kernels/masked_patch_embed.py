@@ -30,10 +30,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ._shared import LaunchConfig, device_arch, next_power_of_2
+
 __all__ = [
     "MaskedPatchEmbedFunction",
     "masked_patch_embed_backward",
     "masked_patch_embed_backward_op",
+    "masked_patch_embed_config",
     "masked_patch_embed_forward",
     "masked_patch_embed_op",
     "masked_patch_embed_triton",
@@ -199,8 +202,21 @@ def _check(x: torch.Tensor, ids_keep: torch.Tensor, weight: torch.Tensor) -> Non
         )
 
 
-def _rows_per_program(width: int, budget: int = 4096) -> int:
-    return max(1, min(64, budget // triton.next_power_of_2(width)))
+def masked_patch_embed_config(kernel: str, width: int, arch: int) -> LaunchConfig:
+    """Rows per program and row width of one kernel: about 4096 elements a program (no loops).
+
+    Args:
+        kernel: "fwd" and "bwd" (rows of C*p*p pixels; constexprs BLOCK_K / BLOCK_L, BLOCK_P)
+            or "epilogue" (rows of D features; BLOCK_K, BLOCK_D).
+        width: C*p*p, or D for the epilogue.
+        arch: compute capability; every arch gets the same configuration.
+    """
+    del arch  # no shared memory, no tensor cores: one configuration fits every arch
+    block = next_power_of_2(width)
+    rows = max(1, min(64, 4096 // block))
+    names = {"fwd": ("BLOCK_K", "BLOCK_P"), "bwd": ("BLOCK_L", "BLOCK_P")}
+    row_name, width_name = names.get(kernel, ("BLOCK_K", "BLOCK_D"))
+    return LaunchConfig({row_name: rows, width_name: block}, num_warps=4, num_stages=1)
 
 
 def masked_patch_embed_forward(
@@ -228,20 +244,10 @@ def masked_patch_embed_forward(
     k = ids_keep.shape[1]
     pdim = c * p * p
     patches = torch.empty((n, k, pdim), dtype=weight.dtype, device=x.device)
-    bk = _rows_per_program(pdim)
-    _masked_patch_embed_fwd_kernel[(n, triton.cdiv(k, bk))](
-        x,
-        ids_keep,
-        patches,
-        c,
-        h,
-        w,
-        w // p,
-        k,
-        pdim,
-        PATCH=p,
-        BLOCK_K=bk,
-        BLOCK_P=triton.next_power_of_2(pdim),
+    arch = device_arch(x)
+    cfg = masked_patch_embed_config("fwd", pdim, arch)
+    _masked_patch_embed_fwd_kernel[(n, triton.cdiv(k, cfg.constexprs["BLOCK_K"]))](
+        x, ids_keep, patches, c, h, w, w // p, k, pdim, PATCH=p, **cfg.kwargs()
     )
     with torch.autocast(x.device.type, enabled=False):
         y = torch.matmul(patches.view(n * k, pdim), weight.reshape(d, pdim).t())  # (N*K, D)
@@ -249,8 +255,8 @@ def masked_patch_embed_forward(
     if bias is not None:
         out_dtype = torch.promote_types(out_dtype, bias.dtype)
     out = torch.empty((n, k, d), dtype=out_dtype, device=x.device)
-    bk = _rows_per_program(d)
-    _masked_patch_embed_epilogue_kernel[(n, triton.cdiv(k, bk))](
+    cfg = masked_patch_embed_config("epilogue", d, arch)
+    _masked_patch_embed_epilogue_kernel[(n, triton.cdiv(k, cfg.constexprs["BLOCK_K"]))](
         y,
         y if bias is None else bias.contiguous(),
         pos.contiguous(),
@@ -259,8 +265,7 @@ def masked_patch_embed_forward(
         k,
         d,
         HAS_BIAS=bias is not None,
-        BLOCK_K=bk,
-        BLOCK_D=triton.next_power_of_2(d),
+        **cfg.kwargs(),
     )
     return out, patches
 
@@ -294,21 +299,10 @@ def masked_patch_embed_backward(
             slot = torch.full((n, num_patches), -1, dtype=torch.int64, device=x.device)
             slot.scatter_(1, ids_keep, torch.arange(k, device=x.device).expand(n, k))
             d_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-            bl = _rows_per_program(pdim)
-            _masked_patch_embed_bwd_kernel[(n, triton.cdiv(num_patches, bl))](
-                dpatch,
-                slot,
-                d_x,
-                c,
-                h,
-                w,
-                w // p,
-                k,
-                num_patches,
-                pdim,
-                PATCH=p,
-                BLOCK_L=bl,
-                BLOCK_P=triton.next_power_of_2(pdim),
+            cfg = masked_patch_embed_config("bwd", pdim, device_arch(x))
+            grid = (n, triton.cdiv(num_patches, cfg.constexprs["BLOCK_L"]))
+            _masked_patch_embed_bwd_kernel[grid](
+                dpatch, slot, d_x, c, h, w, w // p, k, num_patches, pdim, PATCH=p, **cfg.kwargs()
             )
         if need_weight:
             d_w = torch.matmul(g.t().to(patches.dtype), patches.reshape(n * k, pdim)).reshape(

@@ -28,12 +28,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._shared import NORM_PIX_EPS
+from ._shared import NORM_PIX_EPS, LaunchConfig, device_arch, next_power_of_2
 
 __all__ = [
     "NormPixLossFunction",
     "norm_pix_loss_backward",
     "norm_pix_loss_backward_op",
+    "norm_pix_loss_config",
     "norm_pix_loss_forward",
     "norm_pix_loss_op",
     "norm_pix_loss_triton",
@@ -201,8 +202,21 @@ def _geometry(
     return n, c, h, w, length
 
 
-def _patches_per_program(pdim: int, budget: int = 4096) -> int:
-    return max(1, min(64, budget // triton.next_power_of_2(pdim)))
+def norm_pix_loss_config(pdim: int, arch: int) -> LaunchConfig:
+    """Patches per program (BLOCK_L) and patch width (BLOCK_P) of both kernels.
+
+    About 4096 elements a program, each patch whole in one program (its mean and variance are
+    one reduction), 8 warps for a full 4096 (with 4, ptxas spilled in the fp32 backward on
+    sm_89: tests/test_aot_compile.py). No loops: num_stages 1.
+
+    Args:
+        pdim: P = p*p*C. arch: compute capability; every arch gets the same configuration.
+    """
+    del arch  # no shared memory to speak of, no tensor cores: one configuration fits every arch
+    block = next_power_of_2(pdim)
+    patches = max(1, min(64, 4096 // block))
+    warps = 8 if patches * block >= 4096 else 4
+    return LaunchConfig({"BLOCK_L": patches, "BLOCK_P": block}, num_warps=warps, num_stages=1)
 
 
 def _pred_strides(pred: torch.Tensor) -> torch.Tensor:
@@ -223,8 +237,8 @@ def norm_pix_loss_forward(
     pred = _pred_strides(pred)
     pdim = pred.shape[-1]
     per_patch = torch.empty((n, length), dtype=torch.float32, device=image.device)
-    bl = _patches_per_program(pdim)
-    _norm_pix_loss_fwd_kernel[(n, triton.cdiv(length, bl))](
+    cfg = norm_pix_loss_config(pdim, device_arch(image))
+    _norm_pix_loss_fwd_kernel[(n, triton.cdiv(length, cfg.constexprs["BLOCK_L"]))](
         image,
         pred,
         per_patch,
@@ -239,8 +253,7 @@ def norm_pix_loss_forward(
         NORM_PIX_EPS,
         PATCH=patch_size,
         NORM_PIX=norm_pix,
-        BLOCK_L=bl,
-        BLOCK_P=triton.next_power_of_2(pdim),
+        **cfg.kwargs(),
     )
     if mask is None:
         return per_patch.mean()
@@ -271,8 +284,8 @@ def norm_pix_loss_backward(
     wscale = (grad.float() / count).reshape(1).contiguous()
     d_pred = torch.empty((n, length, pdim), dtype=pred.dtype, device=pred.device)
     d_img = torch.empty(image.shape if need_image else (0,), dtype=image.dtype, device=image.device)
-    bl = _patches_per_program(pdim)
-    _norm_pix_loss_bwd_kernel[(n, triton.cdiv(length, bl))](
+    cfg = norm_pix_loss_config(pdim, device_arch(image))
+    _norm_pix_loss_bwd_kernel[(n, triton.cdiv(length, cfg.constexprs["BLOCK_L"]))](
         image,
         pred,
         wscale if mask is None else mask.contiguous(),
@@ -292,8 +305,7 @@ def norm_pix_loss_backward(
         NORM_PIX=norm_pix,
         HAS_MASK=mask is not None,
         NEED_DIMG=need_image,
-        BLOCK_L=bl,
-        BLOCK_P=triton.next_power_of_2(pdim),
+        **cfg.kwargs(),
     )
     return d_pred, d_img
 

@@ -21,12 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._shared import NORM_FLOOR, check_step_inputs, per_sample
+from ._shared import NORM_FLOOR, LaunchConfig, check_step_inputs, device_arch, per_sample
 
-__all__ = ["pgd_step_triton"]
-
-_BLOCK = 1024
-_STATS_BLOCK = 1024
+__all__ = ["pgd_step_config", "pgd_step_triton"]
 
 
 @triton.jit
@@ -107,6 +104,19 @@ def _pgd_l2_stats_kernel(x_ptr, g_ptr, x0_ptr, stats_ptr, d, BLOCK: tl.constexpr
     tl.store(stats_ptr + 3 * row + 2, tl.sum(dd, axis=0))
 
 
+def pgd_step_config(kernel: str, arch: int) -> LaunchConfig:
+    """BLOCK, warps and pipelining of the step ("step") or the L2 sums ("stats") kernel.
+
+    1024 elements a program (or a loop step) with 4 warps: 8 per thread, vector loads. The sums
+    loop over a whole sample (d in the thousands): three stages keep loads in flight.
+
+    Args:
+        kernel: "step" or "stats". arch: compute capability; every arch gets the same one.
+    """
+    del arch  # streaming kernels: one configuration fits every arch
+    return LaunchConfig({"BLOCK": 1024}, num_warps=4, num_stages=3 if kernel == "stats" else 1)
+
+
 def pgd_step_triton(
     x_adv: torch.Tensor,
     grad: torch.Tensor,
@@ -132,9 +142,10 @@ def pgd_step_triton(
     a = per_sample(alpha, n, x.device).contiguous()
     e = per_sample(eps, n, x.device).contiguous()
     out = torch.empty_like(x)
+    arch = device_arch(x)
     if norm == "l2":
         stats = torch.empty((n, 3), dtype=torch.float32, device=x.device)
-        _pgd_l2_stats_kernel[(n,)](x, g, c, stats, d, BLOCK=_STATS_BLOCK)
+        _pgd_l2_stats_kernel[(n,)](x, g, c, stats, d, **pgd_step_config("stats", arch).kwargs())
         gg, dg, dd = stats.unbind(1)
         g_norm = gg.sqrt().clamp_min(NORM_FLOOR)
         # ||d + a g/|g| ||^2 expanded; clamp: rounding may take it a hair below 0
@@ -143,6 +154,7 @@ def pgd_step_triton(
         scale = torch.stack([1.0 / g_norm, shrink], dim=1).contiguous()
     else:
         scale = a  # unused
-    grid = (n, triton.cdiv(d, _BLOCK))
-    _pgd_step_kernel[grid](x, g, c, out, a, e, scale, d, NORM_L2=norm == "l2", BLOCK=_BLOCK)
+    cfg = pgd_step_config("step", arch)
+    grid = (n, triton.cdiv(d, cfg.constexprs["BLOCK"]))
+    _pgd_step_kernel[grid](x, g, c, out, a, e, scale, d, NORM_L2=norm == "l2", **cfg.kwargs())
     return out.view_as(x_adv) if out.shape == x_adv.shape else out.reshape(x_adv.shape)
