@@ -96,13 +96,54 @@ def test_attention_matches_reference_fp32(n, t, h, dh):
 
 
 def test_attention_spans_several_key_blocks():
-    # T > 128: more than one step of the online softmax, and partial last blocks of queries and keys.
+    # T = 150: several steps of the online softmax, and partial last blocks of queries and keys.
     gen = _gen(5)
     qkv = _leaf(1, 150, 3, 1, 16, gen=gen, scale=2.0)
     ref_in = qkv.detach().clone().requires_grad_(True)
     _check_grads(
         attention_triton(qkv), attention(ref_in), (qkv,), (ref_in,), ["qkv"], 1e-5, 1e-4, gen
     )
+
+
+def test_attention_fp32_small_blocks_many_steps():
+    # fp32 runs 16-query blocks over 32-key steps: T = 70 is 5 query blocks and 3 key steps,
+    # both with a partial last block, at the presets' head dim.
+    gen = _gen(7)
+    qkv = _leaf(2, 70, 3, 2, 64, gen=gen, scale=1.5)
+    ref_in = qkv.detach().clone().requires_grad_(True)
+    _check_grads(
+        attention_triton(qkv), attention(ref_in), (qkv,), (ref_in,), ["qkv"], 1e-5, 1e-4, gen
+    )
+
+
+def test_attention_config_one_unpipelined_step_when_the_keys_fit():
+    from mimir_fast.kernels.attention import attention_config
+
+    for dtype in (torch.float32, torch.bfloat16):
+        for kernel in ("fwd", "bwd_dq"):
+            one = attention_config(kernel, 17, 64, dtype, 90)  # ViT patch4: 16 kept + cls
+            assert one.num_stages == 1 and one.constexprs["BLOCK_N"] >= 17
+            many = attention_config(kernel, 197, 64, dtype, 90)
+            assert many.num_stages == 2 and many.constexprs["BLOCK_N"] < 197
+    assert attention_config("fwd", 197, 64, torch.float32, 80).constexprs["PRECISION"] == "tf32x3"
+
+
+def test_attention_head_dim_below_16_runs_sdpa(monkeypatch):
+    # MIMIR's decoder (head dim 8) runs SDPA under every kernels= choice; head dim 16 the kernel.
+    import mimir_fast.kernels.attention as kernel_module
+    from mimir_fast.ops.attention import MIN_KERNEL_HEAD_DIM
+    from mimir_fast.ops.attention import attention as dispatched
+
+    calls = []
+    real = kernel_module.attention_triton
+    monkeypatch.setattr(
+        kernel_module, "attention_triton", lambda qkv: calls.append(qkv.shape[-1]) or real(qkv)
+    )
+    gen = _gen(13)
+    for dh in (8, 16):
+        qkv = torch.randn(2, 5, 3, 2, dh, generator=gen).to(DEV)
+        assert _rel(dispatched(qkv, kernels="triton"), attention(qkv)) < 1e-5
+    assert calls == [16] and MIN_KERNEL_HEAD_DIM == 16
 
 
 def test_attention_reads_a_view_of_the_qkv_linear():
@@ -447,6 +488,8 @@ def test_torch_compile(kernels):
 # ------------------------------------------------------------------------------ GPU shapes
 
 
+# fp32 runs its dots as three TF32 products ("tf32x3", ~fp32 accuracy: ~1e-5 expected), bf16
+# as bf16 tensor-core products with fp32 accumulation.
 @requires_cuda
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize(

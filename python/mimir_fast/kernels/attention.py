@@ -7,9 +7,9 @@ layout with strides instead, so neither transpose is ever materialised:
 
 - forward (``_attention_fwd_kernel``): one program per (query block, sample * head). It loads its
   queries once and walks over the keys in ``BLOCK_N`` steps with the online softmax (running
-  max ``m`` and running sum ``l`` in the log2 domain, fp32 accumulators). For T <= 128 the whole
-  key range is one step. It writes the output straight into (N, T, H * Dh), ready for ``proj``,
-  and the log-sum-exp (log2 domain) per row, (N, H, T) fp32, for the backward.
+  max ``m`` and running sum ``l`` in the log2 domain, fp32 accumulators); for short sequences
+  the whole key range is one step. It writes the output straight into (N, T, H * Dh), ready for
+  ``proj``, and the log-sum-exp (log2 domain) per row, (N, H, T) fp32, for the backward.
 - backward: two kernels, no atomics. ``_attention_bwd_dq_kernel`` (one program per query block)
   computes ``delta = rowsum(dO * O)``, stores it, and accumulates ``dQ`` over the key blocks;
   ``_attention_bwd_dkdv_kernel`` (one program per key block, launched after it on the same
@@ -17,9 +17,11 @@ layout with strides instead, so neither transpose is ever materialised:
   into one (N, T, 3, H, Dh) tensor: exactly the gradient of the fused ``qkv`` output, so the
   backward of the ``qkv`` linear reads it without a concatenation.
 
-The reference is :func:`mimir_fast.ops.attention.attention_reference`. fp32 inputs use exact
-(IEEE) fp32 products so that the CPU interpreter and a GPU agree with the reference to ~1e-5;
-bf16/fp16 inputs use tensor cores with fp32 accumulation (the performance path, under autocast).
+The reference is :func:`mimir_fast.ops.attention.attention_reference`. Every product runs on
+tensor cores with fp32 accumulation: bf16/fp16 inputs directly (the path under autocast), fp32
+inputs as three TF32 products ("tf32x3": the operands split into high and low TF32 parts, ~fp32
+accuracy), so a GPU should agree with the fp32 reference to ~1e-5 (the GPU tests allow 1e-4).
+:func:`attention_config` picks each kernel's blocks, warps and stages.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ._shared import LaunchConfig, device_arch, next_power_of_2
+
 __all__ = [
     "AttentionFunction",
     "attention_backward",
     "attention_backward_op",
+    "attention_config",
     "attention_forward",
     "attention_op",
     "attention_triton",
@@ -41,6 +46,9 @@ __all__ = [
 ]
 
 _LOG2E = 1.4426950408889634
+# fp32 inputs: each dot as three TF32 tensor-core products (high and low parts of the operands),
+# about fp32's accuracy (relative error ~1e-6) at a third of TF32's rate, well above fp32 FMA.
+_FP32_PRECISION = "tf32x3"
 
 
 @triton.jit
@@ -55,7 +63,7 @@ def _attention_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    IEEE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Attention output for one block of queries of one (sample, head).
 
@@ -71,7 +79,7 @@ def _attention_fwd_kernel(
     Constexprs:
         BLOCK_M: queries per program; BLOCK_N: keys per loop step; BLOCK_D: next power of two
             >= HEAD_DIM (>= 16 for ``tl.dot``; padded lanes are masked to zero).
-        IEEE: exact fp32 products (fp32 inputs) instead of TF32.
+        PRECISION: ``tl.dot``'s input precision for fp32 inputs ("tf32x3"); 16-bit ones ignore it.
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -97,19 +105,13 @@ def _attention_fwd_kernel(
         kv_mask = (cols[:, None] < T) & d_ok[None, :]
         k = tl.load(k_base + cols[:, None] * stride_t + d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + cols[:, None] * stride_t + d[None, :], mask=kv_mask, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
         s = tl.where(cols[None, :] < T, s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]
     row_ok = rows < T
@@ -138,7 +140,7 @@ def _attention_bwd_dq_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    IEEE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """dQ for one block of queries of one (sample, head), and ``delta``.
 
@@ -185,18 +187,11 @@ def _attention_bwd_dq_kernel(
         kv_mask = (cols[:, None] < T) & d_ok[None, :]
         k = tl.load(k_base + cols[:, None] * stride_t + d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + cols[:, None] * stride_t + d[None, :], mask=kv_mask, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-            dp = tl.dot(do, tl.trans(v))
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         p = tl.where(cols[None, :] < T, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
         ds = p * (dp - delta[:, None])
-        if IEEE:
-            dq += tl.dot(ds, k, input_precision="ieee")
-        else:
-            dq += tl.dot(ds.to(k.dtype), k)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     dq = dq * sm_scale
     tl.store(
         dqkv_ptr + off_qkv + rows[:, None] * stride_t + d[None, :],
@@ -220,7 +215,7 @@ def _attention_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    IEEE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """dK and dV for one block of keys of one (sample, head). Grid: (cdiv(T, BLOCK_N), N * H).
 
@@ -230,7 +225,8 @@ def _attention_bwd_dkdv_kernel(
         dout_ptr: (N, T, H * HEAD_DIM) gradient of the forward's output (contiguous).
         lse_ptr, delta_ptr: (N, H, T) fp32 from the forward and from the dQ kernel.
     Constexprs:
-        BLOCK_N: keys per program; BLOCK_M: queries per loop step; BLOCK_D, IEEE: as the forward.
+        BLOCK_N: keys per program; BLOCK_M: queries per loop step; BLOCK_D, PRECISION: as the
+            forward.
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -260,32 +256,58 @@ def _attention_bwd_dkdv_kernel(
         )
         lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * T + rows, mask=row_ok, other=0.0)
         delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * T + rows, mask=row_ok, other=0.0)
-        if IEEE:
-            st = tl.dot(k, tl.trans(q), input_precision="ieee")  # (BLOCK_N, BLOCK_M)
-            dpt = tl.dot(v, tl.trans(do), input_precision="ieee")
-        else:
-            st = tl.dot(k, tl.trans(q))
-            dpt = tl.dot(v, tl.trans(do))
+        st = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         pt = tl.where(row_ok[None, :], tl.exp2(st * qk_scale - lse[None, :]), 0.0)
         dst = pt * (dpt - delta[None, :])
-        if IEEE:
-            dv += tl.dot(pt, do, input_precision="ieee")
-            dk += tl.dot(dst, q, input_precision="ieee")
-        else:
-            dv += tl.dot(pt.to(do.dtype), do)
-            dk += tl.dot(dst.to(q.dtype), q)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
     dk = dk * sm_scale
     out = dqkv_ptr + off_qkv + cols[:, None] * stride_t + d[None, :]
     tl.store(out + H * HEAD_DIM, dk.to(dqkv_ptr.dtype.element_ty), mask=cmask)
     tl.store(out + 2 * H * HEAD_DIM, dv.to(dqkv_ptr.dtype.element_ty), mask=cmask)
 
 
-def _blocks(t: int, head_dim: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_D): one key step for T <= 128; tiny blocks for tiny T."""
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    block_n = min(128, max(16, triton.next_power_of_2(t)))
-    block_m = min(64, max(16, triton.next_power_of_2(t)))
-    return block_m, block_n, block_d
+def attention_config(
+    kernel: str, t: int, head_dim: int, dtype: torch.dtype, arch: int
+) -> LaunchConfig:
+    """Block sizes, warps and pipelining of one attention kernel at one shape.
+
+    A program owns ``own`` rows (queries; keys for "bwd_dkdv") and steps over the other side in
+    ``step`` rows, with BLOCK_D = Dh padded to a power of two >= 16:
+
+    - 16-bit inputs: own 64, step 64 (32 for Dh > 64); 8 warps for the backward kernels.
+    - fp32 inputs (three TF32 products per dot, twice the bytes per element): own 16, step 32
+      (16 with 8 warps for Dh > 64).
+
+    Blocks shrink to T for short sequences. When one step covers T the loop runs once, unpipelined
+    (num_stages 1: nothing to prefetch); otherwise K/V (or Q/dO) tiles are double-buffered.
+    tests/test_aot_compile.py compiles every configuration for sm_80, sm_89 and sm_90: each fits
+    99 KB of shared memory without a register spill.
+
+    Args:
+        kernel: "fwd", "bwd_dq" or "bwd_dkdv".
+        t: tokens T. head_dim: Dh. dtype: qkv's dtype.
+        arch: compute capability (80, 89, 90); every arch gets the same configuration.
+    """
+    del arch  # one configuration fits every arch
+    block_d = max(16, next_power_of_2(head_dim))
+    rows = max(16, next_power_of_2(t))
+    if dtype == torch.float32:
+        own, step = min(16, rows), min(32 if block_d <= 64 else 16, rows)
+        warps = 4 if block_d <= 64 else 8
+    else:
+        own, step = min(64, rows), min(64 if block_d <= 64 else 32, rows)
+        warps = 4 if kernel == "fwd" else 8
+    if kernel == "bwd_dkdv":
+        blocks = {"BLOCK_N": own, "BLOCK_M": step}
+    else:
+        blocks = {"BLOCK_M": own, "BLOCK_N": step}
+    return LaunchConfig(
+        {**blocks, "BLOCK_D": block_d, "PRECISION": _FP32_PRECISION},
+        num_warps=warps,
+        num_stages=1 if t <= step else 2,
+    )
 
 
 def _check_qkv(qkv: torch.Tensor) -> None:
@@ -305,21 +327,10 @@ def attention_forward(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, t, _, h, dh = qkv.shape
     out = torch.empty((n, t, h * dh), dtype=qkv.dtype, device=qkv.device)
     lse = torch.empty((n, h, t), dtype=torch.float32, device=qkv.device)
-    bm, bn, bd = _blocks(t, dh)
+    cfg = attention_config("fwd", t, dh, qkv.dtype, device_arch(qkv))
     sm_scale = dh**-0.5
-    _attention_fwd_kernel[(triton.cdiv(t, bm), n * h)](
-        qkv,
-        out,
-        lse,
-        t,
-        h,
-        dh,
-        sm_scale * _LOG2E,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
-        BLOCK_D=bd,
-        IEEE=qkv.dtype == torch.float32,
-    )
+    grid = (triton.cdiv(t, cfg.constexprs["BLOCK_M"]), n * h)
+    _attention_fwd_kernel[grid](qkv, out, lse, t, h, dh, sm_scale * _LOG2E, **cfg.kwargs())
     return out, lse
 
 
@@ -332,42 +343,16 @@ def attention_backward(
     dout = dout.to(qkv.dtype).contiguous()
     dqkv = torch.empty_like(qkv)
     delta = torch.empty((n, h, t), dtype=torch.float32, device=qkv.device)
-    bm, bn, bd = _blocks(t, dh)
-    sm_scale = dh**-0.5
-    ieee = qkv.dtype == torch.float32
-    _attention_bwd_dq_kernel[(triton.cdiv(t, bm), n * h)](
-        qkv,
-        out.contiguous(),
-        dout,
-        lse,
-        delta,
-        dqkv,
-        t,
-        h,
-        dh,
-        sm_scale * _LOG2E,
-        sm_scale,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
-        BLOCK_D=bd,
-        IEEE=ieee,
+    arch = device_arch(qkv)
+    scales = (dh**-0.5 * _LOG2E, dh**-0.5)
+    cfg = attention_config("bwd_dq", t, dh, qkv.dtype, arch)
+    _attention_bwd_dq_kernel[(triton.cdiv(t, cfg.constexprs["BLOCK_M"]), n * h)](
+        qkv, out.contiguous(), dout, lse, delta, dqkv, t, h, dh, *scales, **cfg.kwargs()
     )
-    # The dK/dV kernel steps over queries in BLOCK_M and owns BLOCK_N keys: swap the roles.
-    _attention_bwd_dkdv_kernel[(triton.cdiv(t, bm), n * h)](
-        qkv,
-        dout,
-        lse,
-        delta,
-        dqkv,
-        t,
-        h,
-        dh,
-        sm_scale * _LOG2E,
-        sm_scale,
-        BLOCK_M=bn,
-        BLOCK_N=bm,
-        BLOCK_D=bd,
-        IEEE=ieee,
+    # launched after the dQ kernel on the same stream: it reads the delta that kernel wrote
+    cfg = attention_config("bwd_dkdv", t, dh, qkv.dtype, arch)
+    _attention_bwd_dkdv_kernel[(triton.cdiv(t, cfg.constexprs["BLOCK_N"]), n * h)](
+        qkv, dout, lse, delta, dqkv, t, h, dh, *scales, **cfg.kwargs()
     )
     return dqkv
 
@@ -431,7 +416,11 @@ def attention_triton(qkv: torch.Tensor) -> torch.Tensor:
     return attention_op(qkv)[0]
 
 
-def default_block_sizes(t: int, head_dim: int) -> dict[str, int]:
-    """The block sizes used for a shape (for benchmark reports)."""
-    bm, bn, bd = _blocks(t, head_dim)
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "key_steps": math.ceil(t / bn)}
+def default_block_sizes(
+    t: int, head_dim: int, dtype: torch.dtype = torch.bfloat16, arch: int = 90
+) -> dict[str, int]:
+    """The forward's block sizes and launch options at a shape (for benchmark reports)."""
+    cfg = attention_config("fwd", t, head_dim, dtype, arch)
+    blocks = {k: v for k, v in cfg.constexprs.items() if k.startswith("BLOCK")}
+    steps = math.ceil(t / blocks["BLOCK_N"])
+    return {**blocks, "key_steps": steps, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}

@@ -14,7 +14,14 @@ import torch.nn.functional as F
 
 from ..kernels.dispatch import sdpa_preferred, use_triton
 
-__all__ = ["attention", "attention_reference"]
+__all__ = ["MIN_KERNEL_HEAD_DIM", "attention", "attention_reference"]
+
+# Below this head dim attention runs SDPA under every kernels= choice. The kernel pads a head to
+# 16 lanes for tl.dot (head dim 8, MIMIR's decoder: half the tile is padding) and then does about
+# as many exponentials as multiply-adds, so it is bound by exp throughput; SDPA is expected to be
+# at least as fast there. Not measured on a GPU yet: a GPU benchmark that shows the kernel ahead
+# would lower this.
+MIN_KERNEL_HEAD_DIM = 16
 
 
 def attention_reference(qkv: torch.Tensor) -> torch.Tensor:
@@ -38,14 +45,18 @@ def attention(qkv: torch.Tensor, kernels: str = "auto") -> torch.Tensor:
     Args:
         qkv: (N, T, 3, H, Dh), the ``qkv`` linear's output reshaped (a view, no copy).
         kernels: "auto", "torch" or "triton" (see :func:`mimir_fast.kernels.resolve_kernels`).
-            The kernel is skipped at shapes where SDPA measured faster
-            (:data:`mimir_fast.kernels.dispatch.SDPA_PREFERRED`).
+            The kernel is skipped for head dims below :data:`MIN_KERNEL_HEAD_DIM` and at shapes
+            where SDPA measured faster (:data:`mimir_fast.kernels.dispatch.SDPA_PREFERRED`).
 
     Returns:
         (N, T, H * Dh) in qkv's dtype, the input of the ``proj`` linear.
     """
     n, t, _, h, dh = qkv.shape
-    if use_triton(kernels, "attention", qkv) and not sdpa_preferred(t, dh, qkv.device):
+    if (
+        use_triton(kernels, "attention", qkv)
+        and dh >= MIN_KERNEL_HEAD_DIM
+        and not sdpa_preferred(t, dh, qkv.device)
+    ):
         from ..kernels.attention import attention_triton
 
         return attention_triton(qkv)  # no transposes
