@@ -58,6 +58,19 @@ def test_kernel_matches_reference_bf16_input():
     assert out_err < 1e-2 and grad_err < 2e-2
 
 
+@pytest.mark.parametrize("ieee", [False, True], ids=["tf32", "ieee"])
+def test_every_tile_written_once_and_mirrored(ieee):
+    # m = 97: 4 x 4 blocks of 32 rows, the last partial; only the 10 tiles on and above the
+    # diagonal are computed, the 6 below are their transposes (the output starts uninitialised).
+    from mimir_fast.kernels.gaussian_gram import gaussian_gram_triton
+
+    a = torch.randn(2, 97, 40, generator=torch.Generator().manual_seed(4))
+    k = gaussian_gram_triton(a, 1.5, scale_by_dim=False, ieee=ieee)
+    assert torch.equal(k[:, 32:, :32], k[:, :32, 32:].mT)
+    assert torch.equal(k[:, 96:, :96], k[:, :96, 96:].mT)
+    assert _rel(k, gaussian_gram(a, 1.5, scale_by_dim=False)) < 1e-5
+
+
 def test_per_matrix_sigma_tensor():
     from mimir_fast.kernels.gaussian_gram import gaussian_gram_triton
 
@@ -99,3 +112,15 @@ def test_auto_uses_the_reference_on_cpu():
 def test_kernel_matches_reference_real_sizes_on_gpu(m, d):
     out_err, grad_err = _compare((m, d), 5.0, True, torch.float32, "cuda")
     assert out_err < 1e-5 and grad_err < 1e-4
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: real-size kernel check"
+)
+@pytest.mark.parametrize("m,d", [(512, 3 * 32 * 32), (512, 65 * 384), (256, 3 * 224 * 224)])
+def test_tf32_kernel_real_sizes_on_gpu(m, d):
+    # The default path: TF32 inner products (10 mantissa bits per input), fp32 accumulation.
+    # Stated tolerance: K within 1e-4 of the fp32 reference, the gradient within 1e-3.
+    out_err, grad_err = _compare((m, d), 5.0, True, torch.float32, "cuda", ieee=False)
+    assert out_err < 1e-4 and grad_err < 1e-3

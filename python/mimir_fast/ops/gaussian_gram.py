@@ -2,7 +2,9 @@
 
 - :func:`gaussian_gram_reference`: the definition every fast path is tested against, in fp32.
 - :func:`gaussian_gram`: what HSIC calls. The fused Triton kernel
-  (:mod:`mimir_fast.kernels.gaussian_gram`) never writes the distances to memory.
+  (:mod:`mimir_fast.kernels.gaussian_gram`: a TF32 tensor-core GEMM for fp32 inputs, the
+  exponential in its epilogue, one triangle computed and mirrored) never writes the distances
+  to memory.
 """
 
 from __future__ import annotations
