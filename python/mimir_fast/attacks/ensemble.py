@@ -1,4 +1,21 @@
-"""An AutoAttack-style ensemble: each attack runs only on the points that are still robust."""
+"""Attacks chained on the points still robust: :class:`Ensemble`, and :class:`AutoAttack` with
+the compositions and budgets of Croce & Hein 2020 ("Reliable evaluation of adversarial
+robustness with an ensemble of diverse parameter-free attacks") and the AutoAttack release.
+
+AutoAttack's versions (L-inf and L2 alike; 100 iterations for every gradient attack):
+
+- "standard": APGD-CE (no restarts), APGD-T (9 target classes), FAB-T (9 target classes),
+  Square (5000 queries).
+- "plus": APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts), Square (5000 queries), then
+  APGD-T and FAB-T (9 target classes, 1 restart each).
+- "rand", for randomised defenses: APGD-CE and APGD-DLR, gradients averaged over 20 draws (EOT).
+- "custom": the attacks named in ``attacks``; AutoAttack's own at their standard budgets, any
+  other single attack by name (see :mod:`~mimir_fast.attacks.factory`) at its defaults.
+
+Every budget that differs from the version's (an override, or EOT taken from the model's
+``eot_samples``) is recorded and named by :meth:`AutoAttack.describe`, e.g.
+"AutoAttack standard, Square 1000 queries", which reports use as the attack's label.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +25,63 @@ from typing import Any
 
 import torch
 
-from .apgd import APGD, APGDT
+from .._validate import check_choice
 from .base import Attack, attack_mode, check_images, check_labels, num_classes_of
-from .square import Square
+from .factory import SINGLE_ATTACK_NAMES, build_single_attack
 
-__all__ = ["AutoAttack", "Ensemble"]
+__all__ = ["AUTOATTACK_VERSIONS", "AutoAttack", "Ensemble", "official_budgets"]
+
+_APGD = {"steps": 100, "restarts": 1, "eot_iter": 1}
+_TARGETED = {"steps": 100, "n_target_classes": 9, "restarts": 1}
+_SQUARE = {"n_queries": 5000}
+# version -> the attacks in the order they run, each with its official budget
+_OFFICIAL: dict[str, tuple[tuple[str, dict[str, int]], ...]] = {
+    "standard": (
+        ("apgd-ce", _APGD),
+        ("apgd-t", {**_TARGETED, "eot_iter": 1}),
+        ("fab-t", _TARGETED),
+        ("square", _SQUARE),
+    ),
+    "plus": (
+        ("apgd-ce", {**_APGD, "restarts": 5}),
+        ("apgd-dlr", {**_APGD, "restarts": 5}),
+        ("fab", {"steps": 100, "restarts": 5}),
+        ("square", _SQUARE),
+        ("apgd-t", {**_TARGETED, "eot_iter": 1}),
+        ("fab-t", _TARGETED),
+    ),
+    "rand": (
+        ("apgd-ce", {**_APGD, "eot_iter": 20}),
+        ("apgd-dlr", {**_APGD, "eot_iter": 20}),
+    ),
+}
+AUTOATTACK_VERSIONS = (*_OFFICIAL, "custom")
+_STANDARD = dict(_OFFICIAL["standard"]) | {"apgd-dlr": _APGD, "fab": {"steps": 100, "restarts": 1}}
+_DISPLAY = {
+    "apgd-ce": "APGD-CE",
+    "apgd-dlr": "APGD-DLR",
+    "apgd-t": "APGD-T",
+    "fab": "FAB",
+    "fab-t": "FAB-T",
+    "square": "Square",
+}
+_UNITS = {
+    "steps": "iterations",
+    "restarts": "restarts",
+    "n_target_classes": "target classes",
+    "n_queries": "queries",
+    "eot_iter": "EOT draws",
+}
+
+
+def official_budgets(version: str) -> list[tuple[str, dict[str, int]]]:
+    """``[(attack name, its budget), ...]`` of an official AutoAttack version, in run order.
+
+    Args:
+        version: "standard", "plus" or "rand".
+    """
+    check_choice(version, "version", tuple(_OFFICIAL))
+    return [(name, dict(budget)) for name, budget in _OFFICIAL[version]]
 
 
 class Ensemble:
@@ -38,16 +107,27 @@ class Ensemble:
     def __repr__(self) -> str:
         return f"{type(self).__name__}([{', '.join(repr(a) for a in self.attacks)}])"
 
+    def describe(self) -> str:
+        """What reports call this ensemble: its attacks in order."""
+        return "ensemble of " + ", ".join(_name_of(a) for a in self.attacks)
+
+    @property
+    def label(self) -> str:
+        """The same as :meth:`describe`."""
+        return self.describe()
+
     @torch.no_grad()
-    def _correct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         with attack_mode(self.model):
-            return self.model(x).argmax(1) == y
+            return self.model(x)  # (N, K)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         check_images(x)
         y = check_labels(y, x.shape[0], num_classes_of(self.model)).to(x.device)
+        logits = self._logits(x)
+        check_labels(y, x.shape[0], logits.shape[1])  # the class count of any classifier
+        robust = logits.argmax(1) == y  # (N,)
         x_adv = x.detach().clone()
-        robust = self._correct(x, y)
         self.last_report = [
             {"attack": "clean", "attacked": 0, "robust_accuracy": robust.float().mean().item()}
         ]
@@ -57,13 +137,13 @@ class Ensemble:
                 break
             started = time.perf_counter()
             adv = atk(x[idx], y[idx])
-            still = self._correct(adv, y[idx])
+            still = self._logits(adv).argmax(1) == y[idx]
             flipped = idx[~still]
             x_adv[flipped] = adv[~still]
             robust[flipped] = False
             self.last_report.append(
                 {
-                    "attack": getattr(atk, "name", type(atk).__name__),
+                    "attack": _name_of(atk),
                     "attacked": idx.numel(),
                     "robust_accuracy": robust.float().mean().item(),
                     "seconds": round(time.perf_counter() - started, 3),
@@ -72,16 +152,29 @@ class Ensemble:
         return x_adv
 
 
+def _name_of(attack: Any) -> str:
+    return getattr(attack, "name", type(attack).__name__)
+
+
 class AutoAttack(Ensemble):
-    """The standard AutoAttack-style ensemble without FAB: APGD-CE, then APGD-T (targeted DLR,
-    ``n_target_classes`` targets), then Square (``n_queries``), each on points still robust.
+    """AutoAttack (Croce & Hein 2020) in one of its versions, each attack on the points still
+    robust (see the module docstring for the compositions and budgets).
 
     Args:
         model: the classifier (or a Defended pipeline: gradients go through it with EOT).
-        eps, norm: the threat model; Square is skipped for ``norm="l2"``.
-        steps: APGD iterations (100 in AutoAttack's standard version).
+        eps, norm: the threat model ("linf" or "l2").
+        steps, n_target_classes, n_queries: override the version's iterations (APGD, FAB),
+            target classes (APGD-T, FAB-T) and Square queries; None keeps the version's.
         seed: seeds every component.
-        kernels, eot_iter: passed to the gradient attacks.
+        kernels: the gradient attacks' projected-step path.
+        eot_iter: gradients averaged per APGD step; None: the version's for "rand" (20), else
+            the model's ``eot_samples`` (1 when it has none).
+        version: "standard", "plus", "rand" or "custom".
+        attacks: the attack names of the "custom" version.
+        restarts: overrides the version's restarts of APGD and FAB.
+
+    Raises:
+        ValueError: an unknown version, or ``attacks`` given to another version than "custom".
     """
 
     name = "autoattack"
@@ -91,18 +184,105 @@ class AutoAttack(Ensemble):
         model: Any,
         eps: float = 8 / 255,
         norm: str = "linf",
-        steps: int = 100,
-        n_target_classes: int = 9,
-        n_queries: int = 5000,
+        steps: int | None = None,
+        n_target_classes: int | None = None,
+        n_queries: int | None = None,
         seed: int = 0,
         kernels: str = "auto",
         eot_iter: int | None = None,
+        *,
+        version: str = "standard",
+        attacks: Sequence[str | Attack] | None = None,
+        restarts: int | None = None,
     ):
-        common = {"norm": norm, "seed": seed, "kernels": kernels, "eot_iter": eot_iter}
-        attacks: list[Attack] = [
-            APGD(model, eps, steps=steps, loss="ce", **common),
-            APGDT(model, eps, steps=steps, n_target_classes=n_target_classes, **common),
+        self.version = check_choice(version, "version", AUTOATTACK_VERSIONS)
+        norm = check_choice(norm.lower() if isinstance(norm, str) else norm, "norm", ("linf", "l2"))
+        overrides = {
+            "steps": steps,
+            "n_target_classes": n_target_classes,
+            "n_queries": n_queries,
+            "restarts": restarts,
+            "eot_iter": eot_iter,
+        }
+        plan = _plan(self.version, attacks, overrides)
+        built = [
+            spec
+            if isinstance(spec, Attack)
+            else build_single_attack(spec, model, eps, norm, seed, kernels, **run)
+            for spec, _, run in plan
         ]
-        if norm == "linf":
-            attacks.append(Square(model, eps, n_queries=n_queries, seed=seed))
-        super().__init__(attacks, model)
+        super().__init__(built, model)
+        officials = [official for _, official, _ in plan]
+        self.budgets = [(_name_of(a), _budget_of(a, o)) for a, o in zip(built, officials)]
+        self.differences = _differences(built, officials)
+
+    def describe(self) -> str:
+        """The version and every budget that differs from it, e.g.
+        "AutoAttack standard, Square 1000 queries"."""
+        text = f"AutoAttack {self.version}"
+        if self.version == "custom":
+            text += " (" + ", ".join(_name_of(a) for a in self.attacks) + ")"
+        return ", ".join([text, *self.differences])
+
+
+def _plan(
+    version: str, attacks: Sequence[str | Attack] | None, overrides: dict[str, int | None]
+) -> list[tuple[str | Attack, dict[str, int], dict[str, Any]]]:
+    """(attack name or instance, its reference budget, its constructor budget) per component,
+    in run order.
+
+    The reference budget is the version's (the standard one for a custom component); the
+    constructor budget replaces it by the overrides given and leaves "eot_iter" out (the
+    model's) outside "rand".
+    """
+    if version != "custom":
+        if attacks is not None:
+            raise ValueError(
+                f"attacks= names the attacks of version='custom' only; version={version!r} "
+                "runs its own"
+            )
+        components = [(name, dict(budget)) for name, budget in _OFFICIAL[version]]
+    else:
+        specs = [_custom_name(a) for a in attacks or ()]
+        if not specs:
+            raise ValueError("version='custom' needs attacks=[...], at least one attack name")
+        components = [(s, dict(_STANDARD.get(s, {})) if isinstance(s, str) else {}) for s in specs]
+    plan = []
+    for spec, official in components:
+        run: dict[str, Any] = {"early_stop": True} if spec in ("fab", "fab-t") else {}
+        for key, value in official.items():
+            if overrides[key] is not None:
+                run[key] = overrides[key]
+            elif key != "eot_iter" or version == "rand":
+                run[key] = value
+        plan.append((spec, official, run))
+    return plan
+
+
+def _custom_name(attack: str | Attack) -> str | Attack:
+    if isinstance(attack, Attack):
+        return attack
+    name = attack.lower() if isinstance(attack, str) else attack
+    if name not in SINGLE_ATTACK_NAMES:
+        raise ValueError(
+            f"attacks must hold attack names from {SINGLE_ATTACK_NAMES} (or Attack instances), "
+            f"got {attack!r}"
+        )
+    return name
+
+
+def _budget_of(attack: Attack, keys: Any) -> dict[str, int]:
+    """The budgets ``keys`` (those the version fixes) of a built attack."""
+    return {k: int(getattr(attack, k)) for k in keys if hasattr(attack, k)}
+
+
+def _differences(built: list[Attack], officials: list[dict[str, int]]) -> list[str]:
+    """ "APGD-CE/APGD-T 10 iterations", ...: each budget that differs from the reference one,
+    grouped by budget and value, in the order of ``_UNITS``."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for attack, official in zip(built, officials):
+        for key, value in _budget_of(attack, official).items():
+            if value != official[key]:
+                groups.setdefault((key, value), []).append(_DISPLAY[_name_of(attack)])
+    ordered = sorted(groups.items(), key=lambda kv: (list(_UNITS).index(kv[0][0]), kv[0][1]))
+    return [f"{'/'.join(names)} {value} {_UNITS[key]}" for (key, value), names in ordered]

@@ -10,14 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .apgd import APGD, APGDT
 from .base import Attack
-from .difgsm import DIFGSM
-from .ensemble import AutoAttack, Ensemble
-from .fab import FAB, FABT
-from .objectives import MaskedReconstruction
-from .pgd import FGSM, MIFGSM, PGD
-from .square import Square
+from .ensemble import AUTOATTACK_VERSIONS, AutoAttack, Ensemble
+from .factory import SINGLE_ATTACK_NAMES, build_single_attack
 
 __all__ = [
     "ATTACK_KINDS",
@@ -28,21 +23,8 @@ __all__ = [
     "build_attack",
 ]
 
-ATTACK_NAMES = (
-    "fgsm",
-    "pgd",
-    "mifgsm",
-    "apgd",
-    "apgd-ce",
-    "apgd-dlr",
-    "apgd-t",
-    "square",
-    "autoattack",
-    "mim",
-    "fab",
-    "fab-t",
-    "difgsm",
-)
+# the single attacks, with "autoattack" where it always stood in this list
+ATTACK_NAMES = (*SINGLE_ATTACK_NAMES[:8], "autoattack", *SINGLE_ATTACK_NAMES[8:])
 ATTACK_KINDS = ("iterative", "single", "black", "reconstruction")
 GRADIENT_FREE = ("square",)
 SINGLE_STEP = ("fgsm",)
@@ -59,10 +41,11 @@ def build_attack(
 ) -> Attack | Ensemble:
     """An attack from its name and the threat model; ``kwargs`` override the defaults.
 
-    Defaults: PGD-20 with ``alpha = 2.5 eps / steps`` and a random start; MI-FGSM-10;
-    APGD/APGD-T 100 steps; Square 5000 queries; AutoAttack (APGD-CE, APGD-T, Square) standard
-    budgets; "mim": PGD-20 on the masked-reconstruction loss of a MaskedViT (mask ratio 0.75);
-    FAB / FAB-T 100 steps (FAB-T: 9 target classes); DI-FGSM 10 steps of 2/255.
+    Single attacks come from :func:`~mimir_fast.attacks.factory.build_single_attack` (PGD-20
+    with ``alpha = 2.5 eps / steps``, APGD 100 steps, Square 5000 queries, ...); "autoattack"
+    (or "ensemble") is :class:`~mimir_fast.attacks.ensemble.AutoAttack`, by default its standard
+    version (``version=`` one of :data:`~mimir_fast.attacks.ensemble.AUTOATTACK_VERSIONS`,
+    ``attacks=[names]`` for "custom").
 
     Args:
         name: one of :data:`ATTACK_NAMES` (any case), or "ensemble" (AutoAttack).
@@ -71,35 +54,14 @@ def build_attack(
         **kwargs: constructor arguments that override the defaults.
     """
     key = name.lower()
-    common = {"norm": norm, "seed": seed, "kernels": kernels}
-    if key == "fgsm":
-        return FGSM(model, eps, **{**common, **kwargs})
-    if key in ("pgd", "mim"):
-        steps = kwargs.pop("steps", 20)
-        alpha = kwargs.pop("alpha", 2.5 * eps / steps)
-        if key == "mim":
-            kwargs.setdefault(
-                "loss", MaskedReconstruction(kwargs.pop("mask_ratio", 0.75), seed=seed)
-            )
-        return PGD(model, eps, alpha=alpha, steps=steps, **{**common, **kwargs})
-    if key == "mifgsm":
-        return MIFGSM(model, eps, **{**common, **kwargs})
-    if key in ("apgd", "apgd-ce", "apgd-dlr"):
-        loss = "dlr" if key == "apgd-dlr" else kwargs.pop("loss", "ce")
-        return APGD(model, eps, loss=loss, **{**common, **kwargs})
-    if key == "apgd-t":
-        return APGDT(model, eps, **{**common, **kwargs})
-    if key == "square":
-        return Square(model, eps, seed=seed, **kwargs)
     if key in ("autoattack", "ensemble"):
-        return AutoAttack(model, eps, **{**common, **kwargs})
-    if key in ("fab", "fab-t"):
-        return (FAB if key == "fab" else FABT)(model, eps, **{**common, **kwargs})
-    if key == "difgsm":
-        return DIFGSM(model, eps, **{**common, **kwargs})
+        return AutoAttack(model, eps, norm=norm, seed=seed, kernels=kernels, **kwargs)
+    if key in SINGLE_ATTACK_NAMES:
+        return build_single_attack(key, model, eps, norm, seed, kernels, **kwargs)
     raise ValueError(
         f"unknown attack {name!r}; use one of {ATTACK_NAMES}, a spec dict, a factory "
-        "(model, eps) -> attack, or an attack instance"
+        f"(model, eps) -> attack, or an attack instance (AutoAttack versions: "
+        f"{AUTOATTACK_VERSIONS})"
     )
 
 
