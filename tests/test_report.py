@@ -281,3 +281,70 @@ def test_write_json_round_trips_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.loads(out.read_text())["name"] == "mae"
     assert os.listdir(tmp_path / "d") == ["summary.json"]
+
+
+# --- evaluation report: the worst case where people look ---------------------------------------
+
+
+def _evaluation_report() -> dict:
+    """A report as mimir_fast.evaluate returns it (two attacks at two eps), built by hand."""
+
+    def row(attack, eps, acc, kind="iterative"):
+        return {"attack": attack, "eps": eps, "kind": kind, "robust_accuracy": acc}
+
+    results = [
+        dict(row("pgd", 2 / 255, 0.7), attack_success_rate=0.2, seconds=1.0),
+        dict(row("pgd", 8 / 255, 0.4), attack_success_rate=0.5, seconds=1.0),
+        dict(row("autoattack", 2 / 255, 0.65), attack_success_rate=0.3, seconds=2.0),
+        dict(row("autoattack", 8 / 255, 0.35), attack_success_rate=0.6, seconds=2.0),
+    ]
+    return {
+        "clean_accuracy": 0.9,
+        "n_images": 20,
+        "norm": "linf",
+        "eps": [2 / 255, 8 / 255],
+        "threat": "white",
+        "defense": "GaussianNoise()",
+        "random_pipeline": True,
+        "eot_samples": 20,
+        "results": results,
+        "worst_case": [
+            {"eps": 2 / 255, "robust_accuracy": 0.6, "attacks": ["autoattack", "pgd"]},
+            {"eps": 8 / 255, "robust_accuracy": 0.3, "attacks": ["autoattack", "pgd"]},
+        ],
+        "reconstruction": [],
+        "sanity": [row("pgd@large_eps", 0.5, 0.0)],
+        "more_steps": [dict(row("pgd@80_steps", 8 / 255, 0.38), fewer_steps="pgd")],
+        "warnings": [],
+        "descriptions": {"autoattack": "AutoAttack standard, Square 1000 queries"},
+    }
+
+
+def test_evaluation_table_has_a_worst_case_column():
+    from mimir_fast.report.evaluation import WORST_CASE, accuracy_by_eps, evaluation_markdown
+
+    report = _evaluation_report()
+    table = accuracy_by_eps(report)
+    aa = "autoattack (AutoAttack standard, Square 1000 queries)"
+    assert [list(r) for r in table] == [["eps", "clean", "pgd", aa, WORST_CASE]] * 2
+    assert [r[WORST_CASE] for r in table] == [0.6, 0.3]
+    assert [r["eps"] for r in table] == ["2/255", "8/255"]
+    md = evaluation_markdown(report)
+    assert format_table(table) in md
+    assert "white-box, defense GaussianNoise(), EOT 20)" in md.splitlines()[0]
+    assert aa in md and "pgd@80_steps" in md
+
+
+def test_evaluation_plot_draws_the_worst_case(tmp_path):
+    from mimir_fast.report.evaluation import WORST_CASE, plot_robust_accuracy
+    from mimir_fast.report.evaluation import robust_accuracy_series as series
+
+    report = _evaluation_report()
+    lines = series(report)
+    assert list(lines) == [
+        "pgd",
+        "autoattack (AutoAttack standard, Square 1000 queries)",
+        WORST_CASE,
+    ]
+    assert lines[WORST_CASE] == [(pytest.approx(2.0), 0.6), (pytest.approx(8.0), 0.3)]
+    assert plot_robust_accuracy(report, tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC

@@ -15,9 +15,19 @@ from .._io import atomic_write
 from .files import PathLike, write_json
 from .tables import format_table
 
-__all__ = ["PLOT_NAME", "evaluation_markdown", "plot_robust_accuracy", "write_report"]
+__all__ = [
+    "PLOT_NAME",
+    "WORST_CASE",
+    "accuracy_by_eps",
+    "attack_title",
+    "evaluation_markdown",
+    "plot_robust_accuracy",
+    "robust_accuracy_series",
+    "write_report",
+]
 
 PLOT_NAME = "robust_accuracy_vs_eps.png"
+WORST_CASE = "worst case"  # the column (and plot line) of the per-sample worst case
 NO_MATPLOTLIB = (
     f"{PLOT_NAME} skipped: matplotlib is not installed "
     "(pip install 'mimir-fast[plot]', or matplotlib)"
@@ -62,6 +72,35 @@ def _eps_label(e: float, norm: str) -> str:
     return f"{e * 255:.3g}/255" if norm == "linf" else f"{e:.4g}"
 
 
+def attack_title(report: dict[str, Any], label: str) -> str:
+    """How tables and plots name attack ``label``: with its description where it has one,
+    e.g. "autoattack (AutoAttack standard, Square 1000 queries)"."""
+    description = report.get("descriptions", {}).get(label)
+    return f"{label} ({description})" if description else label
+
+
+def accuracy_by_eps(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per eps: the clean accuracy, each attack's robust accuracy (a column each, named
+    by :func:`attack_title`) and the per-sample worst case over all of them (``WORST_CASE``).
+
+    Args:
+        report: the dict :func:`mimir_fast.evaluate` returns.
+    """
+    worst = {w["eps"]: w["robust_accuracy"] for w in report["worst_case"]}
+    rows = []
+    for e in sorted({*report["eps"], *(r["eps"] for r in report["results"])}):
+        row: dict[str, Any] = {
+            "eps": _eps_label(e, report["norm"]),
+            "clean": report["clean_accuracy"],
+        }
+        for r in report["results"]:
+            if abs(r["eps"] - e) < 1e-12:
+                row[attack_title(report, r["attack"])] = r["robust_accuracy"]
+        row[WORST_CASE] = worst.get(e)
+        rows.append(row)
+    return rows
+
+
 def _accuracy_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The main table: clean accuracy, one row per attack and eps, the worst case per eps."""
     norm = report["norm"]
@@ -75,7 +114,7 @@ def _accuracy_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     rows += [
         {
-            "attack": r["attack"],
+            "attack": attack_title(report, r["attack"]),
             "eps": _eps_label(r["eps"], norm),
             "robust accuracy": r["robust_accuracy"],
             "attack success rate": r["attack_success_rate"],
@@ -121,7 +160,7 @@ def _sanity_section(report: dict[str, Any]) -> list[str]:
             "eps": _eps_label(r["eps"], report["norm"]),
             "robust accuracy": r["robust_accuracy"],
         }
-        for r in report["sanity"]
+        for r in report["sanity"] + report.get("more_steps", [])
     ]
     return ["## Sanity checks", "", format_table(rows), ""]
 
@@ -134,16 +173,27 @@ def evaluation_markdown(report: dict[str, Any]) -> str:
         report: the dict :func:`mimir_fast.evaluate` returns.
     """
     defense = f", defense {report['defense']}" if report["defense"] else ""
+    eot = report.get("eot_samples")
+    eot = f", EOT {eot}" if eot and (eot > 1 or report.get("random_pipeline")) else ""
     lines = [
         f"# Robustness evaluation ({report['n_images']} images, {report['norm']}, "
-        f"{report['threat']}-box{defense})",
+        f"{report['threat']}-box{defense}{eot})",
         "",
         format_table(_accuracy_rows(report)),
         "",
     ]
+    if report["worst_case"]:
+        lines += [
+            "## Robust accuracy by eps",
+            "",
+            f"`{WORST_CASE}`: an image counts as robust only if it survived every attack.",
+            "",
+            format_table(accuracy_by_eps(report)),
+            "",
+        ]
     if report["reconstruction"]:
         lines += _reconstruction_section(report)
-    if report["sanity"]:
+    if report["sanity"] or report.get("more_steps"):
         lines += _sanity_section(report)
     lines += ["## Warnings", ""] + ([f"- {w}" for w in report["warnings"]] or ["none"]) + [""]
     if report.get("notes"):
@@ -151,8 +201,21 @@ def evaluation_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def robust_accuracy_series(report: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
+    """Line name -> (eps on the plot's axis, robust accuracy) sorted by eps; one line per
+    attack (named by :func:`attack_title`), then the worst case (``WORST_CASE``)."""
+    scale = 255 if report["norm"] == "linf" else 1
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in report["results"]:
+        name = attack_title(report, r["attack"])
+        series.setdefault(name, []).append((r["eps"] * scale, r["robust_accuracy"]))
+    series[WORST_CASE] = [(w["eps"] * scale, w["robust_accuracy"]) for w in report["worst_case"]]
+    return {name: sorted(points) for name, points in series.items()}
+
+
 def plot_robust_accuracy(report: dict[str, Any], path: PathLike) -> Path:
-    """Draw robust accuracy against eps, one line per attack plus the worst case (dashed).
+    """Draw robust accuracy against eps, one line per attack plus the worst case (black,
+    dashed, drawn on top).
 
     Every line starts at the clean accuracy at eps 0. Needs matplotlib.
 
@@ -169,19 +232,17 @@ def plot_robust_accuracy(report: dict[str, Any], path: PathLike) -> Path:
     fig = Figure(figsize=(5.5, 3.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    scale = 255 if report["norm"] == "linf" else 1
-    series: dict[str, list[tuple[float, float]]] = {}
-    for r in report["results"]:
-        series.setdefault(r["attack"], []).append((r["eps"] * scale, r["robust_accuracy"]))
-    series["worst case"] = [(w["eps"] * scale, w["robust_accuracy"]) for w in report["worst_case"]]
-    for name, points in series.items():
-        points = sorted(points)
+    for name, points in robust_accuracy_series(report).items():
+        worst = name == WORST_CASE
         ax.plot(
             [0.0] + [p[0] for p in points],
             [report["clean_accuracy"]] + [p[1] for p in points],
             marker="o",
             label=name,
-            linestyle="--" if name == "worst case" else "-",
+            linestyle="--" if worst else "-",
+            color="black" if worst else None,
+            linewidth=2.2 if worst else 1.5,
+            zorder=3 if worst else 2,
         )
     ax.set_xlabel("eps (x 1/255)" if report["norm"] == "linf" else "eps (L2)")
     ax.set_ylabel("robust accuracy")
