@@ -6,10 +6,13 @@ import json
 
 import pytest
 import torch
-from mimir_fast.attacks import PGD, Defended, GaussianNoise, Quantize
+from mimir_fast.attacks import FGSM, PGD, Defended, GaussianNoise, Quantize
 from mimir_fast.data import load_digits
 from mimir_fast.evaluate import evaluate
 from mimir_fast.evaluation import masking_warnings as _masking_warnings
+from mimir_fast.evaluation.runner import AttackRunner
+from mimir_fast.report import write_report
+from mimir_fast.report.evaluation import accuracy_by_eps, evaluation_markdown
 
 SMALL = [{"name": "pgd", "steps": 5}, {"name": "fgsm"}, {"name": "square", "n_queries": 40}]
 
@@ -199,3 +202,149 @@ def test_bad_data_raise(digits_classifier):
     for data in [(x[:8], y[:7]), (x[:8] * 3, y[:8]), (x[:8], y[:8] + 10)]:
         with pytest.raises(ValueError):
             evaluate(model, data, eps=0.01, progress=False, sanity_checks=False)
+
+
+# ---------------------------------------------------------------------- random pipelines and EOT
+def _recording_pgd(seen):
+    """A factory building PGD-2 on whatever ``evaluate`` attacks, recording its EOT count."""
+
+    def pgd2(m, e):
+        atk = PGD(m, e, e / 2, 2, seed=0)
+        seen.append(atk.eot_iter)
+        return atk
+
+    return pgd2
+
+
+def test_random_purifier_gets_eot_20_and_a_warning_by_default(digits_classifier):
+    model, x, y = digits_classifier
+    seen = []
+    kw = {"eps": 0.03, "progress": False, "sanity_checks": False}
+    report = evaluate(
+        model, (x[:8], y[:8]), attacks=[_recording_pgd(seen)], defense=GaussianNoise(0.1), **kw
+    )
+    assert report["random_pipeline"] is True and report["eot_samples"] == 20
+    assert seen == [20]
+    assert any("eot_samples was not given" in w for w in report["warnings"]), report["warnings"]
+    gray = evaluate(
+        model, (x[:8], y[:8]), attacks="fgsm", defense=GaussianNoise(0.1), threat="gray", **kw
+    )
+    assert gray["random_pipeline"] is True and gray["eot_samples"] is None
+    assert gray["warnings"] == []  # gray-box attacks differentiate the classifier alone
+
+
+def test_the_randomness_probe_leaves_the_seeded_draws_alone(digits_classifier, monkeypatch):
+    model, x, y = digits_classifier
+    kw = {
+        "attacks": [{"name": "pgd", "steps": 2}],
+        "eps": 0.03,
+        "defense": Defended(model, GaussianNoise(0.1), eot_samples=2),
+        "progress": False,
+        "sanity_checks": False,
+    }
+    probed = evaluate(model, (x[:16], y[:16]), **kw)
+    monkeypatch.setattr(AttackRunner, "probe", lambda self: (True, 10))  # no forward pass
+    unprobed = evaluate(model, (x[:16], y[:16]), **kw)
+    assert probed["clean_accuracy"] == unprobed["clean_accuracy"]
+    assert probed["results"][0]["robust_accuracy"] == unprobed["results"][0]["robust_accuracy"]
+
+
+def test_explicit_single_draw_is_honoured_but_warned_about(digits_classifier):
+    model, x, y = digits_classifier
+    seen = []
+    report = evaluate(
+        model,
+        (x[:8], y[:8]),
+        attacks=[_recording_pgd(seen)],
+        eps=0.03,
+        defense=GaussianNoise(0.1),
+        eot_samples=1,
+        progress=False,
+        sanity_checks=False,
+    )
+    assert seen == [1] and report["eot_samples"] == 1
+    assert any("overstated" in w and "eot_samples=1" in w for w in report["warnings"])
+    md = evaluation_markdown(report)
+    assert "EOT 1" in md and "overstated" in md
+
+
+def test_pipeline_eot_setting_is_kept(digits_classifier):
+    model, x, y = digits_classifier
+    seen = []
+    report = evaluate(
+        model,
+        (x[:8], y[:8]),
+        attacks=[_recording_pgd(seen)],
+        eps=0.03,
+        defense=Defended(model, GaussianNoise(0.1), eot_samples=3),
+        progress=False,
+        sanity_checks=False,
+    )
+    assert seen == [3] and report["eot_samples"] == 3 and report["warnings"] == []
+
+
+@pytest.mark.parametrize("defense", [None, Quantize(4)], ids=["no-defense", "quantize"])
+def test_deterministic_pipeline_gets_no_eot_warning(digits_classifier, defense):
+    model, x, y = digits_classifier
+    seen = []
+    report = evaluate(
+        model,
+        (x[:8], y[:8]),
+        attacks=[_recording_pgd(seen)],
+        eps=0.03,
+        defense=defense,
+        progress=False,
+        sanity_checks=False,
+    )
+    assert report["random_pipeline"] is False and report["eot_samples"] == 1 and seen == [1]
+    assert not any("random" in w for w in report["warnings"]), report["warnings"]
+
+
+def test_bad_eot_samples_and_labels_beyond_any_classifier_raise(digits_classifier):
+    model, x, y = digits_classifier
+    with pytest.raises(ValueError, match="eot_samples"):
+        evaluate(model, (x[:8], y[:8]), eot_samples=0, progress=False)
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 10))
+    with pytest.raises(ValueError, match="10 classes"):
+        evaluate(plain, (x[:8], y[:8] + 10), eps=0.01, progress=False, sanity_checks=False)
+
+
+# ---------------------------------------------------------------------- the worst case, labels
+def test_worst_case_column_is_the_per_sample_intersection(digits_classifier, tmp_path):
+    """Deterministic attacks (FGSM, PGD without random start), re-run here image by image."""
+    model, x, y = digits_classifier
+    x, y = x[:48], y[:48]
+    eps_grid, steps = (0.01, 0.03), 3
+    attacks = [{"name": "fgsm"}, {"name": "pgd", "steps": steps, "random_start": False}]
+    report = evaluate(
+        model, (x, y), attacks=attacks, eps=eps_grid, progress=False, sanity_checks=False
+    )
+    table = accuracy_by_eps(report)
+    assert [list(row) for row in table] == [["eps", "clean", "fgsm", "pgd", "worst case"]] * 2
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    for e, row in zip(eps_grid, table):
+        fgsm = FGSM(model, e)(x, y)
+        pgd = PGD(model, e, 2.5 * e / steps, steps, random_start=False)(x, y)
+        with torch.no_grad():
+            both = clean & (model(fgsm).argmax(1) == y) & (model(pgd).argmax(1) == y)
+        assert row["worst case"] == pytest.approx(both.float().mean().item())
+        assert row["worst case"] <= min(row["fgsm"], row["pgd"])
+    write_report(report, tmp_path)
+    md = (tmp_path / "evaluation.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| eps"))
+    assert [c.strip() for c in header.strip("|").split("|")][-1] == "worst case"
+
+
+def test_autoattack_is_labelled_with_its_version_and_budgets(digits_classifier):
+    model, x, y = digits_classifier
+    spec = {"name": "autoattack", "steps": 2, "n_target_classes": 2, "n_queries": 10}
+    report = evaluate(
+        model, (x[:8], y[:8]), attacks=[spec], eps=0.03, progress=False, sanity_checks=False
+    )
+    text = (
+        "AutoAttack standard, APGD-CE/APGD-T/FAB-T 2 iterations, APGD-T/FAB-T 2 target "
+        "classes, Square 10 queries"
+    )
+    assert report["descriptions"] == {"autoattack": text}
+    assert f"autoattack ({text})" in evaluation_markdown(report)

@@ -37,8 +37,15 @@ from .attacks.registry import (
     attack_specs,
     build_attack,
 )
-from .evaluation.masking_checks import LARGE_EPS_ATTACK, masking_warnings
+from .evaluation.masking_checks import (
+    LARGE_EPS_ATTACK,
+    MORE_STEPS_FACTOR,
+    masking_warnings,
+    more_steps_label,
+)
+from .evaluation.randomness import EotChoice, check_eot_samples, choose_eot, eot_warnings
 from .evaluation.runner import AttackRun, AttackRunner, check_same_images, slowest
+from .evaluation.summary import ensemble_parts, robust_accuracy_table, worst_case
 from .report import write_report
 
 __all__ = ["ATTACK_NAMES", "build_attack", "evaluate"]
@@ -131,7 +138,8 @@ def _sanity_runs(
     kernels: str,
     large_eps: float | None,
 ) -> list[AttackRun]:
-    """PGD at a large eps, and FGSM at every eps unless a single-step attack was requested.
+    """PGD at a large eps, FGSM at every eps unless a single-step attack was requested, and the
+    first requested PGD again with :data:`MORE_STEPS_FACTOR` times its steps at the largest eps.
 
     Nothing when every requested attack is a reconstruction attack.
     """
@@ -146,7 +154,28 @@ def _sanity_runs(
         for e in eps_list:
             fgsm = build_attack("fgsm", attacked, e, norm, seed, kernels)
             extra.append(AttackRun("fgsm", "fgsm", e, fgsm, "single"))
-    return extra
+    return extra + _more_steps_runs(runs, attacked, max(eps_list), norm, seed, kernels)
+
+
+def _more_steps_runs(
+    runs: list[AttackRun], attacked: Any, eps: float, norm: str, seed: int, kernels: str
+) -> list[AttackRun]:
+    """The first PGD requested by name, again with more steps at ``eps`` (none without one).
+
+    Its spec keeps the other overrides and names the compared run under "fewer_steps".
+    """
+    for run in runs:
+        spec = {"name": run.spec} if isinstance(run.spec, str) else run.spec
+        if isinstance(spec, dict) and spec["name"].lower() == "pgd" and run.eps == eps:
+            steps = MORE_STEPS_FACTOR * run.attack.steps
+            overrides = {k: v for k, v in spec.items() if k not in ("name", "label", "steps")}
+            attack = build_attack(
+                "pgd", attacked, eps, norm, seed, kernels, steps=steps, **overrides
+            )
+            more = {**overrides, "name": "pgd", "steps": steps, "fewer_steps": run.label}
+            label = more_steps_label(run.label, steps)
+            return [AttackRun(label, more, eps, attack, "iterative")]
+    return []
 
 
 # ---------------------------------------------------------------------- the evaluation
@@ -168,6 +197,7 @@ def evaluate(
     kernels: str = "auto",
     device: str | torch.device | None = None,
     shard: bool = True,
+    eot_samples: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (optionally behind ``defense``) against ``attacks`` at every ``eps``.
 
@@ -189,7 +219,7 @@ def evaluate(
         seed: seeds every attack and every evaluation of a random pipeline.
         progress: show a progress bar.
         norm: "linf" or "l2".
-        sanity_checks: run FGSM and a large-eps PGD for the gradient-masking checks.
+        sanity_checks: run FGSM, a large-eps PGD and PGD-4k for the gradient-masking checks.
         large_eps: eps of the "falls toward 0" check; default 0.5 (L-inf) or
             ``0.5 sqrt(C H W)`` (L2).
         kernels: projected-step path for the gradient attacks.
@@ -200,6 +230,8 @@ def evaluate(
             per-image results are gathered, and every rank returns the same report, equal to
             one process's on the same data; rank 0 alone writes ``out_dir``. False: this process
             evaluates every image by itself.
+        eot_samples: gradients averaged per white-box step (EOT); None: the pipeline's own, or
+            20 when it is random (:mod:`~mimir_fast.evaluation.randomness`; 1 is warned about).
 
     Returns:
         The report dict (also written as JSON): ``clean_accuracy``, ``results`` (one row per
@@ -207,12 +239,13 @@ def evaluate(
         points flipped, ``seconds``), ``robust_accuracy`` (attack -> eps -> value),
         ``worst_case`` (per eps, a point counts as robust only if every attack failed),
         ``reconstruction`` (for "mim": PSNR/SSIM between x and x_adv, and between the
-        reconstructions of x and of x_adv under the same mask), ``sanity`` and ``warnings``.
+        reconstructions of x and of x_adv under the same mask), ``sanity``, ``more_steps``,
+        ``random_pipeline``, ``eot_samples`` and ``warnings``.
     """
     eps_list = _check_arguments(threat, norm, eps, batch_size)
-    specs = attack_specs(attacks)
-    runner = _runner(
-        model, data, defense, threat, batch_size, max_images, seed, norm, device, shard
+    specs, eot_samples = attack_specs(attacks), check_eot_samples(eot_samples)
+    runner, eot = _runner(
+        model, data, defense, threat, batch_size, max_images, seed, norm, device, shard, eot_samples
     )
     started = time.perf_counter()
     clean_correct = runner.clean_correct()  # (N,)
@@ -221,7 +254,7 @@ def evaluate(
     if sanity_checks and threat != "black":
         extra = _sanity_runs(runs, runner, eps_list, seed, kernels, large_eps)
     rows = _run_all(runner, runs, extra, clean_correct, progress)
-    report = _report(runner, rows, clean_correct, eps_list, threat, defense, runs, started)
+    report = _report(runner, rows, clean_correct, eps_list, threat, defense, runs, eot, started)
     if out_dir is not None and runner.ctx.is_main:
         write_report(report, out_dir)
     distributed.barrier(runner.ctx)  # the files exist when any rank returns
@@ -239,8 +272,11 @@ def _runner(
     norm: str,
     device: str | torch.device | None,
     shard: bool,
-) -> AttackRunner:
-    """The checked images and labels on the device, the pipeline and what the attacks see."""
+    eot_samples: int | None,
+) -> tuple[AttackRunner, EotChoice]:
+    """The checked images and labels on the device, the pipeline and what the attacks see, and
+    the EOT setting of white-box attacks (:func:`~mimir_fast.evaluation.randomness.choose_eot`).
+    """
     x_all, y_all = _load_data(data, max_images)
     check_images(x_all)
     device = _device_of(model, device)
@@ -253,7 +289,10 @@ def _runner(
     ctx = distributed.current() if shard else distributed.DistContext()
     if ctx.enabled:
         check_same_images(ctx, x_all, y_all)
-    return AttackRunner(pipeline, attacked, x_all, y_all, batch_size, seed, norm, ctx)
+    runner = AttackRunner(pipeline, attacked, x_all, y_all, batch_size, seed, norm, ctx)
+    random, classes = runner.probe()
+    check_labels(y_all, x_all.shape[0], classes)  # the class count of any classifier
+    return runner, choose_eot(runner, threat, eot_samples, random)
 
 
 class _Rows(NamedTuple):
@@ -262,6 +301,7 @@ class _Rows(NamedTuple):
     results: list[dict[str, Any]]  # classification attacks, one row per attack and eps
     reconstruction: list[dict[str, Any]]  # reconstruction attacks
     sanity: list[dict[str, Any]]  # the sanity attacks
+    more_steps: list[dict[str, Any]]  # PGD again with more steps (a "fewer_steps" key each)
     robust: dict[tuple[str, float], torch.Tensor]  # (label, eps) -> robust images (N,)
 
 
@@ -273,7 +313,7 @@ def _run_all(
     progress: bool,
 ) -> _Rows:
     """Run the requested attacks (salts 1, 2, ...), then the sanity attacks."""
-    rows = _Rows([], [], [], {})
+    rows = _Rows([], [], [], [], {})
     with runner.progress(progress, len(runs) + len(extra)):
         for salt, run in enumerate(runs, start=1):
             row, robust = runner.run(run, salt, clean_correct)
@@ -281,7 +321,11 @@ def _run_all(
             if robust is not None:
                 rows.robust[(run.label, run.eps)] = robust
         for salt, run in enumerate(extra, start=SANITY_SALT):
-            rows.sanity.append(runner.run(run, salt, clean_correct)[0])
+            row = runner.run(run, salt, clean_correct)[0]
+            if isinstance(run.spec, dict) and "fewer_steps" in run.spec:
+                rows.more_steps.append({**row, "fewer_steps": run.spec["fewer_steps"]})
+            else:
+                rows.sanity.append(row)
     return rows
 
 
@@ -293,62 +337,45 @@ def _report(
     threat: str,
     defense: Any,
     runs: list[AttackRun],
+    eot: EotChoice,
     started: float,
 ) -> dict[str, Any]:
     """The report dict :func:`evaluate` returns (its keys in the order they are written)."""
     pipeline, n = runner.pipeline, runner.n
     tol = max(0.02, 2.0 / n)
+    clean = clean_correct.float().mean().item()
     if defense is not None:
         defense = repr(pipeline.purifier if isinstance(pipeline, Defended) else defense)
+    warnings = masking_warnings(
+        rows.results,
+        rows.sanity,
+        tol,
+        threat,
+        more_steps=rows.more_steps,
+        parts=ensemble_parts(runs),
+        clean=clean,
+    )
     return {
-        "clean_accuracy": clean_correct.float().mean().item(),
+        "clean_accuracy": clean,
         "n_images": n,
         "norm": runner.norm,
         "eps": eps_list,
         "threat": threat,
         "defense": defense,
+        "random_pipeline": eot.random,
+        "eot_samples": eot.eot_samples,
         "seed": runner.seed,
         "results": rows.results,
-        "robust_accuracy": _robust_accuracy_table(rows.results),
-        "worst_case": _worst_case(rows.robust, clean_correct),
+        "robust_accuracy": robust_accuracy_table(rows.results),
+        "worst_case": worst_case(rows.robust, clean_correct),
         "reconstruction": rows.reconstruction,
         "sanity": rows.sanity,
-        "warnings": masking_warnings(rows.results, rows.sanity, tol, threat),
+        "more_steps": rows.more_steps,
+        "warnings": eot_warnings(eot, runs) + warnings,
         "tolerance": tol,
         "seconds": round(slowest(runner.ctx, time.perf_counter() - started), 2),
         "attacks": [f"{run.label}: {run.attack!r}" for run in runs],
+        "descriptions": {
+            r.label: r.attack.describe() for r in runs if hasattr(r.attack, "describe")
+        },
     }
-
-
-# ---------------------------------------------------------------------- the report's tables
-def _eps_key(e: float) -> str:
-    return f"{e:.6g}"
-
-
-def _robust_accuracy_table(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """attack label -> eps (as text, 6 significant digits) -> robust accuracy."""
-    table: dict[str, dict[str, float]] = {}
-    for r in results:
-        table.setdefault(r["attack"], {})[_eps_key(r["eps"])] = r["robust_accuracy"]
-    return table
-
-
-def _worst_case(
-    robust: dict[tuple[str, float], torch.Tensor], clean_correct: torch.Tensor
-) -> list[dict[str, Any]]:
-    """Per eps, the accuracy when an image counts as robust only if every attack at that eps
-    failed on it (``robust``: (label, eps) -> which images (N,) stayed correct)."""
-    worst = []
-    for e in sorted({e for _, e in robust}):
-        all_robust = clean_correct.clone()  # (N,)
-        for (_, e2), robust_images in robust.items():
-            if e2 == e:
-                all_robust &= robust_images
-        worst.append(
-            {
-                "eps": e,
-                "robust_accuracy": all_robust.float().mean().item(),
-                "attacks": sorted(label for (label, e2) in robust if e2 == e),
-            }
-        )
-    return worst

@@ -21,9 +21,18 @@ from ..attacks.base import Attack, attack_mode
 from ..attacks.ensemble import Ensemble
 from ..metrics import psnr, ssim
 
-__all__ = ["RECON_KEYS", "AttackRun", "AttackRunner", "check_same_images", "slowest"]
+__all__ = [
+    "PROBE_IMAGES",
+    "RECON_KEYS",
+    "AttackRun",
+    "AttackRunner",
+    "check_same_images",
+    "slowest",
+]
 
 RECON_KEYS = ("psnr_input", "ssim_input", "psnr_recon", "ssim_recon", "loss_clean", "loss_adv")
+PROBE_IMAGES = 4  # images of the random-pipeline probe
+PROBE_SALT = -1  # the probe's draws: a salt no prediction or attack uses
 
 
 class AttackRun(NamedTuple):
@@ -80,6 +89,22 @@ class AttackRunner:
         """The pipeline's predicted classes (N,) for the batch starting at ``start``."""
         with self.seeded(salt, start, 0):
             return _predict(self.pipeline, x, self.batch_size)
+
+    @torch.no_grad()
+    def probe(self) -> tuple[bool, int | None]:
+        """Whether the pipeline is random, and its class count (None unless it returns logits
+        (N, K)).
+
+        Random means two forward passes on the same first :data:`PROBE_IMAGES` images differ.
+        The passes draw from a seed of their own inside a forked RNG, so no seeded draw the
+        results depend on changes; every rank probes the same images and agrees.
+        """
+        x = self.x[:PROBE_IMAGES]
+        with self.seeded(PROBE_SALT, 0, 0), attack_mode(self.pipeline):
+            first, second = self.pipeline(x), self.pipeline(x)  # (n, K) each
+        classes = int(first.shape[1]) if first.ndim == 2 else None
+        same = torch.allclose(first.float(), second.float(), rtol=1e-4, atol=1e-5)
+        return not same, classes
 
     def batches(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(start, images, labels) of this process's batches."""
