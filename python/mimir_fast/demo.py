@@ -11,7 +11,8 @@ with metrics, checkpoints and the model):
 3. ``impure/``: an IMPure purifier (started from the pixel MAE: it must rebuild hidden
    patches, which NIM's autoencoder never learned) trained on adversarial examples against
    the plain classifier.
-4. ``robustness/``: one table of clean / PGD / ensemble / Square robust accuracy. Classifiers
+4. ``robustness/``: one table of clean / PGD / ensemble / Square robust accuracy and the
+   per-sample worst case over the row's attacks. Classifiers
    are attacked white-box; the two defenses (NIM: add noise and denoise, then the NIM
    classifier; IMPure: purify, then the plain classifier) white-box through the whole random
    pipeline with EOT, gray-box (attacks see the classifier alone) and black-box (Square).
@@ -33,6 +34,7 @@ from .attacks import PGD, Defended
 from .data import load_digits
 from .defenses import IMPurePurifier, NIMDefense
 from .evaluate import evaluate
+from .evaluation.masking_checks import threat_model_warnings
 from .models import MaskedViT
 from .report import (
     format_table,
@@ -180,7 +182,7 @@ def _robustness(
             (name, defense.classifier, defense, "gray", [pgd, ensemble]),
             (name, defense.classifier, defense, "black", [square]),
         ]
-    rows = []
+    rows, reports = [], {}
     test = load_digits("test", image_size=DEMO_MODEL_OVERRIDES["img_size"])
     for k, (name, classifier, defense, threat, attacks) in enumerate(cases):
         label = f"{name} [{threat}]"
@@ -199,6 +201,7 @@ def _robustness(
             sanity_checks=threat == "white",
         )
         acc = {a: v[f"{EPS:.6g}"] for a, v in report["robust_accuracy"].items()}
+        reports.setdefault(name, []).append(report)
         rows.append(
             {
                 "model": name,
@@ -207,9 +210,15 @@ def _robustness(
                 f"PGD-{steps}": acc.get(f"PGD-{steps}"),
                 "ensemble": acc.get("ensemble"),
                 "Square": acc.get("Square"),
+                "worst case": report["worst_case"][0]["robust_accuracy"],
                 "warnings": len(report["warnings"]),
             }
         )
+    for row in (r for r in rows if r["threat"] == "black-box"):  # across one model's reports
+        across = threat_model_warnings(reports[row["model"]])
+        row["warnings"] += len(across)
+        for warning in across:
+            print(f"    warning: {row['model']}: {warning}")
     return rows
 
 
@@ -268,7 +277,7 @@ def _summary_text(
             **r,
             **{
                 c: _percent(r[c])
-                for c in ("clean", f"PGD-{plan.attack_steps}", "ensemble", "Square")
+                for c in ("clean", f"PGD-{plan.attack_steps}", "ensemble", "Square", "worst case")
             },
         }
         for r in rows
