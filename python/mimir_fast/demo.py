@@ -199,6 +199,7 @@ def _robustness(
             seed=0,
             progress=progress,
             sanity_checks=threat == "white",
+            resume=False,  # the demo retrains its models: never resume an older evaluation
         )
         acc = {a: v[f"{EPS:.6g}"] for a, v in report["robust_accuracy"].items()}
         reports.setdefault(name, []).append(report)

@@ -44,6 +44,7 @@ from .evaluation.masking_checks import (
     more_steps_label,
 )
 from .evaluation.randomness import EotChoice, check_eot_samples, choose_eot, eot_warnings
+from .evaluation.resume import open_journal, write_samples
 from .evaluation.runner import AttackRun, AttackRunner, check_same_images, slowest
 from .evaluation.summary import ensemble_parts, robust_accuracy_table, worst_case
 from .report import write_report
@@ -198,6 +199,7 @@ def evaluate(
     device: str | torch.device | None = None,
     shard: bool = True,
     eot_samples: int | None = None,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (optionally behind ``defense``) against ``attacks`` at every ``eps``.
 
@@ -214,8 +216,9 @@ def evaluate(
             "gray" (attacks see the classifier alone; the pipeline is evaluated) or "black"
             (only gradient-free attacks, querying the pipeline).
         batch_size, max_images: batching and the number of images used.
-        out_dir: where to write ``evaluation.json``, ``evaluation.md`` and
-            ``robust_accuracy_vs_eps.png`` (nothing written when None).
+        out_dir: where to write ``evaluation.json``, ``evaluation.md``,
+            ``robust_accuracy_vs_eps.png``, the per-image ``samples.safetensors`` and every
+            finished batch (:mod:`~mimir_fast.evaluation.resume`); nothing written when None.
         seed: seeds every attack and every evaluation of a random pipeline.
         progress: show a progress bar.
         norm: "linf" or "l2".
@@ -232,6 +235,8 @@ def evaluate(
             evaluates every image by itself.
         eot_samples: gradients averaged per white-box step (EOT); None: the pipeline's own, or
             20 when it is random (:mod:`~mimir_fast.evaluation.randomness`; 1 is warned about).
+        resume: read back the batches a run with the same arguments finished in ``out_dir``
+            (a run with other arguments there: ValueError); False: delete them, start over.
 
     Returns:
         The report dict (also written as JSON): ``clean_accuracy``, ``results`` (one row per
@@ -248,17 +253,45 @@ def evaluate(
         model, data, defense, threat, batch_size, max_images, seed, norm, device, shard, eot_samples
     )
     started = time.perf_counter()
+    runs, extra = _plan(specs, runner, eps_list, seed, kernels, threat, sanity_checks, large_eps)
+    if out_dir is not None:  # every finished batch is recorded; a rerun reads them back
+        runner.journal = open_journal(out_dir, resume, model, runner, runs, extra, threat)
     clean_correct = runner.clean_correct()  # (N,)
-    runs = _attack_runs(specs, runner.attacked, eps_list, norm, seed, kernels, threat)
-    extra: list[AttackRun] = []
-    if sanity_checks and threat != "black":
-        extra = _sanity_runs(runs, runner, eps_list, seed, kernels, large_eps)
     rows = _run_all(runner, runs, extra, clean_correct, progress)
     report = _report(runner, rows, clean_correct, eps_list, threat, defense, runs, eot, started)
+    return _write(runner, report, out_dir, clean_correct, rows.robust)
+
+
+def _write(
+    runner: AttackRunner,
+    report: dict[str, Any],
+    out_dir: str | Path | None,
+    clean_correct: torch.Tensor,
+    robust: dict[tuple[str, float], torch.Tensor],
+) -> dict[str, Any]:
+    """Write the report files and the per-image results (rank 0), once every rank is done."""
     if out_dir is not None and runner.ctx.is_main:
         write_report(report, out_dir)
+        write_samples(out_dir, clean_correct, robust)
     distributed.barrier(runner.ctx)  # the files exist when any rank returns
     return report
+
+
+def _plan(
+    specs: list[tuple[str, Any]],
+    runner: AttackRunner,
+    eps_list: list[float],
+    seed: int,
+    kernels: str,
+    threat: str,
+    sanity_checks: bool,
+    large_eps: float | None,
+) -> tuple[list[AttackRun], list[AttackRun]]:
+    """The requested attack runs, and the sanity-check runs (none when unchecked or black-box)."""
+    runs = _attack_runs(specs, runner.attacked, eps_list, runner.norm, seed, kernels, threat)
+    if not sanity_checks or threat == "black":
+        return runs, []
+    return runs, _sanity_runs(runs, runner, eps_list, seed, kernels, large_eps)
 
 
 def _runner(

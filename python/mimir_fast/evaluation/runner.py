@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -20,6 +20,9 @@ from ..attacks import MaskedReconstruction
 from ..attacks.base import Attack, attack_mode
 from ..attacks.ensemble import Ensemble
 from ..metrics import psnr, ssim
+
+if TYPE_CHECKING:
+    from .resume import Journal
 
 __all__ = [
     "PROBE_IMAGES",
@@ -58,6 +61,10 @@ class AttackRunner:
         x, y: every image (N, C, H, W) and label (N,), on the evaluation's device.
         batch_size, seed, norm: see :func:`evaluate`.
         ctx: the process group (disabled: this process evaluates every image).
+
+    Attributes:
+        journal: where finished batches are recorded and read back from
+            (:mod:`~mimir_fast.evaluation.resume`); None: nothing is recorded.
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class AttackRunner:
         self.batch_size, self.seed, self.norm, self.ctx = batch_size, seed, norm, ctx
         self.starts = list(range(0, self.n, batch_size))[ctx.rank :: ctx.world_size]
         self.bar: Any = None
+        self.journal: Journal | None = None
 
     @contextlib.contextmanager
     def seeded(self, salt: int, start: int, stream: int) -> Iterator[None]:
@@ -115,8 +123,18 @@ class AttackRunner:
         """Which images (N,) the pipeline classifies correctly, gathered from every rank."""
         correct = torch.zeros(self.n, dtype=torch.bool, device=self.x.device)
         for i, xb, yb in self.batches():
-            correct[i : i + self.batch_size] = self.predict(xb, 0, i) == yb
+            found = self._recorded(0, i, lambda: {"robust": self.predict(xb, 0, i) == yb})
+            correct[i : i + self.batch_size] = found["robust"]
         return _union(self.ctx, correct)
+
+    def _recorded(
+        self, salt: int, start: int, compute: Callable[[], dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """One batch's per-image results (B,) each: read back from the journal when it holds
+        them, else computed (and recorded when there is a journal)."""
+        if self.journal is None:
+            return compute()
+        return self.journal.batch(salt, start, self.batch_size, compute)
 
     @contextlib.contextmanager
     def progress(self, show: bool, runs: int) -> Iterator[None]:
@@ -143,19 +161,25 @@ class AttackRunner:
         keys = RECON_KEYS if isinstance(objective, MaskedReconstruction) else RECON_KEYS[:2]
         recon = {k: torch.zeros(self.n, dtype=torch.float32, device=device) for k in keys}
         for i, xb, yb in self.batches():
-            with self.seeded(salt, i, 1):
-                x_adv = run.attack(xb, yb)  # (B, C, H, W)
-            _check_threat_model(run.label, x_adv, xb, run.eps, self.norm)
-            if run.kind == "reconstruction":
-                metrics = _reconstruction_metrics(self.attacked, run.attack, xb, x_adv)
-                for k, v in metrics.items():
-                    recon[k][i : i + self.batch_size] = v.float()
-            else:
-                robust[i : i + self.batch_size] = self.predict(x_adv, salt, i) == yb
+            found = self._recorded(salt, i, lambda: self._attack_batch(run, salt, i, xb, yb))
+            for key, values in found.items():
+                (robust if key == "robust" else recon[key])[i : i + self.batch_size] = values
             if self.bar is not None:
                 self.bar.set_postfix_str(f"{run.label} eps={run.eps:.4g}")
                 self.bar.update(1)
         return robust, recon
+
+    def _attack_batch(
+        self, run: AttackRun, salt: int, start: int, xb: torch.Tensor, yb: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Attack one batch: ``{"robust": (B,)}``, or a reconstruction attack's metrics (B,)."""
+        with self.seeded(salt, start, 1):
+            x_adv = run.attack(xb, yb)  # (B, C, H, W)
+        _check_threat_model(run.label, x_adv, xb, run.eps, self.norm)
+        if run.kind == "reconstruction":
+            metrics = _reconstruction_metrics(self.attacked, run.attack, xb, x_adv)
+            return {k: v.float() for k, v in metrics.items()}
+        return {"robust": self.predict(x_adv, salt, start) == yb}
 
     def run(
         self, run: AttackRun, salt: int, clean_correct: torch.Tensor
