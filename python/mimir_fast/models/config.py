@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .._validate import check_choice, check_int, check_number, check_positive
+from .._validate import check_choice, check_int, check_positive, is_real
 
 __all__ = ["GLOBAL_POOLS", "MaskedViTConfig", "check_fields"]
 
@@ -67,7 +67,9 @@ class MaskedViTConfig:
         if self.fc_norm is not None and not isinstance(self.fc_norm, bool):
             raise ValueError(f"fc_norm must be None, True or False, got {self.fc_norm!r}")
         check_choice(self.global_pool, "global_pool", GLOBAL_POOLS)
-        check_number(self.drop_path_rate, "drop_path_rate", 0.0, 1.0, high_open=True)
+        rate = self.drop_path_rate
+        if not is_real(rate) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {rate!r}")
 
     def _check_shapes(self) -> None:
         """The fields together: patches tile the image, heads split the widths."""
