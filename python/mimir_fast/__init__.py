@@ -4,46 +4,82 @@ from ._native import __version__
 from .attacks import (
     APGD,
     APGDT,
-    BPDA,
+    CW,
+    DIFGSM,
     DLR,
     EOT,
+    FAB,
+    FABT,
     FGSM,
     MIFGSM,
     PGD,
     AutoAttack,
     CallableObjective,
     CrossEntropy,
-    Defended,
     Ensemble,
     FeatureDistance,
     Margin,
     MaskedReconstruction,
     Square,
     TargetedDLR,
+    TRADESAttack,
     pgd_step,
 )
-from .data import Loader
-from .defenses import IMPurePurifier, NIMDefense
-from .evaluate import evaluate
-from .hsic import HSIC, hsic
-from .methods import Batch, Method, StepOutput, mimir_attack, register_method
-from .metrics import psnr, ssim
-from .models import MaskedViT, MaskedViTConfig, create_model, list_models
-from .training import TrainConfig, TrainResult, train
+from .data import (
+    Loader,
+)
+from .defenses import (
+    BPDA,
+    Defended,
+    IMPurePurifier,
+    NIMDefense,
+)
+from .evaluate import (
+    evaluate,
+)
+from .hsic import (
+    HSIC,
+    hsic,
+)
+from .methods import (
+    Batch,
+    Method,
+    StepOutput,
+    mimir_attack,
+    register_method,
+)
+from .metrics import (
+    psnr,
+    ssim,
+)
+from .models import (
+    MaskedViT,
+    MaskedViTConfig,
+    create_model,
+    list_models,
+)
+from .training import (
+    TrainConfig,
+    TrainResult,
+    train,
+)
 
 __all__ = [
-    "mimir_attack",
     "APGD",
     "APGDT",
     "AutoAttack",
     "BPDA",
     "Batch",
+    "CW",
     "CallableObjective",
     "CrossEntropy",
+    "DIFGSM",
     "DLR",
     "Defended",
     "EOT",
     "Ensemble",
+    "FAB",
+    "FABT",
     "FGSM",
     "FeatureDistance",
     "HSIC",
@@ -52,14 +88,15 @@ __all__ = [
     "MIFGSM",
     "Margin",
     "MaskedReconstruction",
-    "NIMDefense",
-    "PGD",
-    "Square",
-    "TargetedDLR",
     "MaskedViT",
     "MaskedViTConfig",
     "Method",
+    "NIMDefense",
+    "PGD",
+    "Square",
     "StepOutput",
+    "TRADESAttack",
+    "TargetedDLR",
     "TrainConfig",
     "TrainResult",
     "__version__",
@@ -67,6 +104,7 @@ __all__ = [
     "evaluate",
     "hsic",
     "list_models",
+    "mimir_attack",
     "pgd_step",
     "psnr",
     "register_method",
