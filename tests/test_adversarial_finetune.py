@@ -1,4 +1,5 @@
-"""Adversarial finetuning: PGD-AT and TRADES in the "finetune" method, end to end through train()."""
+"""Adversarial finetuning: PGD-AT and TRADES in the "finetune" method, end to end through
+train()."""
 
 import json
 import math

@@ -50,26 +50,30 @@ SCRIPT = textwrap.dedent("""
         name = "recording-mae"
 
         def training_step(self, model, batch):
-            digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters()))
+            digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes()
+                                             for p in model.parameters()))
             with open(os.path.join(out_dir, f"rank{rank}.jsonl"), "a") as f:
-                f.write(json.dumps({"ids": batch.labels.tolist(), "weights": digest.hexdigest()}) + "\\n")
+                f.write(json.dumps({"ids": batch.labels.tolist(),
+                                    "weights": digest.hexdigest()}) + "\\n")
             return super().training_step(model, batch)
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(40, 16, 16, 1), dtype=np.uint8)
     train_data = ArrayDataset(images, np.arange(40))
     test_data = ArrayDataset(images[:10], np.arange(10))
-    tiny = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1,
-            "decoder_num_heads": 2, "img_size": 16}
+    tiny = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32,
+            "decoder_depth": 1, "decoder_num_heads": 2, "img_size": 16}
     result = mimir_fast.train(
-        method="recording-mae", model="vit_tiny_patch4_32", model_overrides=tiny, epochs=2, batch_size=4,
-        blr=1e-3, warmup_epochs=0.5, loader=loader, out_dir=out_dir, progress=False, log_every=1,
-        checkpoint_steps=2, max_steps=max_steps, resume=None if resume == "none" else resume,
+        method="recording-mae", model="vit_tiny_patch4_32", model_overrides=tiny, epochs=2,
+        batch_size=4, blr=1e-3, warmup_epochs=0.5, loader=loader, out_dir=out_dir,
+        progress=False, log_every=1, checkpoint_steps=2, max_steps=max_steps,
+        resume=None if resume == "none" else resume,
         train_data=train_data, test_data=test_data)
     with open(os.path.join(out_dir, f"final{rank}.json"), "w") as f:
         json.dump({"steps": result.steps, "test": result.final_metrics,
-                   "weights": hashlib.sha256(b"".join(p.detach().numpy().tobytes()
-                                                      for p in result.model.parameters())).hexdigest()}, f)
+                   "weights": hashlib.sha256(
+                       b"".join(p.detach().numpy().tobytes()
+                                for p in result.model.parameters())).hexdigest()}, f)
 """)
 
 
@@ -223,21 +227,24 @@ SHARDED_SCRIPT = textwrap.dedent('''
     images = rng.integers(0, 256, size=(20, 16, 16, 1), dtype=np.uint8)
     train_data = mimir_fast.data.ArrayDataset(images, np.arange(20))
     test_data = mimir_fast.data.ArrayDataset(images[:6], np.arange(6))
-    tiny = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1,
-            "decoder_num_heads": 2, "img_size": 16}
+    tiny = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32,
+            "decoder_depth": 1, "decoder_num_heads": 2, "img_size": 16}
     # 20 images, 2 ranks, 4 per rank and step: 2 steps an epoch, 4 in all
-    common = dict(method="shard-recording-mimir", model="vit_tiny_patch4_32", model_overrides=tiny, epochs=2,
-                  batch_size=4, lr=3e-3, warmup_epochs=0.5, clip_grad=0.5, log_every=1, progress=False,
+    common = dict(method="shard-recording-mimir", model="vit_tiny_patch4_32",
+                  model_overrides=tiny, epochs=2, batch_size=4, lr=3e-3, warmup_epochs=0.5,
+                  clip_grad=0.5, log_every=1, progress=False,
                   train_data=train_data, test_data=test_data)
     for name, kw in [("ddp", {}), ("fsdp", {"distributed": "fsdp"}),
                      ("part", {"distributed": "fsdp", "max_steps": 2}),
                      ("part", {"distributed": "fsdp", "resume": "auto"})]:
         result = mimir_fast.train(out_dir=os.path.join(out, name), **common, **kw)
         with open(os.path.join(out, name, f"final{rank}.json"), "w") as f:
-            json.dump({"steps": result.steps, "test": result.final_metrics, "weights": digest(result.model),
+            json.dump({"steps": result.steps, "test": result.final_metrics,
+                       "weights": digest(result.model),
                        "type": type(result.model).__name__}, f)
 
-    kw = ["--data", "digits", "--max-images", "40", "--batch-size", "16", "--eps", "4/255,8/255", "--steps", "3",
+    kw = ["--data", "digits", "--max-images", "40", "--batch-size", "16",
+          "--eps", "4/255,8/255", "--steps", "3",
           "--n-queries", "20", "--seed", "3", "--device", "cpu", "--no-progress"]
     assert main(["evaluate", classifier, "--attacks", "pgd,fgsm,square,mim", "--out",
                  os.path.join(out, "eval_cli"), *kw]) == 0
@@ -245,20 +252,22 @@ SHARDED_SCRIPT = textwrap.dedent('''
     x = torch.stack([test[i][0] for i in range(40)])
     y = torch.tensor([test[i][1] for i in range(40)])
     model = MaskedViT.load(classifier).eval()
-    report = evaluate(model, (x, y), attacks=[{"name": "pgd", "steps": 3}], eps=8 / 255, defense=GaussianNoise(0.05),
-                      batch_size=16, seed=1, progress=False, out_dir=os.path.join(out, "eval_api"))
+    report = evaluate(model, (x, y), attacks=[{"name": "pgd", "steps": 3}], eps=8 / 255,
+                      defense=GaussianNoise(0.05), batch_size=16, seed=1, progress=False,
+                      out_dir=os.path.join(out, "eval_api"))
     with open(os.path.join(out, f"eval_api{rank}.json"), "w") as f:
         json.dump(report, f)
     try:  # each rank given other images
-        evaluate(model, (x[8 * rank:8 * rank + 8], y[8 * rank:8 * rank + 8]), eps=0.01, progress=False)
+        evaluate(model, (x[8 * rank:8 * rank + 8], y[8 * rank:8 * rank + 8]), eps=0.01,
+                 progress=False)
         error = None
     except ValueError as e:
         error = str(e)
     with open(os.path.join(out, f"mismatch{rank}.txt"), "w") as f:
         f.write(repr(error))
     if rank == 0:  # one rank alone, inside the group: no collective may wait for the other
-        alone = evaluate(model, (x[:16], y[:16]), attacks=[{"name": "fgsm"}], eps=0.02, progress=False,
-                         sanity_checks=False, shard=False)
+        alone = evaluate(model, (x[:16], y[:16]), attacks=[{"name": "fgsm"}], eps=0.02,
+                         progress=False, sanity_checks=False, shard=False)
         with open(os.path.join(out, "alone.json"), "w") as f:
             json.dump(alone, f)
     dist.barrier()

@@ -74,7 +74,8 @@ class Tally:
         self.type_errors = 0
 
     def start(self, case: str) -> None:
-        """Count a case and name it on stderr: the last one named is the culprit of a crash or a hang."""
+        """Count a case and name it on stderr: the last one named is the culprit of a crash or a
+        hang."""
         print(f"CASE {self.part} {self.cases}: {case[:400]}", file=sys.stderr, flush=True)
         self.cases += 1
 
@@ -915,8 +916,10 @@ def _report(request, line: str) -> None:
 
 def _format(result: dict) -> str:
     return (
-        f"fuzz {result['part']:<12s} cases {result['cases']:5d}  checks {result.get('checks', 0):5d}  "
-        f"ok {result['ok']:5d}  clean errors {result['clean_error']:5d}  unclear {result['unclear']}  "
+        f"fuzz {result['part']:<12s} cases {result['cases']:5d}  "
+        f"checks {result.get('checks', 0):5d}  "
+        f"ok {result['ok']:5d}  clean errors {result['clean_error']:5d}  "
+        f"unclear {result['unclear']}  "
         f"panics {result['panic']}  wrong {result['wrong']}  crashes {result.get('crashes', 0)}  "
         f"hangs {result.get('hangs', 0)}"
         + (f"  ({result['seconds']} s)" if "seconds" in result else "")
@@ -986,7 +989,7 @@ def native_results(native_child):
     return results
 
 
-# ================================================================= TrainConfig and the CLI (in-process)
+# ============================================================ TrainConfig and the CLI (in-process)
 def _train_fields() -> dict:
     import dataclasses
 
@@ -1579,8 +1582,9 @@ def test_native_parts_never_crash_hang_or_panic(part, native_results, request):
         lc = result["load_checkpoint"]
         _report(
             request,
-            f"fuzz   train.load_checkpoint (not asserted here): ok {lc.get('ok', 0)}  clean errors "
-            f"{lc.get('clean_error', 0)}  unclear {lc.get('unclear', 0)} {lc.get('examples') or ''}",
+            f"fuzz   train.load_checkpoint (not asserted here): ok {lc.get('ok', 0)}  "
+            f"clean errors {lc.get('clean_error', 0)}  unclear {lc.get('unclear', 0)} "
+            f"{lc.get('examples') or ''}",
         )
     assert result.get("crashes", 0) == 0, (
         f"crash (rc {result.get('rc')}) at {result.get('last_case')}:\n{result.get('stderr_tail')}"

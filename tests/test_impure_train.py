@@ -29,7 +29,8 @@ EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 3
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """These models are too small to gain from threads; on a busy machine threads cost several-fold."""
+    """These models are too small to gain from threads; on a busy machine threads cost
+    several-fold."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

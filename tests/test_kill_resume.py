@@ -48,11 +48,12 @@ for line in sys.stdin:
     os.dup2(log, 2)
     try:
         mimir_fast.train(
-            method="mae", model="vit_tiny_patch4_32", data="digits", epochs=2, batch_size=32, max_steps={max_steps},
-            model_overrides={"img_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32,
-                             "decoder_depth": 1, "decoder_num_heads": 2},
-            checkpoint_steps=1, log_every=1, eval_every=1, resume="auto", out_dir=arg, progress=False,
-            num_workers=1, seed=3)
+            method="mae", model="vit_tiny_patch4_32", data="digits", epochs=2, batch_size=32,
+            max_steps={max_steps},
+            model_overrides={"img_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2,
+                             "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2},
+            checkpoint_steps=1, log_every=1, eval_every=1, resume="auto", out_dir=arg,
+            progress=False, num_workers=1, seed=3)
         code = 0
     except BaseException:
         traceback.print_exc()
@@ -149,7 +150,8 @@ def _wait_for_training(pid: int, out_dir: Path, after_step: int) -> None:
 
 
 def _kill_inside_checkpoint_write(pid: int, out_dir: Path, timeout: float = 5.0) -> bool:
-    """SIGKILL the child as soon as a checkpoint temp file appears; False if none was seen in time."""
+    """SIGKILL the child as soon as a checkpoint temp file appears; False if none was seen in
+    time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(n.startswith(f".{CHECKPOINT}.") and n.endswith(".tmp") for n in os.listdir(out_dir)):
@@ -160,7 +162,8 @@ def _kill_inside_checkpoint_write(pid: int, out_dir: Path, timeout: float = 5.0)
 
 
 def _mark_record(out_dir: Path, step: int) -> None:
-    """Tag the log record of ``step``: a run resuming there keeps it, a run starting afresh drops it."""
+    """Tag the log record of ``step``: a run resuming there keeps it, a run starting afresh
+    drops it."""
     path = out_dir / "metrics.jsonl"
     lines = path.read_text().splitlines()
     for i, line in enumerate(lines):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import skimage.metrics as skimage_metrics  # the independent implementation (dev extra: scikit-image)
+import skimage.metrics as skimage_metrics  # independent implementation (dev extra: scikit-image)
 import torch
 from mimir_fast.metrics import psnr, ssim
 

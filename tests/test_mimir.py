@@ -1,4 +1,5 @@
-"""MIMIR pretraining: the reconstruction attack, the HSIC-penalised step, masks, host syncs, train()."""
+"""MIMIR pretraining: the reconstruction attack, the HSIC-penalised step, masks, host syncs,
+train()."""
 
 import mimir_fast as mf
 import numpy as np
@@ -74,7 +75,8 @@ def test_attack_matches_a_reference_pgd_and_raises_the_loss(images):
     keep = random_keep(1)
     torch.manual_seed(7)
     x_adv = mimir_attack(model, images, EPS, STEP, 1, ids_keep=keep)
-    # reference: uniform start in the box, one sign step on the clean-target MAE loss, project, clamp
+    # reference: uniform start in the box, one sign step on the clean-target MAE loss, project,
+    # clamp
     torch.manual_seed(7)
     start = (images + (2 * torch.rand(images.shape) - 1) * EPS).clamp(0, 1).requires_grad_(True)
     model.eval()

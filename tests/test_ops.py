@@ -175,7 +175,8 @@ def test_ids_from_keep_agrees_with_random_masking_on_kept_part():
 
 
 def loop_loss(pred, target, mask, norm_pix):
-    """Per-patch mean squared error averaged over patches with mask 1 (all if mask is None), float64."""
+    """Per-patch mean squared error averaged over patches with mask 1 (all if mask is None),
+    float64."""
     n, length, p = pred.shape
     total, count = 0.0, 0.0
     for b in range(n):

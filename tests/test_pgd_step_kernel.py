@@ -33,7 +33,8 @@ TOL = {"float32": 1e-5, "bfloat16": 1e-2}
 
 
 def make_inputs(norm: str, dtype: torch.dtype, shape, per_sample: bool, seed: int, device="cpu"):
-    """Fresh random inputs: an iterate inside (L-inf) or around (L2) the ball, a Gaussian gradient."""
+    """Fresh random inputs: an iterate inside (L-inf) or around (L2) the ball, a Gaussian
+    gradient."""
     g = torch.Generator().manual_seed(seed)
     n = shape[0]
     x0 = torch.rand(shape, generator=g)
@@ -49,8 +50,13 @@ def make_inputs(norm: str, dtype: torch.dtype, shape, per_sample: bool, seed: in
         alpha = torch.rand(n, generator=g) * 0.3 + 0.05 if per_sample else 0.25
         x_adv = (x0 + 0.02 * torch.randn(shape, generator=g)).clamp(0, 1)
     grad = torch.randn(shape, generator=g)
-    t = lambda v: v.to(device=device, dtype=dtype)
-    to_dev = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v
+
+    def t(v):
+        return v.to(device=device, dtype=dtype)
+
+    def to_dev(v):
+        return v.to(device) if isinstance(v, torch.Tensor) else v
+
     return t(x_adv), t(grad), t(x0), to_dev(alpha), to_dev(eps)
 
 
@@ -124,7 +130,8 @@ def test_auto_uses_the_reference_on_cpu():
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_reference_contract(norm):
-    """The reference stays in the ball and in [0, 1], keeps the dtype, and moves along the gradient."""
+    """The reference stays in the ball and in [0, 1], keeps the dtype, and moves along the
+    gradient."""
     for dtype in (torch.float32, torch.bfloat16):
         x_adv, grad, x0, alpha, eps = make_inputs(norm, dtype, (4, 3, 9, 9), True, seed=7)
         out = reference(x_adv, grad, x0, alpha, eps, norm)
