@@ -6,8 +6,9 @@ Subcommands:
   "mae" unless ``--method`` or the config file says otherwise).
 - ``mimir-fast finetune [--config FILE] [--flags...]``: supervised finetuning (method
   "finetune" by default).
-- ``mimir-fast evaluate MODEL [--attacks ...] [--eps ...]``: robust accuracy under attacks;
-  under ``torchrun`` the processes split the images and rank 0 writes the report.
+- ``mimir-fast evaluate MODEL [--attacks ...] [--eps ...] [--defense nim:PATH ...]``: robust
+  accuracy under attacks, of the model alone or behind a defense; under ``torchrun`` the
+  processes split the images and rank 0 writes the report; rerun after a crash to resume.
 - ``mimir-fast demo [--out DIR] [--quick]``: the end-to-end demo.
 - ``mimir-fast info``: versions, build and device.
 

@@ -16,6 +16,7 @@ from .. import training
 from ..training.config import TrainConfig
 from .config_file import load_config_file
 from .errors import CLIError
+from .evaluate_command import cmd_evaluate
 from .flags import normalise_argv
 from .parser import DEFAULT_METHOD, PROG, build_parser
 from .train_fields import train_flags
@@ -77,73 +78,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"  held-out: {metrics or '(none)'}")
         print(f"  out_dir:  {Path(result.out_dir).resolve()}")
     return 0
-
-
-# ---------------------------------------------------------------------- evaluate
-def _parse_eps(text: str) -> list[float]:
-    values = []
-    for part in text.split(","):
-        num, _, den = part.strip().partition("/")
-        try:
-            values.append(float(num) / (float(den) if den else 1.0))
-        except (ValueError, ZeroDivisionError):
-            raise CLIError(
-                f"--eps: cannot read {part!r}; use numbers or fractions like 8/255"
-            ) from None
-    return values
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .. import distributed
-    from ..training.prepare import resolve_device
-
-    # under torchrun every process evaluates its share of the images; rank 0 writes the report
-    ctx, device = distributed.setup(resolve_device(args.device))
-    try:
-        _evaluate_on(args, device)
-    finally:
-        distributed.teardown(ctx)
-    if ctx.is_main:
-        print((Path(args.out) / "evaluation.md").read_text())
-    return 0  # gradient-masking warnings are part of the printed report
-
-
-def _attack_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """``--attacks`` as attack specs, with ``--steps`` and ``--n-queries`` where they apply."""
-    specs = []
-    for name in (a.strip() for a in args.attacks.split(",") if a.strip()):
-        spec: dict[str, Any] = {"name": name}
-        if args.steps is not None and name not in ("fgsm", "square"):
-            spec["steps"] = args.steps
-        if args.n_queries is not None and name in ("square", "autoattack"):
-            spec["n_queries"] = args.n_queries
-        specs.append(spec)
-    return specs
-
-
-def _evaluate_on(args: argparse.Namespace, device: Any) -> None:
-    from ..data import build_dataset
-    from ..evaluate import evaluate
-    from ..models import MaskedViT
-
-    model = MaskedViT.load(args.model, map_location=device)
-    data = build_dataset(args.data, args.split, image_size=model.config.img_size)
-    evaluate(
-        model,
-        data,
-        attacks=_attack_specs(args),
-        eps=_parse_eps(args.eps),
-        threat=args.threat,
-        batch_size=args.batch_size,
-        max_images=args.max_images,
-        out_dir=args.out,
-        seed=args.seed,
-        progress=args.progress,
-        norm=args.norm,
-        sanity_checks=args.sanity_checks,
-        kernels=args.kernels,
-        device=device,
-    )
 
 
 # ---------------------------------------------------------------------- demo, info
@@ -218,7 +152,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pretrain": _cmd_train,
     "finetune": _cmd_train,
-    "evaluate": _cmd_evaluate,
+    "evaluate": cmd_evaluate,
     "demo": _cmd_demo,
     "info": _cmd_info,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..training.config import TrainConfig
+from .evaluate_command import add_evaluate_options
 from .flags import add_field_flags
 
 __all__ = ["DEFAULT_METHOD", "PROG", "build_parser"]
@@ -110,9 +111,11 @@ def _add_evaluate_command(sub) -> None:
         sub,
         "evaluate",
         help="robust accuracy of a trained classifier under attacks",
-        description="Evaluate a MaskedViT classifier: clean and robust accuracy per attack and "
-        "eps, with gradient-masking checks; writes evaluation.json, evaluation.md and "
-        "robust_accuracy_vs_eps.png.",
+        description="Evaluate a MaskedViT classifier, alone or behind a defense (--defense): "
+        "clean and robust accuracy per attack and eps, with gradient-masking checks; writes "
+        "evaluation.json, evaluation.md, robust_accuracy_vs_eps.png and samples.safetensors. "
+        "Every finished batch is kept in DIR/batches: rerun the same command after a crash to "
+        "resume.",
     )
     p.add_argument(
         "model", metavar="MODEL", help="a MaskedViT file (model.safetensors) or a run's checkpoint"
@@ -121,63 +124,4 @@ def _add_evaluate_command(sub) -> None:
         "--data", default="digits", help="dataset spec, as for training (default: digits)"
     )
     p.add_argument("--split", default="test", help="which split to evaluate (default: test)")
-    _add_attack_options(p)
-    _add_evaluation_run_options(p)
-
-
-def _add_attack_options(p: argparse.ArgumentParser) -> None:
-    """``evaluate``'s choice of attacks, radii and threat model."""
-    p.add_argument(
-        "--attacks",
-        default="pgd,autoattack",
-        help="comma-separated: fgsm, pgd, mifgsm, apgd, apgd-dlr, apgd-t, square, autoattack, mim",
-    )
-    p.add_argument(
-        "--eps",
-        default="2/255,4/255,8/255",
-        help="comma-separated radii; fractions like 8/255 allowed",
-    )
-    p.add_argument(
-        "--norm", choices=("linf", "l2"), default="linf", help="threat model (default: linf)"
-    )
-    p.add_argument("--steps", type=int, default=None, help="override the attacks' iteration counts")
-    p.add_argument(
-        "--n-queries", type=int, default=None, help="Square's query budget (default 5000)"
-    )
-    p.add_argument(
-        "--threat",
-        choices=("white", "gray", "black"),
-        default="white",
-        help="white-box, gray-box (classifier only) or black-box (default: white)",
-    )
-
-
-def _add_evaluation_run_options(p: argparse.ArgumentParser) -> None:
-    """``evaluate``'s batch size, image count, seed, device, fast path, checks and output."""
-    p.add_argument(
-        "--batch-size", type=int, default=128, help="images per attack batch (default: 128)"
-    )
-    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    p.add_argument(
-        "--kernels",
-        choices=("auto", "torch", "triton"),
-        default="auto",
-        help="projected-step fast path (default: auto = Triton on CUDA)",
-    )
-    p.add_argument(
-        "--no-sanity-checks",
-        dest="sanity_checks",
-        action="store_false",
-        help="skip the gradient-masking checks",
-    )
-    p.add_argument(
-        "--out",
-        metavar="DIR",
-        default="mimir-fast-eval",
-        help="report folder (default: mimir-fast-eval)",
-    )
-    p.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars"
-    )
+    add_evaluate_options(p)

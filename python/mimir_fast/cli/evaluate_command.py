@@ -1,0 +1,286 @@
+"""``mimir-fast evaluate``: its options, and the command that reads them and calls
+:func:`mimir_fast.evaluate.evaluate`.
+
+A defended model is ``--defense nim:PATH`` (:class:`~mimir_fast.defenses.NIMDefense` with the
+autoencoder saved at PATH, noise ``--sigma``) or ``--defense impure:PATH``
+(:class:`~mimir_fast.defenses.IMPurePurifier`, ``--groups`` patch groups); ``--eot`` sets the
+gradients white-box attacks average per step. The report equals the API's
+``evaluate(model, data, defense=NIMDefense(...), eot_samples=...)`` with the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .errors import CLIError
+
+__all__ = [
+    "AUTOATTACK_VERSIONS",
+    "DEFENSE_KINDS",
+    "add_evaluate_options",
+    "attack_specs",
+    "build_defense",
+    "check_eot",
+    "cmd_evaluate",
+    "parse_defense",
+    "parse_eps",
+]
+
+DEFENSE_KINDS = ("nim", "impure")  # --defense KIND:PATH
+AUTOATTACK_VERSIONS = ("standard", "plus", "rand")  # --version (AutoAttack's "custom": --attacks)
+DEFAULT_SIGMA = 75.0  # NIM's noise on the 0..255 scale
+DEFAULT_GROUPS = 4  # IMPure's patch groups
+
+
+# ---------------------------------------------------------------------- options
+def add_evaluate_options(p: argparse.ArgumentParser) -> None:
+    """Every option of ``evaluate`` after MODEL, ``--data`` and ``--split``."""
+    _add_attack_options(p)
+    _add_defense_options(p)
+    _add_evaluation_run_options(p)
+
+
+def _add_attack_options(p: argparse.ArgumentParser) -> None:
+    """``evaluate``'s choice of attacks, radii and threat model."""
+    p.add_argument(
+        "--attacks",
+        default="pgd,autoattack",
+        help="comma-separated: fgsm, pgd, mifgsm, apgd, apgd-dlr, apgd-t, square, autoattack, mim",
+    )
+    p.add_argument(
+        "--eps",
+        default="2/255,4/255,8/255",
+        help="comma-separated radii; fractions like 8/255 allowed",
+    )
+    p.add_argument(
+        "--norm", choices=("linf", "l2"), default="linf", help="threat model (default: linf)"
+    )
+    p.add_argument("--steps", type=int, default=None, help="override the attacks' iteration counts")
+    p.add_argument(
+        "--n-queries", type=int, default=None, help="Square's query budget (default 5000)"
+    )
+    p.add_argument(
+        "--version",
+        choices=AUTOATTACK_VERSIONS,
+        default=None,
+        help="AutoAttack's version (default: standard; rand for a random defense)",
+    )
+    p.add_argument(
+        "--threat",
+        choices=("white", "gray", "black"),
+        default="white",
+        help="white-box, gray-box (classifier only) or black-box (default: white)",
+    )
+
+
+def _add_defense_options(p: argparse.ArgumentParser) -> None:
+    """``evaluate``'s defense in front of the classifier and the EOT count."""
+    p.add_argument(
+        "--defense",
+        metavar="KIND:PATH",
+        default=None,
+        help="purify inputs first: nim:PATH or impure:PATH, PATH a saved autoencoder "
+        "(model.safetensors) predicting pixels (default: none)",
+    )
+    p.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help=f"noise of --defense nim on the 0..255 scale (default: {DEFAULT_SIGMA:g})",
+    )
+    p.add_argument(
+        "--groups",
+        type=int,
+        default=None,
+        help=f"patch groups of --defense impure (default: {DEFAULT_GROUPS})",
+    )
+    p.add_argument(
+        "--eot",
+        type=int,
+        default=None,
+        help="gradients white-box attacks average per step (default: the pipeline's, "
+        "20 for a random one)",
+    )
+
+
+def _add_evaluation_run_options(p: argparse.ArgumentParser) -> None:
+    """``evaluate``'s batch size, image count, seed, device, fast path, checks and output."""
+    p.add_argument(
+        "--batch-size", type=int, default=128, help="images per attack batch (default: 128)"
+    )
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument(
+        "--kernels",
+        choices=("auto", "torch", "triton"),
+        default="auto",
+        help="projected-step fast path (default: auto = Triton on CUDA)",
+    )
+    p.add_argument(
+        "--no-sanity-checks",
+        dest="sanity_checks",
+        action="store_false",
+        help="skip the gradient-masking checks",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="mimir-fast-eval",
+        help="report folder; finished batches are kept there and a rerun with the same "
+        "options resumes from them (default: mimir-fast-eval)",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="delete the batches an earlier run finished in --out and start over",
+    )
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars"
+    )
+
+
+# ---------------------------------------------------------------------- reading the options
+def parse_eps(text: str) -> list[float]:
+    """``--eps`` as radii: numbers or fractions like 8/255, each > 0."""
+    values = []
+    for part in text.split(","):
+        num, _, den = part.strip().partition("/")
+        try:
+            values.append(float(num) / (float(den) if den else 1.0))
+        except (ValueError, ZeroDivisionError):
+            raise CLIError(
+                f"--eps: cannot read {part!r}; use numbers or fractions like 8/255"
+            ) from None
+        if not values[-1] > 0:
+            raise CLIError(f"--eps: every radius must be > 0, got {part.strip()!r}")
+    return values
+
+
+def attack_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``--attacks`` as attack specs, with ``--steps``, ``--n-queries`` and ``--version`` where
+    they apply."""
+    specs = []
+    for name in (a.strip() for a in args.attacks.split(",") if a.strip()):
+        spec: dict[str, Any] = {"name": name}
+        if args.steps is not None and name not in ("fgsm", "square"):
+            spec["steps"] = args.steps
+        if args.n_queries is not None and name in ("square", "autoattack"):
+            spec["n_queries"] = args.n_queries
+        if args.version is not None and name == "autoattack":
+            spec["version"] = args.version
+        specs.append(spec)
+    if args.version is not None and not any(s["name"] == "autoattack" for s in specs):
+        raise CLIError("--version sets AutoAttack's version: add autoattack to --attacks")
+    return specs
+
+
+def parse_defense(text: str) -> tuple[str, Path]:
+    """``--defense KIND:PATH`` -> (kind, path of an existing file)."""
+    kind, sep, path = text.partition(":")
+    kind = kind.strip().lower()
+    if not sep or not path.strip() or kind not in DEFENSE_KINDS:
+        raise CLIError(
+            f"--defense: cannot read {text!r}; use nim:PATH or impure:PATH, PATH the "
+            "autoencoder's model.safetensors"
+        )
+    file = Path(path.strip())
+    if not file.is_file():
+        raise CLIError(f"--defense: no autoencoder file at {str(file)!r}")
+    return kind, file
+
+
+def build_defense(args: argparse.Namespace, device: Any, classifier: Any) -> Any:
+    """The purifier of ``--defense`` in front of ``classifier`` (None without one), checking
+    ``--sigma`` and ``--groups``, and that the autoencoder takes the classifier's images."""
+    from ..defenses import IMPurePurifier, NIMDefense
+    from ..models import MaskedViT
+
+    kind, file = parse_defense(args.defense) if args.defense is not None else (None, None)
+    if args.sigma is not None and kind != "nim":
+        raise CLIError("--sigma is the noise of --defense nim:PATH; give that defense")
+    if args.groups is not None and kind != "impure":
+        raise CLIError("--groups is the patch count of --defense impure:PATH; give that defense")
+    if kind is None:
+        return None
+    if kind == "nim" and args.sigma is not None and not args.sigma >= 0:
+        raise CLIError(f"--sigma must be >= 0 (0..255 scale), got {args.sigma}")
+    try:
+        autoencoder = MaskedViT.load(file, map_location=device).eval()
+        _check_same_images(autoencoder, classifier, file)
+        if kind == "nim":
+            return NIMDefense(autoencoder, DEFAULT_SIGMA if args.sigma is None else args.sigma)
+        return IMPurePurifier(autoencoder, DEFAULT_GROUPS if args.groups is None else args.groups)
+    except ValueError as e:
+        option = "--groups" if "num_groups" in str(e) else "--defense"
+        raise CLIError(f"{option}: {e}") from None
+
+
+def _check_same_images(autoencoder: Any, classifier: Any, file: Path) -> None:
+    """The autoencoder must take the classifier's images (channels and size)."""
+    ours, theirs = (
+        f"{m.config.in_chans} channels of {m.config.img_size} pixels"
+        for m in (autoencoder, classifier)
+    )
+    if ours != theirs:
+        raise CLIError(f"--defense: the autoencoder {str(file)!r} takes {ours}, the model {theirs}")
+
+
+def check_eot(eot: int | None) -> int | None:
+    """``--eot``: None, or an integer >= 1."""
+    if eot is not None and eot < 1:
+        raise CLIError(f"--eot must be an integer >= 1, got {eot}")
+    return eot
+
+
+# ---------------------------------------------------------------------- the command
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run ``mimir-fast evaluate``; rank 0 prints the markdown report."""
+    from .. import distributed
+    from ..training.prepare import resolve_device
+
+    # under torchrun every process evaluates its share of the images; rank 0 writes the report
+    ctx, device = distributed.setup(resolve_device(args.device))
+    try:
+        _evaluate_on(args, device)
+    finally:
+        distributed.teardown(ctx)
+    if ctx.is_main:
+        print((Path(args.out) / "evaluation.md").read_text())
+    return 0  # gradient-masking warnings are part of the printed report
+
+
+def _evaluate_on(args: argparse.Namespace, device: Any) -> None:
+    from ..data import build_dataset
+    from ..evaluate import evaluate
+    from ..evaluation.resume import ResumeMismatch
+    from ..models import MaskedViT
+
+    specs, eps, eot = attack_specs(args), parse_eps(args.eps), check_eot(args.eot)
+    model = MaskedViT.load(args.model, map_location=device)
+    defense = build_defense(args, device, model)
+    data = build_dataset(args.data, args.split, image_size=model.config.img_size)
+    try:
+        evaluate(
+            model,
+            data,
+            attacks=specs,
+            eps=eps,
+            defense=defense,
+            threat=args.threat,
+            batch_size=args.batch_size,
+            max_images=args.max_images,
+            out_dir=args.out,
+            seed=args.seed,
+            progress=args.progress,
+            norm=args.norm,
+            sanity_checks=args.sanity_checks,
+            kernels=args.kernels,
+            device=device,
+            eot_samples=eot,
+            resume=not args.restart,
+        )
+    except ResumeMismatch as e:
+        raise CLIError(f"{e} (on the command line: --restart)") from None
