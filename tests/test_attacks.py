@@ -336,7 +336,10 @@ def test_feature_and_callable_objectives(digits_classifier):
     x, y = x[:16], y[:16]
     x_feat = PGD(model, 0.05, 0.01, 5, loss=FeatureDistance(), seed=0)(x, y)
     with torch.no_grad():
-        f = lambda z: model.forward_head(model.forward_features(z), pre_logits=True)
+
+        def f(z):
+            return model.forward_head(model.forward_features(z), pre_logits=True)
+
         moved = (f(x_feat) - f(x)).norm(dim=1)
         rand = (f((x + 0.05 * torch.randn_like(x).sign()).clamp(0, 1)) - f(x)).norm(dim=1)
     assert moved.mean() > 2 * rand.mean()

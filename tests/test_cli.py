@@ -212,7 +212,8 @@ CONFIG_TEXTS = {
             }
         }
     ),
-    "flat.yaml": "epochs: 3\nbatch_size: 32\nbetas: [0.8, 0.9]\nlr: 1e-2\nmodel_overrides: {depth: 2}\n"
+    "flat.yaml": "epochs: 3\nbatch_size: 32\nbetas: [0.8, 0.9]\nlr: 1e-2\n"
+    "model_overrides: {depth: 2}\n"
     "progress: false\n",
     "table.yml": "train:\n  epochs: 3\n  batch_size: 32\n  betas: [0.8, 0.9]\n  lr: 0.01\n"
     "  model_overrides:\n    depth: 2\n  progress: false\n",
@@ -243,7 +244,8 @@ def test_config_files(name, tmp_path, capsys):
 def test_flags_override_config_file(tmp_path, capsys):
     path = tmp_path / "c.toml"
     path.write_text(
-        '[train]\nepochs = 3\nbatch_size = 32\nmethod = "mae"\nout_dir = "from-file"\nprogress = false\n'
+        '[train]\nepochs = 3\nbatch_size = 32\nmethod = "mae"\n'
+        'out_dir = "from-file"\nprogress = false\n'
     )
     cfg = dry_run(["pretrain", "--config", str(path), "--batch-size", "4", "--progress"], capsys)
     assert cfg["epochs"] == 3  # from the file
@@ -396,8 +398,8 @@ def test_diverging_loss_is_reported_without_traceback(monkeypatch, capsys):
     code, _, err = run(["pretrain"], capsys)
     assert code == 1
     assert (
-        err
-        == "mimir-fast: error: loss became nan at step 3; lower the learning rate or enable clip_grad\n"
+        err == "mimir-fast: error: loss became nan at step 3; "
+        "lower the learning rate or enable clip_grad\n"
     )
 
 
