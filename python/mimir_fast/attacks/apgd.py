@@ -9,6 +9,13 @@ the iterate reset to the best point so far when (1) the loss increased in fewer 
 ``rho = 0.75`` of the steps since the last checkpoint, or (2) the step size was not halved at
 the last checkpoint and the best loss has not improved since. The returned point is the first
 fooled iterate when there is one, else the one with the highest loss.
+
+Restarts, and APGD-T's target classes, run as one batch of up to ``max_batch`` images with the
+per-sample result of running them one after another (:mod:`mimir_fast.attacks.batching`). A
+row stops as soon as its result is settled: it fooled the model (its first fooled iterate is
+the result), or an earlier run in the loop's order fooled the same point (AutoAttack would not
+have attacked it again). Checking for settled rows costs one host sync per step on the CPU and
+one every ten steps on a GPU.
 """
 
 from __future__ import annotations
@@ -19,13 +26,14 @@ from typing import Any
 import torch
 
 from .._validate import check_int
-from .base import Attack, random_start
+from .base import Attack
 from .objectives import TargetedDLR
 
 __all__ = ["APGD", "APGDT", "MOMENTUM", "RHO", "apgd_checkpoints"]
 
 RHO = 0.75
 MOMENTUM = 0.75
+_COMPACT_EVERY_CUDA = 10  # steps between checks for settled rows on a GPU (each one syncs)
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -44,9 +52,10 @@ class APGD(Attack):
     """APGD with the CE (``loss="ce"``) or DLR (``loss="dlr"``) loss, L-inf or L2.
 
     Args:
-        model, eps, norm, loss, eot_iter, seed, kernels: see :class:`Attack`.
+        model, eps, norm, loss, eot_iter, seed, kernels, max_batch: see :class:`Attack`.
         steps: gradient steps per restart (the paper's N_iter; AutoAttack uses 100).
-        restarts: runs from fresh random starts, only on the points not yet fooled.
+        restarts: runs from fresh random starts, only on the points not yet fooled; they run
+            as one batch where ``max_batch`` allows.
         random_start: start from a random point of the ball (as AutoAttack does), else from x.
         rho: checkpoint condition 1 threshold.
     """
@@ -80,103 +89,43 @@ class APGD(Attack):
         )
 
     def perturb(self, x, y):
-        return self._restarts(x, y, self.objective, self._generator(x.device), self.restarts)
+        return self._batched_runs(x, y, self._run_rows, restarts=self.restarts)
 
-    def _restarts(self, x, y, objective, gen, restarts, result=None, done=None):
-        """Run ``restarts`` times on the points not yet fooled, updating ``result`` and ``done``
-        in place."""
-        n = x.shape[0]
-        result = x.clone() if result is None else result
-        done = torch.zeros(n, dtype=torch.bool, device=x.device) if done is None else done
-        best_loss = torch.full((n,), float("-inf"), device=x.device)
+    def _run_rows(self, x, y, start, target, runs):
+        """APGD on rows that stack ``runs`` runs of the same points (run-major); returns
+        ``(x_adv, fooled or None, loss at x_adv)`` per row.
+
+        A row stops once it, or a row of an earlier run on the same point, fooled the model:
+        its result is then fixed (the first fooled iterate) or no longer used.
+        """
+        rows = _Rows(x, y, start, target, runs, 2.0 * self.eps)
+        objective = self.objective if target is None else TargetedDLR()
         classification = objective.classification
-        for _ in range(restarts):
-            idx = (~done).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            if isinstance(objective, _SubsetTargetedDLR):
-                objective.subset = idx
-            x_adv, fooled, loss = self._run(x[idx], y[idx], objective, gen)
-            if fooled is None:  # no notion of success: keep the highest loss
-                better = loss > best_loss[idx]
-                best_loss[idx[better]] = loss[better]
-                result[idx[better]] = x_adv[better]
-                continue
-            better = fooled | (loss > best_loss[idx])
-            best_loss[idx] = torch.where(better, loss, best_loss[idx])
-            result[idx[better]] = x_adv[better]
-            if classification:
-                done[idx[fooled]] = True
-        return result
-
-    def _run(self, x, y, objective, gen):
-        """One APGD run. Returns (x_adv, fooled or None, loss at x_adv)."""
-        n = x.shape[0]
-        view = (n,) + (1,) * (x.ndim - 1)
-        eps = self.eps
-        x_cur = random_start(x, eps, self.norm, gen) if self.random_start else x.clone()
-        x_prev = x_cur.clone()
-        eta = torch.full((n,), 2.0 * eps, device=x.device)
         checkpoints = set(apgd_checkpoints(self.steps))
-        x_best, grad_best = x_cur.clone(), None
-        loss_best = torch.full((n,), float("-inf"), device=x.device)
-        x_found = x.clone()
-        found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        loss_prev = None
-        increases = torch.zeros(n, device=x.device)
-        last_ckpt, loss_best_at_ckpt = 0, loss_best.clone()
-        halved_at_ckpt = torch.ones(n, dtype=torch.bool, device=x.device)  # no condition 2 at w_1
-        classification = objective.classification
-
+        every = 1 if x.device.type == "cpu" else _COMPACT_EVERY_CUDA
         for k in range(self.steps + 1):
+            if target is not None:
+                objective.target = rows.target
             if k < self.steps:
-                loss, logits, grad = self._loss_grad(x_cur, x, y, objective)
+                loss, logits, grad = self._loss_grad(rows.x_cur, rows.x, rows.y, objective)
             else:  # the last iterate: loss only
-                loss, logits = self._loss(x_cur, x, y, objective)
+                loss, logits = self._loss(rows.x_cur, rows.x, rows.y, objective)
                 grad = None
             with torch.no_grad():
-                if classification:
-                    fooled = self._fooled(logits, y)
-                    new = fooled & ~found
-                    x_found[new] = x_cur[new]
-                    found |= fooled
-                if loss_prev is not None:
-                    increases += (loss > loss_prev).float()
-                loss_prev = loss
-                improved = loss > loss_best
-                x_best[improved] = x_cur[improved]
-                if grad is not None:
-                    grad_best = grad.clone() if grad_best is None else grad_best
-                    grad_best[improved] = grad[improved]
-                loss_best = torch.where(improved, loss, loss_best)
+                rows.record(loss, self._fooled(logits, rows.y) if classification else None, grad)
                 if k == self.steps:
                     break
+                if classification and k % every == 0 and not rows.drop_finished():
+                    break  # every row fooled: nothing left to run
                 if k in checkpoints:
-                    span = k - last_ckpt
-                    cond1 = increases < self.rho * span
-                    cond2 = ~halved_at_ckpt & (loss_best <= loss_best_at_ckpt)
-                    halve = cond1 | cond2
-                    eta = torch.where(halve, eta / 2, eta)
-                    x_cur[halve] = x_best[halve]
-                    x_prev[halve] = x_best[halve]  # no momentum across a reset
-                    grad = torch.where(halve.reshape(view), grad_best, grad)
-                    halved_at_ckpt = halve
-                    loss_best_at_ckpt = loss_best.clone()
-                    increases.zero_()
-                    last_ckpt = k
+                    rows.checkpoint(k, self.rho)
+                z = self._step(rows.x_cur, rows.grad, rows.x, rows.eta).float()
                 a = 1.0 if k == 0 else MOMENTUM
-                z = self._step(x_cur, grad, x, eta)
-                v = (
-                    x_cur.float()
-                    + a * (z.float() - x_cur.float())
-                    + (1 - a) * (x_cur.float() - x_prev.float())
-                )
-                x_prev = x_cur
-                x_cur = self._step(v.to(x.dtype), v, x, 0.0)  # alpha 0: projection only
-        if not classification:
-            return x_best, None, loss_best
-        out = torch.where(found.reshape(view), x_found, x_best)
-        return out, found, torch.where(found, torch.full_like(loss_best, float("inf")), loss_best)
+                cur = rows.x_cur.float()
+                v = cur + a * (z - cur) + (1 - a) * (cur - rows.x_prev.float())
+                rows.x_prev = rows.x_cur
+                rows.x_cur = self._step(v.to(x.dtype), v, rows.x, 0.0)  # alpha 0: projection
+        return rows.results(classification)
 
 
 class APGDT(APGD):
@@ -184,7 +133,9 @@ class APGDT(APGD):
 
     For each of the ``n_target_classes`` classes ranked highest by the clean logits (the true
     class excluded), run APGD towards that class on the points still correctly classified.
-    Success means misclassification (any class), as in AutoAttack.
+    Success means misclassification (any class), as in AutoAttack. The targets run together
+    (N x targets rows, up to ``max_batch``); a point keeps the example of the first target in
+    that order that fooled it, as in the sequential loop.
     """
 
     name = "apgd-t"
@@ -208,31 +159,118 @@ class APGDT(APGD):
         self.name = "apgd-t"
 
     def perturb(self, x, y):
-        gen = self._generator(x.device)
         with torch.no_grad():
             logits = self.model(x)
         n_classes = logits.shape[1]
         if n_classes < 4:
             raise ValueError(f"APGDT needs at least 4 classes, the model has {n_classes}")
         order = logits.float().scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-        result = x.clone()
         done = logits.argmax(1) != y  # already misclassified: nothing to do
-        for t in range(min(self.n_target_classes, n_classes - 1)):
-            objective = _SubsetTargetedDLR(order[:, t])
-            self._restarts(x, y, objective, gen, self.restarts, result, done)
-            if bool(done.all()):
-                break
-        return result
+        targets = [order[:, t] for t in range(min(self.n_target_classes, n_classes - 1))]
+        return self._batched_runs(x, y, self._run_rows, targets, self.restarts, done)
 
 
-class _SubsetTargetedDLR(TargetedDLR):
-    """Targeted DLR whose (full-batch) targets are indexed by the run's subset of samples."""
+class _Rows:
+    """The state of APGD on a batch of rows (``runs`` runs of the same points, run-major).
 
-    def __init__(self, full_target: torch.Tensor):
-        super().__init__(None)
-        self.full_target = full_target
-        self.subset: torch.Tensor | None = None
+    Every tensor below has one entry per live row; rows that cannot change the result any more
+    (fooled, or on a point an earlier run fooled) are written to the outputs and dropped.
+    """
 
-    def __call__(self, model, x_adv, x, y):
-        self.target = self.full_target if self.subset is None else self.full_target[self.subset]
-        return super().__call__(model, x_adv, x, y)
+    PER_ROW = (
+        "ids", "x", "y", "target", "x_cur", "x_prev", "eta", "x_best", "grad_best", "grad",
+        "loss_best", "loss_prev", "loss_best_ckpt", "x_found", "found", "increases", "halved",
+    )  # fmt: skip
+
+    def __init__(self, x, y, start, target, runs, eta):
+        n = x.shape[0]
+        dev = x.device
+        self.runs, self.n = runs, n
+        self.view = (-1,) + (1,) * (x.ndim - 1)
+        self.ids = torch.arange(n, device=dev)  # (R,) row of each live row in the outputs
+        self.x, self.y, self.target = x, y, target
+        self.x_cur = start.clone()
+        self.x_prev = start.clone()
+        self.eta = torch.full((n,), eta, device=dev)
+        self.x_best, self.grad_best, self.grad = start.clone(), None, None
+        self.loss_best = torch.full((n,), float("-inf"), device=dev)
+        self.loss_prev = None
+        self.loss_best_ckpt = self.loss_best.clone()
+        self.x_found = x.clone()
+        self.found = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.increases = torch.zeros(n, device=dev)
+        self.halved = torch.ones(n, dtype=torch.bool, device=dev)  # no condition 2 at w_1
+        self.last_ckpt = 0
+        self.found_all = torch.zeros(n, dtype=torch.bool, device=dev)  # by output row
+        self.out = [torch.empty_like(x), torch.zeros_like(self.found), self.loss_best.clone()]
+
+    def record(self, loss, fooled, grad) -> None:
+        """Book-keeping after a forward at ``x_cur``: first fooled iterate, best point."""
+        if fooled is not None:
+            new = (fooled & ~self.found).reshape(self.view)
+            self.x_found = torch.where(new, self.x_cur, self.x_found)
+            self.found = self.found | fooled
+        if self.loss_prev is not None:
+            self.increases += (loss > self.loss_prev).float()
+        self.loss_prev = loss
+        improved = loss > self.loss_best
+        self.x_best = torch.where(improved.reshape(self.view), self.x_cur, self.x_best)
+        if grad is not None:
+            if self.grad_best is None:
+                self.grad_best = grad.clone()
+            self.grad_best = torch.where(improved.reshape(self.view), grad, self.grad_best)
+        self.loss_best = torch.where(improved, loss, self.loss_best)
+        self.grad = grad
+
+    def checkpoint(self, k: int, rho: float) -> None:
+        """Halve the step and restart from the best point where the paper's conditions hold."""
+        cond1 = self.increases < rho * (k - self.last_ckpt)
+        cond2 = ~self.halved & (self.loss_best <= self.loss_best_ckpt)
+        halve = cond1 | cond2
+        self.eta = torch.where(halve, self.eta / 2, self.eta)
+        h = halve.reshape(self.view)
+        self.x_cur = torch.where(h, self.x_best, self.x_cur)
+        self.x_prev = torch.where(h, self.x_best, self.x_prev)  # no momentum across a reset
+        self.grad = torch.where(h, self.grad_best, self.grad)
+        self.halved = halve
+        self.loss_best_ckpt = self.loss_best.clone()
+        self.increases.zero_()
+        self.last_ckpt = k
+
+    def drop_finished(self) -> bool:
+        """Drop rows whose result is settled; False when no row is left (one host sync)."""
+        dead = self.found
+        if self.runs > 1:  # also dead: rows on a point that an earlier run already fooled
+            self.found_all[self.ids] = self.found
+            earlier = self.found_all.reshape(self.runs, -1).cumsum(0) > 0  # (runs, a)
+            dead = earlier.reshape(-1)[self.ids]
+        n_dead, n_live = int(dead.sum()), dead.numel()
+        if n_dead == n_live:
+            self._write(torch.arange(n_live, device=dead.device))
+            self.ids = self.ids[:0]
+            return False
+        if n_dead * 16 >= n_live:  # enough to be worth a compaction
+            self._write(dead.nonzero().squeeze(1))
+            keep = (~dead).nonzero().squeeze(1)
+            for name in self.PER_ROW:
+                value = getattr(self, name)
+                if value is not None:
+                    setattr(self, name, value[keep])
+        return True
+
+    def _write(self, idx: torch.Tensor) -> None:
+        """Write the results of the live rows ``idx`` to the outputs."""
+        found = self.found[idx]
+        rows = self.ids[idx]
+        self.out[0][rows] = torch.where(
+            found.reshape(self.view), self.x_found[idx], self.x_best[idx]
+        )
+        self.out[1][rows] = found
+        self.out[2][rows] = torch.where(found, float("inf"), self.loss_best[idx])
+
+    def results(self, classification: bool):
+        """(x_adv, fooled or None, loss) of every row: the first fooled iterate, else the best."""
+        if self.ids.numel():
+            self._write(torch.arange(self.ids.numel(), device=self.ids.device))
+        x_adv, fooled, loss = self.out
+        return x_adv, (fooled if classification else None), loss

@@ -9,7 +9,7 @@ its inputs once; its iterates stay in [0, 1] by construction). All of it is rest
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,9 +19,11 @@ from torch import nn
 from .._validate import check_int, check_positive
 from ..kernels import resolve_kernels
 from ..ops.pgd_step import NORMS, pgd_step
+from .batching import DEFAULT_MAX_BATCH, RunRows, batched_runs
 from .objectives import Objective, get_objective
 
 __all__ = [
+    "DEFAULT_MAX_BATCH",
     "PGD_STEP_TRITON_OPS",
     "Attack",
     "attack_mode",
@@ -110,6 +112,61 @@ def check_labels(y: Any, n: int, num_classes: int | None, name: str = "y") -> to
     return y.long()
 
 
+@contextmanager
+def _label_range_check(attack: Attack, y: torch.Tensor) -> Iterator[None]:
+    """Raise ValueError at the model's first forward when a label has no class in its logits.
+
+    For models that do not say their class count (:func:`check_labels` knew it otherwise): the
+    count is known once logits come back, so the check runs after the first forward of the call
+    (a forward hook that removes itself, or a wrapper of a plain callable) and costs nothing
+    after it.
+    """
+    model = attack.model
+    if not attack.objective.classification or num_classes_of(model) is not None:
+        yield
+        return
+    top = int(y.max())
+
+    def check(logits: Any) -> None:
+        if isinstance(logits, torch.Tensor) and logits.ndim == 2 and top >= logits.shape[1]:
+            raise ValueError(f"y has label {top} but the model has {logits.shape[1]} classes")
+
+    if isinstance(model, nn.Module):
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            handle.remove()  # one check per call
+            check(output)
+
+        handle = model.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+        return
+    attack.model = _FirstCallCheck(model, check)
+    try:
+        yield
+    finally:
+        attack.model = model
+
+
+class _FirstCallCheck:
+    """A plain callable model whose first output goes through ``check``; attributes pass through."""
+
+    def __init__(self, fn: Callable, check: Callable[[Any], None]):
+        self.fn, self.check, self.pending = fn, check, True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.fn(*args, **kwargs)
+        if self.pending:
+            self.pending = False
+            self.check(out)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fn, name)
+
+
 def random_start(
     x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -146,6 +203,9 @@ class Attack(ABC):
             ``eot_samples`` attribute (a Defended sets it), else 1.
         seed: seeds the attack's randomness at every call (None: the global RNG).
         kernels: projected-step path: "auto" (Triton on CUDA), "torch" or "triton".
+        max_batch: the most images the attack puts through the model at once. Restarts and
+            target classes run together as one batch (N x runs) up to it, in chunks beyond it;
+            the per-sample result equals running them one after another (``max_batch=1``).
     """
 
     name = "attack"
@@ -161,6 +221,7 @@ class Attack(ABC):
         eot_iter: int | None = None,
         seed: int | None = None,
         kernels: str = "auto",
+        max_batch: int = DEFAULT_MAX_BATCH,
     ):
         if not callable(model):
             raise ValueError(
@@ -179,6 +240,7 @@ class Attack(ABC):
         self.seed = seed
         self.kernels = kernels
         resolve_kernels(kernels, PGD_STEP_TRITON_OPS, device="cpu")  # validates the choice
+        self.max_batch = check_int(max_batch, "max_batch", low=1)
         self.last_queries: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ public call
@@ -193,7 +255,7 @@ class Attack(ABC):
             y, x.shape[0], num_classes_of(self.model) if self.objective.classification else None
         )
         y = y.to(x.device)
-        with attack_mode(self.model):
+        with attack_mode(self.model), _label_range_check(self, y):
             x_adv = self.perturb(x.detach(), y)
         return x_adv.detach()
 
@@ -255,3 +317,23 @@ class Attack(ABC):
             return None
         pred = logits.argmax(dim=1)
         return pred == y if self.targeted else pred != y
+
+    # ------------------------------------------------------------------ restarts and targets
+    def _start(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """One run's starting point for the whole batch: random in the ball, or ``x``."""
+        if getattr(self, "random_start", False):
+            return random_start(x, self.eps, self.norm, gen)
+        return x
+
+    def _batched_runs(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        run: RunRows,
+        targets: Sequence[torch.Tensor | None] = (None,),
+        restarts: int = 1,
+        done: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Every (target, restart) run as few batches as ``max_batch`` allows: see
+        :func:`~mimir_fast.attacks.batching.batched_runs`."""
+        return batched_runs(self, x, y, run, targets, restarts, done)

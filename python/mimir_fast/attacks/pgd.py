@@ -31,12 +31,14 @@ class PGD(Attack):
     """Projected gradient descent (Madry et al. 2018).
 
     Args:
-        model, eps, norm, loss, targeted, eot_iter, seed, kernels: see :class:`Attack`.
+        model, eps, norm, loss, targeted, eot_iter, seed, kernels, max_batch: see
+            :class:`Attack`.
         alpha: step size (L-inf: per-pixel; L2: length of the step).
         steps: gradient steps per restart.
         random_start: start from a uniform point of the eps-ball (else from ``x``: deterministic).
         restarts: independent runs; per sample the worst case is kept (a fooled point, else
             the one with the highest loss). Points fooled by one restart are not attacked again.
+            They run as one batch where ``max_batch`` allows, with the same per-sample result.
         early_stop: stop updating samples that are already fooled (classification only).
     """
 
@@ -68,32 +70,18 @@ class PGD(Attack):
         )
 
     def perturb(self, x, y):
-        gen = self._generator(x.device)
-        if self.restarts == 1 and not self.early_stop:
-            return self._run(x, y, gen)  # the plain loop: no bookkeeping forward
-        best = x.clone()
-        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
-        best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        classification = self.objective.classification
-        for _ in range(self.restarts):
-            idx = (~best_fooled).nonzero().squeeze(1) if classification else None
-            if idx is not None and idx.numel() == 0:
-                break
-            xs, ys = (x, y) if idx is None else (x[idx], y[idx])
-            x_adv = self._run(xs, ys, gen)
-            loss, logits = self._loss(x_adv, xs, ys)
-            fooled = self._fooled(logits, ys)
-            sel = torch.arange(x.shape[0], device=x.device) if idx is None else idx
-            better = loss > best_loss[sel]
-            if fooled is not None:
-                better = fooled | better
-                best_fooled[sel] = fooled
-            best_loss[sel] = torch.where(better, loss, best_loss[sel])
-            best[sel[better]] = x_adv[better]
-        return best
+        if self.restarts == 1:  # the plain loop: no book-keeping forward
+            return self._run(x, y, self._start(x, self._generator(x.device)))
+        return self._batched_runs(x, y, self._run_rows, restarts=self.restarts)
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        x_adv = random_start(x, self.eps, self.norm, gen) if self.random_start else x.clone()
+    def _run_rows(self, x, y, start, target, runs):
+        """PGD from ``start`` on every row, then the loss and success at the result."""
+        x_adv = self._run(x, y, start)
+        loss, logits = self._loss(x_adv, x, y)
+        return x_adv, self._fooled(logits, y), loss
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        x_adv = start.clone()
         early = self.early_stop and self.objective.classification
         active = torch.arange(x.shape[0], device=x.device)
         for _ in range(self.steps):

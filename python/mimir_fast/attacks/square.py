@@ -16,7 +16,11 @@ fraction ``p`` starts at ``p_init`` and is halved at iterations 10, 50, 200, 500
 
 The centred pattern of side ``h`` (the paper's eta) is ``sum_{k=0}^{n-d} 1 / (n + 1 - k)^2`` at
 Chebyshev distance ``d`` from the window's centre, ``n = h // 2``: rings that grow towards the
-centre. No gradients are used: the model is only called under ``torch.no_grad()``.
+centre. No gradients are used: the model is only called under ``torch.inference_mode()``.
+
+Only the points still robust are queried. Their state is kept compact (it shrinks as points
+fall), and the one host sync per query is the one the algorithm needs: which points are still
+robust.
 """
 
 from __future__ import annotations
@@ -125,11 +129,11 @@ class Square(Attack):
         norm = "" if self.norm == "linf" else f", norm={self.norm!r}"
         return f"Square(eps={self.eps:.4g}, n_queries={self.n_queries}, p_init={self.p_init}{norm})"
 
-    @torch.no_grad()
     def _margin(self, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Loss to minimise (< 0 means success)."""
-        loss, _ = self.objective(self.model, x_adv, x_adv, y)  # Margin: > 0 is success
-        return -loss.float()
+        """Loss to minimise (< 0 means success), from a forward without autograd."""
+        with torch.inference_mode():
+            loss, _ = self.objective(self.model, x_adv, x_adv, y)  # Margin: > 0 is success
+            return -loss.float()
 
     def _side(self, it: int, h: int, w: int) -> int:
         side = round(math.sqrt(square_p(it, self.n_queries, self.p_init) * h * w))
@@ -141,31 +145,39 @@ class Square(Attack):
         n, _, h, w = x.shape
         xf = x.float()
         linf = self.norm == "linf"
+        propose = self._propose_linf if linf else self._propose_l2
         delta = self._init_linf(xf, gen) if linf else self._init_l2(xf, gen)
-        x_adv = (xf + delta).clamp(0.0, 1.0)
+        out = (xf + delta).clamp(0.0, 1.0)  # (N, C, H, W) the result of every point
         if not linf:
-            delta = x_adv - xf  # L2 tracks the perturbation left after the box
-        margin = self._margin(x_adv.to(x.dtype), y)
+            delta = out - xf  # L2 tracks the perturbation left after the box
+        margin = self._margin(out.to(x.dtype), y)
         queries = torch.ones(n, dtype=torch.long, device=x.device)
+        ids = (margin >= 0).nonzero().squeeze(1)  # (m,) the points still robust, and their state
+        xs, ys, ds, adv, ms = (t[ids] for t in (xf, y, delta, out, margin))
+        it = 0
         for it in range(1, self.n_queries):
-            active = (margin >= 0).nonzero().squeeze(1)
-            if active.numel() == 0:
+            if ids.numel() == 0:
                 break
-            side = self._side(it, h, w)
-            propose = self._propose_linf if linf else self._propose_l2
-            cand_delta = propose(delta[active], side, gen)
-            cand = (xf[active] + cand_delta).clamp(0.0, 1.0)
+            cand_delta = propose(ds, self._side(it, h, w), gen)
+            cand = (xs + cand_delta).clamp(0.0, 1.0)
             if not linf:
-                cand_delta = cand - xf[active]
-            cand_margin = self._margin(cand.to(x.dtype), y[active])
-            queries[active] += 1
-            better = cand_margin < margin[active]
-            keep = active[better]
-            delta[keep] = cand_delta[better]
-            x_adv[keep] = cand[better]
-            margin[keep] = cand_margin[better]
+                cand_delta = cand - xs
+            cand_margin = self._margin(cand.to(x.dtype), ys)
+            better = cand_margin < ms  # (m,)
+            keep = better.reshape(-1, 1, 1, 1)
+            ds, adv = torch.where(keep, cand_delta, ds), torch.where(keep, cand, adv)
+            ms = torch.where(better, cand_margin, ms)
+            robust = ms >= 0
+            if not bool(robust.all()):  # the one host sync per query: who is still robust
+                fooled = (~robust).nonzero().squeeze(1)
+                out[ids[fooled]] = adv[fooled]
+                queries[ids[fooled]] = it + 1
+                kept = robust.nonzero().squeeze(1)
+                ids, xs, ys, ds, adv, ms = (t[kept] for t in (ids, xs, ys, ds, adv, ms))
+        out[ids] = adv
+        queries[ids] = it + 1
         self.last_queries = queries
-        return x_adv.to(x.dtype)
+        return out.to(x.dtype)
 
     # ------------------------------------------------------------------ L-inf
     def _init_linf(self, xf: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
