@@ -138,8 +138,10 @@ class MaskedReconstruction(Objective):
     """The masked-reconstruction (MAE) loss of a MaskedViT, per sample.
 
     The encoder sees the visible patches of ``x_adv``; the decoder's prediction is scored
-    against ``x`` (``target="clean"``, MIMIR's adversarial objective) or against ``x_adv``
-    itself (``target="adv"``), over the masked patches.
+    against ``x`` (``target="clean"``) or against ``x_adv`` itself (``target="adv"``, the
+    objective MIMIR's authors pretrain against: the plain MAE loss of the attacked image, whose
+    gradient reaches every pixel), over the masked patches. With ``target="clean"`` only the
+    visible pixels get a gradient.
 
     Args:
         mask_ratio: fraction of patches removed.
