@@ -37,6 +37,13 @@ from .attacks.registry import (
     attack_specs,
     build_attack,
 )
+from .evaluation.corruptions import (
+    SEVERITIES,
+    corruption_plan,
+    evaluate_corruptions,
+    run_corruptions,
+)
+from .evaluation.inputs import device_of, load_data
 from .evaluation.masking_checks import (
     LARGE_EPS_ATTACK,
     MORE_STEPS_FACTOR,
@@ -47,16 +54,19 @@ from .evaluation.randomness import EotChoice, check_eot_samples, choose_eot, eot
 from .evaluation.resume import open_journal, write_samples
 from .evaluation.runner import AttackRun, AttackRunner, check_same_images, slowest
 from .evaluation.summary import ensemble_parts, robust_accuracy_table, worst_case
-from .report import write_report
+from .report import write_corruption_report, write_report
 
-__all__ = ["ATTACK_NAMES", "build_attack", "evaluate"]
+__all__ = ["ATTACK_NAMES", "build_attack", "evaluate", "evaluate_corruptions"]
 
 SANITY_SALT = 10_000  # the sanity attacks' salts start here, after the requested attacks'
 
 
 # ---------------------------------------------------------------------- inputs
-def _check_arguments(threat: str, norm: str, eps: Any, batch_size: Any) -> list[float]:
-    """Validate the scalar arguments; the eps grid, sorted."""
+def _check_arguments(
+    threat: str, norm: str, eps: Any, batch_size: Any, corruptions: Any, severities: Any
+) -> tuple[list[float], list[tuple[str, int]] | None]:
+    """Validate the scalar arguments: the eps grid, sorted, and the (corruption, severity)
+    pairs to evaluate (None without corruptions)."""
     check_threat(threat)
     check_choice(norm, "norm", ("linf", "l2"))
     eps_list = [eps] if isinstance(eps, (int, float)) else list(eps)
@@ -64,45 +74,8 @@ def _check_arguments(threat: str, norm: str, eps: Any, batch_size: Any) -> list[
         raise ValueError("eps must hold at least one radius")
     eps_list = [check_positive(e, "every eps") for e in eps_list]
     check_int(batch_size, "batch_size", low=1)
-    return sorted(eps_list)
-
-
-def _load_data(data: Any, max_images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) of the first ``max_images`` items of ``data`` (every item when None)."""
-    max_images = check_int(max_images, "max_images", low=1, allow_none=True)
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        x, y = data
-    elif isinstance(data, torch.utils.data.DataLoader):
-        xs, ys, count = [], [], 0
-        for xb, yb in data:
-            xs.append(xb)
-            ys.append(torch.as_tensor(yb))
-            count += xb.shape[0]
-            if max_images is not None and count >= max_images:
-                break
-        x, y = torch.cat(xs), torch.cat(ys)
-    elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
-        n = len(data) if max_images is None else min(len(data), max_images)
-        items = [data[i] for i in range(n)]
-        x = torch.stack([torch.as_tensor(im) for im, _ in items])  # (N, C, H, W)
-        y = torch.as_tensor([int(lbl) for _, lbl in items])  # (N,)
-    else:
-        raise ValueError(
-            "data must be a dataset of (image, label), an (x, y) tensor pair or a DataLoader"
-        )
-    if max_images is not None:
-        x, y = x[:max_images], y[:max_images]
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"mismatched batch sizes: {x.shape[0]} images but {y.shape[0]} labels")
-    return x, y
-
-
-def _device_of(model: Any, device: str | torch.device | None) -> torch.device:
-    """``device``, or by default the device of the model's first parameter (else the CPU)."""
-    if device is None:
-        params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
-        device = params[0].device if params else torch.device("cpu")
-    return torch.device(device)
+    plan = None if corruptions is None else corruption_plan(corruptions, severities)
+    return sorted(eps_list), plan
 
 
 # ---------------------------------------------------------------------- the attacks to run
@@ -200,15 +173,17 @@ def evaluate(
     shard: bool = True,
     eot_samples: int | None = None,
     resume: bool = True,
+    corruptions: Any = None,
+    severities: int | Sequence[int] = SEVERITIES,
+    baseline: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (optionally behind ``defense``) against ``attacks`` at every ``eps``.
 
     Args:
         model: a classifier ``model(x) -> logits`` on images in [0, 1]; a MaskedViT for "mim".
         data: a dataset of ``(image, label)``, an ``(x, y)`` tensor pair, or a DataLoader.
-        attacks: names (see :data:`ATTACK_NAMES`), spec dicts (``{"name": "pgd", "steps": 50,
-            "label": "pgd-50"}``), factories ``(model, eps) -> attack``, or attack instances
-            (run once, at their own eps).
+        attacks: names (:data:`ATTACK_NAMES`), specs (``{"name": "pgd", "steps": 50, "label":
+            "pgd-50"}``), factories ``(model, eps) -> attack`` or instances (run at their eps).
         eps: the radii to evaluate.
         defense: a :class:`~mimir_fast.attacks.Defended` pipeline, or a purifier callable
             (wrapped as ``Defended(model, defense)``).
@@ -220,23 +195,20 @@ def evaluate(
             ``robust_accuracy_vs_eps.png``, the per-image ``samples.safetensors`` and every
             finished batch (:mod:`~mimir_fast.evaluation.resume`); nothing written when None.
         seed: seeds every attack and every evaluation of a random pipeline.
-        progress: show a progress bar.
-        norm: "linf" or "l2".
+        progress, norm: show a progress bar; the threat model's norm, "linf" or "l2".
         sanity_checks: run FGSM, a large-eps PGD and PGD-4k for the gradient-masking checks.
-        large_eps: eps of the "falls toward 0" check; default 0.5 (L-inf) or
-            ``0.5 sqrt(C H W)`` (L2).
-        kernels: projected-step path for the gradient attacks.
-        device: where to run; default the model's device.
-        shard: inside an initialised process group (e.g. under ``torchrun``), split the images
-            over the ranks: every rank must call ``evaluate`` with the same data and arguments;
-            each attacks whole batches in turn (batch ``b`` on rank ``b % world_size``), the
-            per-image results are gathered, and every rank returns the same report, equal to
-            one process's on the same data; rank 0 alone writes ``out_dir``. False: this process
-            evaluates every image by itself.
+        large_eps: eps of the "falls toward 0" check; default 0.5 (L-inf), 0.5 sqrt(C H W) (L2).
+        kernels, device: the attacks' projected-step path; where to run (default: the model's).
+        shard: in a process group (e.g. ``torchrun``), split the images over the ranks: every
+            rank calls ``evaluate`` with the same data and arguments and attacks whole batches
+            in turn (batch ``b`` on rank ``b % world_size``); every rank returns the report one
+            process would, and rank 0 alone writes ``out_dir``. False: this process alone.
         eot_samples: gradients averaged per white-box step (EOT); None: the pipeline's own, or
             20 when it is random (:mod:`~mimir_fast.evaluation.randomness`; 1 is warned about).
         resume: read back the batches a run with the same arguments finished in ``out_dir``
             (a run with other arguments there: ValueError); False: delete them, start over.
+        corruptions, severities, baseline: also the accuracy under common corruptions, CE and
+            mCE: :func:`evaluate_corruptions`'s report under "corruptions", its files in out_dir.
 
     Returns:
         The report dict (also written as JSON): ``clean_accuracy``, ``results`` (one row per
@@ -247,7 +219,7 @@ def evaluate(
         reconstructions of x and of x_adv under the same mask), ``sanity``, ``more_steps``,
         ``random_pipeline``, ``eot_samples`` and ``warnings``.
     """
-    eps_list = _check_arguments(threat, norm, eps, batch_size)
+    eps_list, plan = _check_arguments(threat, norm, eps, batch_size, corruptions, severities)
     specs, eot_samples = attack_specs(attacks), check_eot_samples(eot_samples)
     runner, eot = _runner(
         model, data, defense, threat, batch_size, max_images, seed, norm, device, shard, eot_samples
@@ -259,7 +231,31 @@ def evaluate(
     clean_correct = runner.clean_correct()  # (N,)
     rows = _run_all(runner, runs, extra, clean_correct, progress)
     report = _report(runner, rows, clean_correct, eps_list, threat, defense, runs, eot, started)
+    _add_corruptions(report, runner, plan, baseline, progress)
     return _write(runner, report, out_dir, clean_correct, rows.robust)
+
+
+def _add_corruptions(
+    report: dict[str, Any],
+    runner: AttackRunner,
+    plan: list[tuple[str, int]] | None,
+    baseline: Any,
+    progress: bool,
+) -> None:
+    """The accuracy of the evaluated pipeline under the corruptions of ``plan`` (none: nothing),
+    under "corruptions"; every process evaluates every image."""
+    if plan is not None:
+        report["corruptions"] = run_corruptions(
+            runner.pipeline,
+            runner.x,
+            runner.y,
+            plan,
+            baseline=baseline,
+            batch_size=runner.batch_size,
+            seed=runner.seed,
+            progress=progress,
+            defense=report["defense"],
+        )
 
 
 def _write(
@@ -273,6 +269,8 @@ def _write(
     if out_dir is not None and runner.ctx.is_main:
         write_report(report, out_dir)
         write_samples(out_dir, clean_correct, robust)
+        if "corruptions" in report:
+            write_corruption_report(report["corruptions"], out_dir)
     distributed.barrier(runner.ctx)  # the files exist when any rank returns
     return report
 
@@ -310,9 +308,9 @@ def _runner(
     """The checked images and labels on the device, the pipeline and what the attacks see, and
     the EOT setting of white-box attacks (:func:`~mimir_fast.evaluation.randomness.choose_eot`).
     """
-    x_all, y_all = _load_data(data, max_images)
+    x_all, y_all = load_data(data, max_images)
     check_images(x_all)
-    device = _device_of(model, device)
+    device = device_of(model, device)
     x_all = x_all.to(device)  # (N, C, H, W)
     pipeline = model
     if defense is not None:

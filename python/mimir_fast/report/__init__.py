@@ -9,12 +9,15 @@
 - :func:`write_json`: pretty JSON, written atomically; :func:`load_records` reads metric
   records back.
 - :func:`write_report`: the files of a robustness evaluation (JSON, markdown, plot).
+- :func:`write_corruption_report`: the files of a corruption evaluation (JSON, markdown with
+  CE and mCE, accuracy heatmap).
 
 Figures are drawn with matplotlib's Agg canvas on a private ``Figure`` (no pyplot, no global
 backend switch, nothing is ever shown), and written atomically: a reader sees either the old
 file or the complete new one. matplotlib is imported only when a figure is drawn.
 """
 
+from .corruptions import write_corruption_report
 from .evaluation import write_report
 from .figures import plot_loss_curves, save_image_grid, save_reconstruction_grid
 from .files import load_records, write_json
@@ -26,6 +29,7 @@ __all__ = [
     "plot_loss_curves",
     "save_image_grid",
     "save_reconstruction_grid",
+    "write_corruption_report",
     "write_json",
     "write_report",
 ]
