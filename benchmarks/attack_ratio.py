@@ -44,18 +44,25 @@ from test_attacks import (  # noqa: E402
 GROUPS = ("autoattack", "autoattack-10", "apgd-t", "square", "pgd10")
 
 
-def build(group: str, provider: str, model):
-    if group != "pgd10":
-        return make_attack(group, provider, model)
+def build(group: str, provider: str, model, compile_mode: str | None = None):
+    """The attack; with ``compile_mode`` mimir_fast's runs the model through torch.compile."""
     if provider == "torchattacks":
-        return torchattacks.PGD(model, eps=EPS, alpha=2 / 255, steps=10, random_start=True)
-    return PGD(model, EPS, alpha=2 / 255, steps=10, random_start=True)
+        if group == "pgd10":
+            return torchattacks.PGD(model, eps=EPS, alpha=2 / 255, steps=10, random_start=True)
+        return make_attack(group, provider, model)
+    options = {} if compile_mode is None else {"compile": {"mode": compile_mode}}
+    if group == "pgd10":
+        return PGD(model, EPS, alpha=2 / 255, steps=10, random_start=True, **options)
+    return make_attack(group, provider, model, **options)
 
 
-def measure(group: str, setup, rounds: int) -> dict:
+def measure(group: str, setup, rounds: int, compile_mode: str | None = None) -> dict:
     """Check both providers agree, then time them interleaved; the numbers for one group."""
     model, x, y = setup
-    runs = {p: timed_run(build(group, p, model), x, y) for p in ("torchattacks", "mimir_fast")}
+    runs = {
+        p: timed_run(build(group, p, model, compile_mode), x, y)
+        for p in ("torchattacks", "mimir_fast")
+    }
     robust = {p: robust_count(model, run(), x, y) for p, run in runs.items()}
     limit = TOLERANCE.get(group, 2)
     if abs(robust["torchattacks"] - robust["mimir_fast"]) > limit:
@@ -92,6 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each provider")
     parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
+    parser.add_argument(
+        "--compile",
+        metavar="MODE",
+        help="mimir_fast's attacks run the model through torch.compile in this mode (e.g. "
+        "reduce-overhead: CUDA graphs); the first, untimed run compiles. Results go to "
+        "attacks-<device>-compile-<MODE>.json",
+    )
     args = parser.parse_args()
     device = torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu"
     print(
@@ -102,9 +116,10 @@ def main() -> None:
     setup = load_setup(default_cache_dir())
     results = {}
     for group in args.groups:
-        results[group] = measure(group, setup, args.rounds)
+        results[group] = measure(group, setup, args.rounds, args.compile)
         print(line(group, results[group]), flush=True)
-    out = Path(__file__).parent / "results" / f"attacks-{DEVICE}.json"
+    suffix = "" if args.compile is None else f"-compile-{args.compile}"
+    out = Path(__file__).parent / "results" / f"attacks-{DEVICE}{suffix}.json"
     out.parent.mkdir(exist_ok=True)
     meta = {"device": device, "torch": torch.__version__, "torchattacks": torchattacks.__version__}
     earlier = json.loads(out.read_text()) if out.exists() else {}

@@ -112,31 +112,32 @@ def default_cache_dir() -> Path:
     return Path(__file__).resolve().parent.parent / ".pytest_cache" / "d" / CACHE_NAME
 
 
-def make_attack(group: str, provider: str, model: torch.nn.Module) -> Callable:
-    """The attack of ``group`` from ``provider``, at the budgets in the module docstring."""
+def make_attack(group: str, provider: str, model: torch.nn.Module, **options) -> Callable:
+    """The attack of ``group`` from ``provider``, at the budgets in the module docstring;
+    ``options`` go to mimir_fast's attack (e.g. ``compile=``)."""
     ta = provider == "torchattacks"
     if group == "autoattack":  # both at AutoAttack's official budgets (100 iterations)
         if ta:
             return official_torchattacks(model)
-        return AutoAttack(model, EPS, version="standard", seed=0)
+        return AutoAttack(model, EPS, version="standard", seed=0, **options)
     if group == "autoattack-10":  # both at torchattacks' AutoAttack budgets (10 iterations)
         if ta:
             return torchattacks.AutoAttack(
                 model, norm="Linf", eps=EPS, version="standard", n_classes=10, seed=0
             )
-        return AutoAttack(model, EPS, version="standard", steps=10, seed=0)
+        return AutoAttack(model, EPS, version="standard", steps=10, seed=0, **options)
     if group == "apgd-t":
         if ta:
             return torchattacks.APGDT(
                 model, norm="Linf", eps=EPS, steps=APGD_STEPS, n_restarts=1, n_classes=10, seed=0
             )
-        return APGDT(model, EPS, steps=APGD_STEPS, n_target_classes=N_TARGETS, seed=0)
+        return APGDT(model, EPS, steps=APGD_STEPS, n_target_classes=N_TARGETS, seed=0, **options)
     if group == "square":
         if ta:
             return torchattacks.Square(
                 model, norm="Linf", eps=EPS, n_queries=SQUARE_QUERIES, n_restarts=1, seed=0
             )
-        return Square(model, EPS, n_queries=SQUARE_QUERIES, seed=0)
+        return Square(model, EPS, n_queries=SQUARE_QUERIES, seed=0, **options)
     raise ValueError(f"unknown benchmark group {group!r}")
 
 

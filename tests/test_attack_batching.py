@@ -13,7 +13,7 @@ import copy
 
 import pytest
 import torch
-from mimir_fast.attacks import APGD, APGDT, PGD, Square
+from mimir_fast.attacks import APGD, APGDT, FABT, PGD, Square
 from torch import nn
 
 N = 24  # images attacked per comparison
@@ -65,6 +65,33 @@ def test_apgdt_keeps_the_first_target_that_fooled_each_point(classifier64):
     by_first = fooled(model, first, y)
     assert by_first.any()
     torch.testing.assert_close(both[by_first], first[by_first], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("norm,eps,early_stop", [("linf", 0.02, True), ("l2", 0.3, False)])
+def test_batched_fab_t_equals_the_sequential_loop(classifier64, norm, eps, early_stop):
+    """FAB-T's target classes in one batch: the same example and distance per sample as one
+    target after another, with and without AutoAttack's early stop."""
+    model, x, y = classifier64
+
+    def attack(max_batch, targets=4):
+        fab = FABT(
+            model,
+            eps,
+            norm=norm,
+            steps=8,
+            n_target_classes=targets,
+            seed=3,
+            early_stop=early_stop,
+            max_batch=max_batch,
+        )
+        return fab(x, y), fab.last_distances
+
+    (batched, dist_b), (sequential, dist_s) = attack(10_000), attack(1)
+    assert_same_per_sample(model, batched, sequential, x, y)
+    torch.testing.assert_close(dist_b, dist_s, rtol=0, atol=1e-9)
+    assert_same_per_sample(model, attack(2 * N)[0], batched, x, y)  # two targets per batch
+    n_first, n_all = (int(fooled(model, a, y).sum()) for a in (attack(10_000, 1)[0], batched))
+    assert 0 < n_first < n_all < N  # some points fell to a later target only, some to none
 
 
 @pytest.mark.parametrize("loss", ["ce", "dlr"])

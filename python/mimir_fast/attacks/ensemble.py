@@ -172,6 +172,8 @@ class AutoAttack(Ensemble):
         version: "standard", "plus", "rand" or "custom".
         attacks: the attack names of the "custom" version.
         restarts: overrides the version's restarts of APGD and FAB.
+        compile: every component runs the model through ``torch.compile`` (see
+            :class:`~mimir_fast.attacks.Attack`; off by default).
 
     Raises:
         ValueError: an unknown version, or ``attacks`` given to another version than "custom".
@@ -194,6 +196,7 @@ class AutoAttack(Ensemble):
         version: str = "standard",
         attacks: Sequence[str | Attack] | None = None,
         restarts: int | None = None,
+        compile: bool | dict[str, Any] = False,
     ):
         self.version = check_choice(version, "version", AUTOATTACK_VERSIONS)
         norm = check_choice(norm.lower() if isinstance(norm, str) else norm, "norm", ("linf", "l2"))
@@ -208,7 +211,7 @@ class AutoAttack(Ensemble):
         built = [
             spec
             if isinstance(spec, Attack)
-            else build_single_attack(spec, model, eps, norm, seed, kernels, **run)
+            else build_single_attack(spec, model, eps, norm, seed, kernels, compile=compile, **run)
             for spec, _, run in plan
         ]
         super().__init__(built, model)

@@ -147,7 +147,10 @@ class FAB(Attack):
         best = x.clone()
         dist = torch.where(logits.argmax(1) == y, math.inf, 0.0).float()  # (N,)
         correct = dist > 0
-        for target in self._targets(logits, y):
+        targets = self._targets(logits, y)
+        if self.restarts == 1 and len(targets) > 1:
+            self._batched_targets(x, y, targets, correct, best, dist)
+        for target in targets if self.restarts > 1 or len(targets) == 1 else []:
             for restart in range(self.restarts):
                 todo = correct & ~(dist <= self.eps) if self.early_stop else correct
                 idx = todo.nonzero().squeeze(1)
@@ -157,12 +160,38 @@ class FAB(Attack):
                 adv, found = self._run(
                     x[idx], y[idx], None if target is None else target[idx], start
                 )
-                better = found < dist[idx]
-                best[idx[better]] = adv[better]
-                dist[idx[better]] = found[better]
+                self._keep_closer(idx, adv, found, best, dist)
         self.last_distances = dist
         within = _norms((best - x).flatten(1).float(), self.norm) <= self.eps  # (N,)
         return torch.where(within.reshape(-1, *[1] * (x.ndim - 1)), best, x)
+
+    @staticmethod
+    def _keep_closer(idx, adv, found, best, dist) -> None:
+        """Fold one run on the points ``idx`` into ``best``/``dist``: keep what is closer."""
+        better = found < dist[idx]
+        best[idx[better]] = adv[better]
+        dist[idx[better]] = found[better]
+
+    def _batched_targets(self, x, y, targets, correct, best, dist) -> None:
+        """One run per target class, as many targets per batch as ``max_batch`` allows, folded
+        in the targets' order with the sequential loop's result: a run starts from the clean
+        point (no randomness), rows do not interact, and with ``early_stop`` a point fooled
+        within eps by an earlier target ignores the later ones, as the loop never runs them."""
+        t = 0
+        while t < len(targets):
+            todo = correct & ~(dist <= self.eps) if self.early_stop else correct
+            idx = todo.nonzero().squeeze(1)  # (a,)
+            if idx.numel() == 0:
+                return
+            k = min(len(targets) - t, max(1, self.max_batch // idx.numel()))
+            rows = idx.repeat(k)  # (k a,) run-major
+            target = torch.cat([targets[t + i][idx] for i in range(k)])
+            adv, found = self._run(x[rows], y[rows], target, x[rows])
+            for i in range(k):
+                part = slice(i * idx.numel(), (i + 1) * idx.numel())
+                keep = ~(dist[idx] <= self.eps) if self.early_stop else correct[idx]
+                self._keep_closer(idx[keep], adv[part][keep], found[part][keep], best, dist)
+            t += k
 
     def _random_start(
         self, x: torch.Tensor, dist: torch.Tensor, gen: torch.Generator | None
