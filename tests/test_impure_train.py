@@ -50,10 +50,19 @@ def tiny_autoencoder(seed=0):
 
 
 def method_with(classifier, **kw):
+    """PGD alone at EPS, pixel + one forward_features L1 term of weight 1 (the paper's mix and
+    weights are tested in test_impure_training.py)."""
     config = TrainConfig(
-        method="impure", attack_eps=EPS, attack_step=ALPHA, attack_steps=STEPS, **kw
+        method="impure",
+        impure_eps=EPS,
+        attack_step=ALPHA,
+        attack_steps=STEPS,
+        impure_attacks=["pgd"],
+        impure_feature_weights=[1.0],
+        **kw,
     )
-    return ImpureTraining(config, classifier=classifier)
+    features = getattr(classifier, "forward_features", None) if classifier.num_classes else None
+    return ImpureTraining(config, classifier=classifier, features=features)
 
 
 def fixed_batch(n=6, seed=2):

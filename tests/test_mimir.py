@@ -70,17 +70,24 @@ def per_sample_recon(model, x_in, target, ids_keep):
 
 
 # ---------------------------------------------------------------------- the attack
-def test_attack_matches_a_reference_pgd_and_raises_the_loss(images):
+def attack_objective(model, x_in, clean, ids_keep, target):
+    """The attack's own loss per sample: reconstruct ``x_in`` itself or the clean image."""
+    return per_sample_recon(model, x_in, x_in if target == "adversarial" else clean, ids_keep)
+
+
+@pytest.mark.parametrize("target", ["adversarial", "clean"])
+def test_attack_matches_a_reference_pgd_and_raises_the_loss(images, target):
     model = tiny_model().train()
     keep = random_keep(1)
     torch.manual_seed(7)
-    x_adv = mimir_attack(model, images, EPS, STEP, 1, ids_keep=keep)
-    # reference: uniform start in the box, one sign step on the clean-target MAE loss, project,
-    # clamp
+    x_adv = mimir_attack(model, images, EPS, STEP, 1, ids_keep=keep, target=target)
+    # reference: uniform start in the box, one sign step on the MAE loss (of the attacked image
+    # itself, or of the clean image), project, clamp
     torch.manual_seed(7)
     start = (images + (2 * torch.rand(images.shape) - 1) * EPS).clamp(0, 1).requires_grad_(True)
     model.eval()
-    loss, _, _ = MaskedReconstruction().per_sample_loss(model, start, images, keep)
+    reference = start if target == "adversarial" else images
+    loss, _, _ = MaskedReconstruction().per_sample_loss(model, start, reference, keep)
     (grad,) = torch.autograd.grad(loss.sum(), start)
     want = torch.minimum(
         torch.maximum(start + STEP * grad.sign(), images - EPS), images + EPS
@@ -89,20 +96,20 @@ def test_attack_matches_a_reference_pgd_and_raises_the_loss(images):
 
     assert (x_adv - images).abs().max() <= EPS + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
-    clean = per_sample_recon(model, images, images, keep)
-    adv = per_sample_recon(model, x_adv, images, keep)
+    clean = attack_objective(model, images, images, keep, target)
+    adv = attack_objective(model, x_adv, images, keep, target)
     assert (adv > clean).all()
     # far more than a random corner of the same box does
     torch.manual_seed(8)
     corner = (images + EPS * torch.randn(images.shape).sign()).clamp(0, 1)
     assert (adv - clean).mean() > 5 * (
-        per_sample_recon(model, corner, images, keep) - clean
+        attack_objective(model, corner, images, keep, target) - clean
     ).mean().abs()
     # more steps push it further
     torch.manual_seed(7)
-    x_adv5 = mimir_attack(model, images, EPS, 2 / 255, 5, ids_keep=keep)
+    x_adv5 = mimir_attack(model, images, EPS, 2 / 255, 5, ids_keep=keep, target=target)
     assert (x_adv5 - images).abs().max() <= EPS + 1e-6
-    assert per_sample_recon(model, x_adv5, images, keep).mean() > adv.mean()
+    assert attack_objective(model, x_adv5, images, keep, target).mean() > adv.mean()
 
 
 def test_attack_leaves_parameters_and_mode_alone(images):
@@ -164,13 +171,14 @@ def test_step_matches_an_independent_recomputation(images):
     torch.testing.assert_close(out.loss.detach(), recon + 0.1 * dependence, rtol=1e-5, atol=1e-6)
     assert set(out.metrics) == {"loss", "recon", "hsic", "attack_recon"}
     assert all(not v.requires_grad for v in out.metrics.values())
-    # the attack's own reading: its loss at the random start, on its mask
+    # the attack's own reading: its loss at the random start, on its mask, reconstructing the
+    # start itself (the default target)
     torch.manual_seed(11)
     start = (images + (2 * torch.rand(images.shape) - 1) * EPS).clamp(0, 1)
     model.eval()
     torch.testing.assert_close(
         out.metrics["attack_recon"],
-        per_sample_recon(model, start, images, keep0).mean(),
+        per_sample_recon(model, start, start, keep0).mean(),
         rtol=1e-5,
         atol=1e-6,
     )

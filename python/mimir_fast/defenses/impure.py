@@ -105,28 +105,36 @@ def impure_loss(
     clean: torch.Tensor,
     features: Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]] | None = None,
     pixel_weight: float = 1.0,
-    feature_weights: float | list[float] = 1.0,
+    feature_weights: float | list[float] | tuple[float, ...] = 1.0,
 ) -> torch.Tensor:
     """Pixel L1 to the clean image, plus L1 between frozen features of the two (perceptual loss).
+
+    ``pixel_weight * mean|purified - clean| + sum_i feature_weights[i] * mean|f_i(purified) -
+    f_i(clean)|``, the clean image's features taken without gradient.
 
     Args:
         features: a frozen network returning a tensor or a list of tensors (e.g. a classifier's
             ``forward_features``); None: pixel loss only.
-        feature_weights: one weight, or one per returned tensor (IMPure with VGG: 30/10/10).
+        feature_weights: a number for every returned tensor, or a list with one weight per
+            tensor (IMPure with VGG19-BN: 30/10/10).
     """
     loss = pixel_weight * F.l1_loss(purified, clean)
     if features is None:
         return loss
-    got, want = features(purified), features(clean)
+    got = features(purified)
+    with torch.no_grad():
+        want = features(clean)
     got = [got] if torch.is_tensor(got) else list(got)
     want = [want] if torch.is_tensor(want) else list(want)
-    weights = (
-        feature_weights
-        if isinstance(feature_weights, (list, tuple))
-        else [feature_weights] * len(got)
-    )
+    if isinstance(feature_weights, (list, tuple)):
+        weights = list(feature_weights)
+    else:
+        weights = [feature_weights] * len(got)
     if len(weights) != len(got):
-        raise ValueError(f"{len(weights)} feature weights for {len(got)} feature tensors")
+        raise ValueError(
+            f"{len(weights)} feature weights for {len(got)} feature tensors "
+            "(impure_feature_weights: give one weight, or one per tensor)"
+        )
     for w, a, b in zip(weights, got, want):
-        loss = loss + w * F.l1_loss(a, b.detach())
+        loss = loss + w * F.l1_loss(a, b)
     return loss

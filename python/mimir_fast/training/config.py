@@ -15,6 +15,8 @@ from .._config_types import check_field_types, option
 from .._validate import check_choice
 from ..data.augmentations import AUGMENTATIONS
 from ..hsic import ESTIMATORS as HSIC_ESTIMATORS
+from ..methods.impure_mix import DEFAULT_IMPURE_ATTACKS, IMPURE_ATTACKS
+from ..methods.mimir import ATTACK_TARGETS
 from ..noise import parse_sigma_spec
 
 __all__ = ["ADVERSARIAL", "AMP", "DISTRIBUTED", "LOADERS", "TrainConfig"]
@@ -31,7 +33,8 @@ class TrainConfig:
 
     method: str = option(
         "mae",
-        '"mae", "mimir" or "nim" (pretraining), "finetune", "impure" (purifier training)',
+        '"mae", "mimir", "nim" or "impure-pretrain" (pretraining), "finetune", "impure" '
+        "(purifier training)",
     )
     model: str = option("vit_tiny_patch4_32", "preset name (see mimir_fast.list_models())")
     model_overrides: dict[str, Any] = field(
@@ -72,13 +75,22 @@ class TrainConfig:
         'finetuning on adversarial examples: "none", "pgd" (PGD-AT, Madry) or "trades" (TRADES)',
     )
     attack_eps: float = option(
-        8 / 255, "L-inf budget of the training-time attack (MIMIR, PGD-AT, TRADES, IMPure)"
+        8 / 255,
+        "L-inf budget of the training-time attack (MIMIR, PGD-AT, TRADES; IMPure: impure_eps)",
     )
     attack_step: float | None = option(
-        None, "its step size; None: the method's default (MIMIR 10/255, others 2/255)"
+        None,
+        "its step size; None: the method's default (MIMIR 10/255, IMPure impure_eps/4, others "
+        "2/255)",
     )
     attack_steps: int | None = option(
         None, "its iterations; None: the method's default (MIMIR 1, others 10)"
+    )
+    attack_target: str = option(
+        "adversarial",
+        'MIMIR: the attack reconstructs "adversarial" (the attacked image itself, as the '
+        'authors\' code: every pixel is attacked) or "clean" (masked pixels keep their random '
+        "start)",
     )
     trades_beta: float = option(6.0, "TRADES weight of the KL(clean || adversarial) term")
     hsic_weight: float = option(1e-5, "MIMIR's lambda on HSIC(x_adv, latent); 0 disables the term")
@@ -97,6 +109,29 @@ class TrainConfig:
         "IMPure: the classifier (MaskedViT file) whose adversarial examples train the purifier",
     )
     impure_groups: int = option(4, "IMPure: patch groups k of the regional intersection")
+    impure_eps: float = option(
+        16 / 255, "IMPure: L-inf budget of the training attacks (the paper's 16/255)"
+    )
+    impure_attacks: list[str] = field(
+        default_factory=lambda: list(DEFAULT_IMPURE_ATTACKS),
+        metadata={
+            "help": "IMPure: the attacks drawn per training image, uniformly (the authors' mix "
+            f"less DeepFool); any of {', '.join(IMPURE_ATTACKS)}"
+        },
+    )
+    impure_pixel_weight: float = option(1.0, "IMPure: weight of the pixel L1 loss")
+    impure_feature_weights: list[float] = field(
+        default_factory=lambda: [30.0, 10.0, 10.0],
+        metadata={
+            "help": "IMPure: perceptual L1 weights, one per tensor of the feature network, or one "
+            "for all (the paper: 30 10 10 on three VGG19-BN layers)"
+        },
+    )
+    impure_features: str | None = option(
+        None,
+        "IMPure: the frozen perceptual network: none (the classifier's three taps), a MaskedViT "
+        'file, "timm:NAME:WEIGHTS_FILE" (local weights, no download) or a registered name',
+    )
     augment: str = option(
         "crop_flip",
         '"crop_flip" (random crop, 4 px padding, + h-flip), "crop", "flip", "rrc_flip", "rrc" '
@@ -127,6 +162,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_field_types(self)
         self.betas = tuple(self.betas)  # JSON/TOML give lists
+        self.impure_attacks = _name_list(self.impure_attacks)
+        if isinstance(self.impure_feature_weights, (int, float)):
+            self.impure_feature_weights = [self.impure_feature_weights]
+        elif isinstance(self.impure_feature_weights, tuple):
+            self.impure_feature_weights = list(self.impure_feature_weights)
         problems = _optimizer_problems(self) + _method_problems(self) + _run_problems(self)
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
@@ -141,6 +181,13 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+
+def _name_list(value: Any) -> Any:
+    """A list of names from a list, a tuple or a comma-separated string (else unchanged)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _problem(check: Callable[..., Any], *args: Any) -> list[str]:
@@ -197,8 +244,34 @@ def _method_problems(c: TrainConfig) -> list[str]:
             f"trades_beta and hsic_weight must be >= 0, got {c.trades_beta}, {c.hsic_weight}"
         )
     problems += _problem(check_choice, c.hsic_estimator, "hsic_estimator", HSIC_ESTIMATORS)
+    problems += _problem(check_choice, c.attack_target, "attack_target", ATTACK_TARGETS)
+    return problems + _impure_problems(c)
+
+
+def _impure_problems(c: TrainConfig) -> list[str]:
+    """Problems with IMPure's settings (groups, attacks, loss weights)."""
+    problems = []
     if c.impure_groups < 2:
         problems.append(f"impure_groups must be >= 2, got {c.impure_groups}")
+    if not 0 < c.impure_eps <= 1:
+        problems.append(f"impure_eps must be in (0, 1] (images are in [0, 1]), got {c.impure_eps}")
+    attacks = list(c.impure_attacks) if isinstance(c.impure_attacks, (list, tuple)) else None
+    if not attacks or any(a not in IMPURE_ATTACKS for a in attacks):
+        problems.append(
+            f"impure_attacks must be a non-empty list of {IMPURE_ATTACKS}, got {c.impure_attacks!r}"
+        )
+    if not (isinstance(c.impure_pixel_weight, (int, float)) and c.impure_pixel_weight >= 0):
+        problems.append(f"impure_pixel_weight must be >= 0, got {c.impure_pixel_weight!r}")
+    weights = c.impure_feature_weights
+    if (
+        not isinstance(weights, (list, tuple))
+        or not weights
+        or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+        or not all(w >= 0 for w in weights)
+    ):
+        problems.append(
+            f"impure_feature_weights must be a non-empty list of numbers >= 0, got {weights!r}"
+        )
     return problems
 
 
