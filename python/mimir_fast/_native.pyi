@@ -13,6 +13,9 @@ __all__ = [
     "NativeLoader",
     "build_profile",
     "build_info",
+    "corrupt_f32",
+    "corrupt_u8",
+    "corruption_names",
     "__version__",
 ]
 
@@ -23,6 +26,22 @@ def build_profile() -> str:
 
 def build_info() -> dict[str, str | bool]:
     """Version, profile, target architecture and OS, and whether debug assertions are on."""
+
+# --- common corruptions (wrapped by mimir_fast.data.corrupt) --------------------------------
+
+def corrupt_u8(
+    images: np.ndarray, corruption: str, severity: int, seed: int = 0
+) -> np.ndarray:
+    """A corrupted copy of a C-contiguous uint8 (N, H, W, C) batch (ValueError for a bad
+    name or severity)."""
+
+def corrupt_f32(
+    images: np.ndarray, corruption: str, severity: int, seed: int = 0
+) -> np.ndarray:
+    """A corrupted copy of a C-contiguous float32 (N, C, H, W) batch in [0, 1]."""
+
+def corruption_names() -> list[str]:
+    """The corruption names, in the paper's order (frost left out)."""
 
 # --- the native data loader (wrapped by mimir_fast.data.loader.Loader) ----------------------
 

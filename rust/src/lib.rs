@@ -8,6 +8,7 @@ mod batch;
 mod buffer_pool;
 mod build_info;
 mod config;
+mod corrupt;
 mod decode;
 mod epoch;
 mod loader;
@@ -29,6 +30,9 @@ mod _native {
     use crate::py_batch::NativeBatch;
     #[pymodule_export]
     use crate::py_loader::{NativeIter, NativeLoader};
+
+    #[pymodule_export]
+    use crate::corrupt::py::{corrupt_f32, corrupt_u8, corruption_names};
 
     /// Version of the native module (equals the Python package version).
     #[pymodule_export]

@@ -2,6 +2,7 @@
 
 from mimir_fast.data.arrays import ArrayDataset, load_npy
 from mimir_fast.data.cifar import CIFAR
+from mimir_fast.data.corruptions import CORRUPTION_FAMILIES, CORRUPTIONS, corrupt
 from mimir_fast.data.datasets import build_dataset
 from mimir_fast.data.digits import load_digits
 from mimir_fast.data.image_folder import ImageFolder
@@ -18,6 +19,8 @@ from mimir_fast.data.transforms import (
 __all__ = [
     "ArrayDataset",
     "CIFAR",
+    "CORRUPTIONS",
+    "CORRUPTION_FAMILIES",
     "Compose",
     "ImageFolder",
     "Loader",
@@ -27,6 +30,7 @@ __all__ = [
     "RandomHorizontalFlip",
     "RandomResizedCrop",
     "build_dataset",
+    "corrupt",
     "default_train_transform",
     "load_digits",
     "load_npy",

@@ -1,0 +1,257 @@
+//! Digital: contrast (scaled about the channel mean), elastic transform (an affine jitter
+//! then a smoothed random displacement field), pixelate (box down- and up-sampling, PIL's
+//! BOX filter) and JPEG compression (4:2:0 chroma subsampling, libjpeg quality scaling).
+
+use rand::Rng;
+
+use super::filters::{bilinear, gaussian_blur, Border};
+use super::{Planes, Table};
+
+/// Contrast: the factor applied about the mean.
+const CONTRAST: [[f32; 5]; 2] = [[0.75, 0.5, 0.4, 0.3, 0.15], [0.4, 0.3, 0.2, 0.1, 0.05]];
+/// Elastic: displacement scale `alpha`, smoothing sigma and affine jitter, as fractions of
+/// [`ELASTIC_SIZE`] (32 px for CIFAR-10-C; ImageNet-C's code multiplies by 244).
+const ELASTIC: [[(f64, f64, f64); 5]; 2] = [
+    [
+        (0.0, 0.0, 0.08),
+        (0.05, 0.2, 0.07),
+        (0.08, 0.06, 0.06),
+        (0.1, 0.04, 0.05),
+        (0.1, 0.03, 0.03),
+    ],
+    [
+        (2.0, 0.7, 0.1),
+        (2.0, 0.08, 0.2),
+        (0.05, 0.01, 0.02),
+        (0.07, 0.01, 0.02),
+        (0.12, 0.01, 0.02),
+    ],
+];
+const ELASTIC_SIZE: [f64; 2] = [32.0, 244.0];
+/// Pixelate: the side of the small image as a fraction of the original's.
+const PIXELATE: [[f64; 5]; 2] = [[0.95, 0.9, 0.85, 0.75, 0.65], [0.6, 0.5, 0.4, 0.3, 0.25]];
+/// JPEG quality.
+const JPEG: [[u8; 5]; 2] = [[80, 65, 58, 50, 40], [25, 18, 15, 10, 7]];
+
+/// `(x - mean) * c + mean`, the mean per channel over the image.
+pub fn contrast(img: &mut Planes, t: Table, s: u8) {
+    let c = t.pick(&CONTRAST, s);
+    for ch in 0..img.c {
+        let p = img.plane_mut(ch);
+        let mean = (p.iter().map(|&v| f64::from(v)).sum::<f64>() / p.len() as f64) as f32;
+        p.iter_mut().for_each(|v| *v = (*v - mean) * c + mean);
+    }
+}
+
+/// The affine map (row-major 2x3) taking each `p[i]` to `q[i]` (points as `(x, y)`), or
+/// `None` when the `p` are collinear.
+fn affine_from(p: &[(f64, f64); 3], q: &[(f64, f64); 3]) -> Option<[f64; 6]> {
+    let [(x0, y0), (x1, y1), (x2, y2)] = *p;
+    let det = x0 * (y1 - y2) - y0 * (x1 - x2) + (x1 * y2 - x2 * y1);
+    if det.abs() < 1e-12 {
+        return None;
+    }
+    // Inverse of [[x0 y0 1] [x1 y1 1] [x2 y2 1]] by cofactors (transposed).
+    let inv = [
+        [(y1 - y2) / det, (y2 - y0) / det, (y0 - y1) / det],
+        [(x2 - x1) / det, (x0 - x2) / det, (x1 - x0) / det],
+        [
+            (x1 * y2 - x2 * y1) / det,
+            (x2 * y0 - x0 * y2) / det,
+            (x0 * y1 - x1 * y0) / det,
+        ],
+    ];
+    let mut m = [0f64; 6];
+    let qx = [q[0].0, q[1].0, q[2].0];
+    let qy = [q[0].1, q[1].1, q[2].1];
+    for (row, vals) in [qx, qy].iter().enumerate() {
+        for (col, coeffs) in inv.iter().enumerate() {
+            m[row * 3 + col] = (0..3).map(|i| coeffs[i] * vals[i]).sum();
+        }
+    }
+    Some(m)
+}
+
+/// A field of `U(-1, 1)` values smoothed by a Gaussian (`sigma`, cut at 3 sigma, reflected
+/// edges) and scaled by `alpha`.
+fn displacement<R: Rng>(h: usize, w: usize, sigma: f64, alpha: f64, rng: &mut R) -> Vec<f32> {
+    let field: Vec<f32> = (0..h * w).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let smooth = gaussian_blur(&field, h, w, sigma, 3.0, Border::Reflect);
+    smooth.iter().map(|v| v * alpha as f32).collect()
+}
+
+/// Elastic transform: the three points `centre + (s, s), (s, -s), (-s, -s)` (`s` a third of
+/// the smaller side) moved by `U(-affine, affine)` each define an affine warp (bilinear,
+/// mirrored edges); then every pixel reads from `(y + dy, x + dx)` (bilinear, reflected
+/// edges), `dx`, `dy` smoothed random fields.
+pub fn elastic<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
+    let (a, sg, af) = t.pick(&ELASTIC, s);
+    let size = ELASTIC_SIZE[t as usize];
+    let (alpha, sigma, jitter) = (a * size, sg * size, af * size);
+    let (h, w) = (img.h, img.w);
+    let (cx, cy, sq) = ((w / 2) as f64, (h / 2) as f64, (h.min(w) / 3) as f64);
+    let src = [(cx + sq, cy + sq), (cx + sq, cy - sq), (cx - sq, cy - sq)];
+    let mut dst = src;
+    for pt in &mut dst {
+        pt.0 += rng.random_range(-jitter..jitter);
+        pt.1 += rng.random_range(-jitter..jitter);
+    }
+    // The output pixel at q reads the input at the inverse map of q.
+    let inv = affine_from(&dst, &src).unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+    img.map_planes(|p| {
+        let mut out = Vec::with_capacity(h * w);
+        for y in 0..h {
+            for x in 0..w {
+                let (xf, yf) = (x as f64, y as f64);
+                let sx = inv[0] * xf + inv[1] * yf + inv[2];
+                let sy = inv[3] * xf + inv[4] * yf + inv[5];
+                out.push(bilinear(p, h, w, sy, sx, Border::Mirror));
+            }
+        }
+        out
+    });
+    if alpha == 0.0 || sigma <= 0.0 {
+        return;
+    }
+    let dx = displacement(h, w, sigma, alpha, rng);
+    let dy = displacement(h, w, sigma, alpha, rng);
+    img.map_planes(|p| {
+        (0..h * w)
+            .map(|k| {
+                let y = (k / w) as f64 + f64::from(dy[k]);
+                let x = (k % w) as f64 + f64::from(dx[k]);
+                bilinear(p, h, w, y, x, Border::Reflect)
+            })
+            .collect()
+    });
+}
+
+/// PIL's BOX resampling weights from `n_in` to `n_out` samples: `(first input, weights)` per
+/// output sample.
+fn box_weights(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = n_in as f64 / n_out as f64;
+    let filter_scale = scale.max(1.0);
+    let support = 0.5 * filter_scale;
+    (0..n_out)
+        .map(|i| {
+            let center = (i as f64 + 0.5) * scale;
+            let lo = ((center - support + 0.5) as isize).max(0) as usize;
+            let hi = ((center + support + 0.5) as usize).min(n_in);
+            let mut ws: Vec<f64> = (lo..hi)
+                .map(|x| {
+                    let u = (x as f64 - center + 0.5) / filter_scale;
+                    if u > -0.5 && u <= 0.5 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let total: f64 = ws.iter().sum();
+            if total > 0.0 {
+                ws.iter_mut().for_each(|v| *v /= total);
+            }
+            (lo, ws.iter().map(|&v| v as f32).collect())
+        })
+        .collect()
+}
+
+/// Resize a plane with PIL's BOX filter (rows first, then columns).
+fn box_resize(p: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+    let wx = box_weights(w, ow);
+    let mut tmp = vec![0f32; h * ow];
+    for y in 0..h {
+        for (x, (lo, ws)) in wx.iter().enumerate() {
+            tmp[y * ow + x] = ws
+                .iter()
+                .enumerate()
+                .map(|(k, &c)| c * p[y * w + lo + k])
+                .sum();
+        }
+    }
+    let wy = box_weights(h, oh);
+    let mut out = vec![0f32; oh * ow];
+    for (y, (lo, ws)) in wy.iter().enumerate() {
+        for (k, &c) in ws.iter().enumerate() {
+            let src = &tmp[(lo + k) * ow..(lo + k + 1) * ow];
+            for (o, &v) in out[y * ow..(y + 1) * ow].iter_mut().zip(src) {
+                *o += c * v;
+            }
+        }
+    }
+    out
+}
+
+/// Pixelate: BOX-resize to `int(side * c)` and back.
+pub fn pixelate(img: &mut Planes, t: Table, s: u8) {
+    let c = t.pick(&PIXELATE, s);
+    let (h, w) = (img.h, img.w);
+    let small = (
+        ((h as f64 * c) as usize).max(1),
+        ((w as f64 * c) as usize).max(1),
+    );
+    img.map_planes(|p| box_resize(&box_resize(p, (h, w), small), small, (h, w)));
+}
+
+/// Encode interleaved 8-bit pixels as JPEG at `quality` and decode them again.
+fn jpeg_roundtrip(
+    px: &[u8],
+    h: usize,
+    w: usize,
+    rgb: bool,
+    quality: u8,
+) -> Result<Vec<u8>, String> {
+    use jpeg_encoder::{ColorType, Encoder};
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let (wu, hu) = (u16::try_from(w), u16::try_from(h));
+    let (Ok(wu), Ok(hu)) = (wu, hu) else {
+        return Err(format!("a {h}x{w} image is too large for JPEG"));
+    };
+    let mut bytes = Vec::new();
+    let color = if rgb { ColorType::Rgb } else { ColorType::Luma };
+    Encoder::new(&mut bytes, quality)
+        .encode(px, wu, hu, color)
+        .map_err(|e| e.to_string())?;
+    let space = if rgb {
+        ColorSpace::RGB
+    } else {
+        ColorSpace::Luma
+    };
+    let options = DecoderOptions::default().jpeg_set_out_colorspace(space);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(&bytes[..]), options);
+    let out = dec.decode().map_err(|e| e.to_string())?;
+    if out.len() != px.len() {
+        return Err("JPEG round trip changed the image size".into());
+    }
+    Ok(out)
+}
+
+/// JPEG compression at the severity's quality: RGB images as one colour JPEG (4:2:0), any
+/// other channel count one grayscale JPEG per channel.
+pub fn jpeg(img: &mut Planes, t: Table, s: u8) {
+    let q = t.pick(&JPEG, s);
+    let (c, h, w) = (img.c, img.h, img.w);
+    let n = h * w;
+    let to_u8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    if c == 3 {
+        let px: Vec<u8> = (0..n * 3)
+            .map(|k| to_u8(img.data[(k % 3) * n + k / 3]))
+            .collect();
+        if let Ok(out) = jpeg_roundtrip(&px, h, w, true, q) {
+            for (k, &v) in out.iter().enumerate() {
+                img.data[(k % 3) * n + k / 3] = f32::from(v) / 255.0;
+            }
+        }
+        return;
+    }
+    for ch in 0..c {
+        let px: Vec<u8> = img.plane(ch).iter().map(|&v| to_u8(v)).collect();
+        if let Ok(out) = jpeg_roundtrip(&px, h, w, false, q) {
+            for (o, &v) in img.plane_mut(ch).iter_mut().zip(&out) {
+                *o = f32::from(v) / 255.0;
+            }
+        }
+    }
+}
