@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::augment::{AugmentKind, AugmentSpec};
+use crate::corrupt::CorruptSpec;
 use crate::noise::SigmaSpec;
 
 /// Everything the user configures, one field per `LoaderConfig` attribute (`output` is read
@@ -47,6 +48,11 @@ pub struct Config {
     /// Decode a sequential JPEG only down to the rows its random-resized-crop box reads
     /// (the output is identical either way; off only to test that).
     pub partial_decode: bool,
+    /// A common corruption applied to every sample after the other transforms; read from
+    /// `LoaderConfig.corruption`, `None` or `(name, severity)` (an object without the
+    /// attribute means none).
+    #[pyo3(default, from_py_with = corruption_spec)]
+    pub corruption: Option<CorruptSpec>,
 }
 
 impl Config {
@@ -97,4 +103,19 @@ fn sigma_spec(obj: &Bound<'_, PyAny>) -> PyResult<Option<SigmaSpec>> {
         }
     };
     Ok(Some(sigma))
+}
+
+/// `None` or `(name, severity)` as a checked [`CorruptSpec`].
+fn corruption_spec(obj: &Bound<'_, PyAny>) -> PyResult<Option<CorruptSpec>> {
+    if obj.is_none() {
+        return Ok(None);
+    }
+    let (name, severity): (String, i64) = obj.extract().map_err(|_| {
+        PyValueError::new_err(format!(
+            "corruption must be None or (name, severity), got {obj}"
+        ))
+    })?;
+    CorruptSpec::new(&name, severity)
+        .map(Some)
+        .map_err(PyValueError::new_err)
 }

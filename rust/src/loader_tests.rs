@@ -32,6 +32,7 @@ fn cfg() -> Config {
         prefetch: 2,
         skip_corrupt: false,
         partial_decode: true,
+        corruption: None,
     }
 }
 

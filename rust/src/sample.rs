@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use crate::augment::{center_box, crop_pad_flip, AugParams, OutPixel};
 use crate::buffer_pool::PooledPixel;
+use crate::corrupt::{corrupt_chw, corruption_rng, Pixel};
 use crate::decode::DecodeScratch;
 use crate::loader::Core;
 use crate::resize::{resize_box, resize_rows_read, ResizeScratch};
@@ -46,7 +47,7 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 impl Core {
     /// Produce one sample's pixels into `out` (C, S, S).
-    fn fill_image<T: OutPixel>(
+    fn fill_image<T: OutPixel + Pixel>(
         &self,
         index: usize,
         epoch: u64,
@@ -94,10 +95,15 @@ impl Core {
             }
             crop_pad_flip(&hwc, s, c, self.augment.padding, &p, out);
         }
+        if let Some(spec) = self.cfg.corruption {
+            // After the other transforms, from the sample's own corruption stream.
+            let mut rng = corruption_rng(self.cfg.seed, epoch, index as u64);
+            corrupt_chw(spec, out, (self.channels, s, s), &mut rng);
+        }
         Ok(())
     }
 
-    pub(crate) fn fill_images<T: PooledPixel>(
+    pub(crate) fn fill_images<T: PooledPixel + Pixel>(
         &self,
         idx: &[u32],
         epoch: u64,

@@ -205,7 +205,7 @@ class Loader:
             ``shuffle``, ``seed``, ``drop_last``, ``rank``, ``world_size``, ``augment``,
             ``padding``, ``rrc_scale``, ``rrc_ratio``, ``image_size``, ``num_masks``,
             ``mask_ratio``, ``patch_size``, ``sigma``, ``noisy``, ``output``, ``num_threads``,
-            ``prefetch``, ``pin_memory``, ``skip_corrupt``), documented there.
+            ``prefetch``, ``pin_memory``, ``skip_corrupt``, ``corruption``), documented there.
 
     Raises:
         ValueError: A bad option (see :class:`LoaderConfig`), options that do not fit the images

@@ -14,6 +14,7 @@ from typing import Any
 
 from mimir_fast._validate import check_choice, check_int, check_number, check_pair
 from mimir_fast.data.augmentations import AUGMENTATIONS
+from mimir_fast.data.corruptions import parse_corruption
 from mimir_fast.noise import parse_sigma_spec
 
 __all__ = ["LoaderConfig", "OUTPUTS"]
@@ -62,6 +63,12 @@ class LoaderConfig:
             count them in ``skipped``, instead of raising ``ValueError``.
         partial_decode: Decode a sequential JPEG only down to the rows its random-resized-crop
             reads (the output is identical; off only to test that).
+        corruption: A common corruption applied to every sample after the other transforms:
+            ``"name:severity"`` (e.g. ``"fog:3"``), ``(name, severity)`` or None; the names are
+            :data:`mimir_fast.data.CORRUPTIONS`, severities 1..5. Sample ``i`` of epoch ``e``
+            draws from a generator keyed on ``(seed, e, i)``: with ``augment="none"`` and
+            epoch 0 it equals ``corrupt(images, name, severity, seed)``. Stored as
+            ``(name, severity)``.
 
     Raises:
         ValueError: An option of the wrong type or out of its range (``image_size``,
@@ -91,6 +98,7 @@ class LoaderConfig:
     pin_memory: bool = False
     skip_corrupt: bool = False
     partial_decode: bool = True
+    corruption: str | tuple | None = None
 
     def __post_init__(self) -> None:
         for name, value in self._checked().items():
@@ -135,6 +143,7 @@ class LoaderConfig:
             "pin_memory": bool(self.pin_memory),
             "skip_corrupt": bool(self.skip_corrupt),
             "partial_decode": bool(self.partial_decode),
+            "corruption": parse_corruption(self.corruption),
         }
 
 
