@@ -288,7 +288,7 @@ def _pil(x: np.ndarray) -> Image.Image:
 
 
 def _from_pil(img: Image.Image, channels: int) -> np.ndarray:
-    a = np.asarray(img)
+    a = np.array(img)  # a writable copy
     return a[..., None] if channels == 1 else a
 
 
@@ -309,6 +309,6 @@ def corrupt_image(
     if name == "jpeg_compression":
         buf = io.BytesIO()
         _pil(x).save(buf, "JPEG", quality=p)
-        return _from_pil(Image.open(buf), c).copy()
+        return _from_pil(Image.open(buf), c)
     out = _float_corruption(name, x.astype(np.float64) / 255.0, p, rng, angle)
     return np.rint(np.clip(out, 0, 1) * 255).astype(np.uint8)
