@@ -1,10 +1,10 @@
 """Adversarial attacks with torchattacks' call convention: ``x_adv = atk(x, y)``.
 
 Gradient attacks (:class:`FGSM`, :class:`PGD`, :class:`MIFGSM`, :class:`APGD`, :class:`APGDT`,
-:class:`TRADESAttack`, :class:`DIFGSM`, the minimal-norm :class:`FAB` / :class:`FABT` and
-:class:`CW`) share :class:`~mimir_fast.attacks.base.Attack`; :class:`Square` (L-inf, L2) is
-score-based black-box; :class:`Ensemble` / :class:`AutoAttack` chain attacks on the points
-still robust. Objectives other than classification live in
+:class:`TRADESAttack`, :class:`DIFGSM`, the minimal-norm :class:`FAB` / :class:`FABT`,
+:class:`CW` and the L1 :class:`L1PGD`) share :class:`~mimir_fast.attacks.base.Attack`;
+:class:`Square` (L-inf, L2) is score-based black-box; :class:`Ensemble` / :class:`AutoAttack`
+chain attacks on the points still robust. Objectives other than classification live in
 :mod:`mimir_fast.attacks.objectives`; attacks by name in :mod:`mimir_fast.attacks.registry`;
 attacking defended pipelines (EOT, gray-/black-box) in :mod:`mimir_fast.attacks.defended`.
 The purifiers and :class:`Defended` itself live in :mod:`mimir_fast.defenses` and are
@@ -19,6 +19,7 @@ from .defended import EOT, THREATS, check_threat, gray_box_target
 from .difgsm import DIFGSM
 from .ensemble import AutoAttack, Ensemble
 from .fab import FAB, FABT
+from .l1 import L1PGD, project_l1_box
 from .objectives import (
     DLR,
     CallableObjective,
@@ -26,6 +27,7 @@ from .objectives import (
     FeatureDistance,
     Margin,
     MaskedReconstruction,
+    MIAdaptive,
     Objective,
     TargetedDLR,
     get_objective,
@@ -47,6 +49,7 @@ __all__ = [
     "FAB",
     "FABT",
     "FGSM",
+    "L1PGD",
     "MIFGSM",
     "PGD",
     "THREATS",
@@ -59,6 +62,7 @@ __all__ = [
     "FeatureDistance",
     "GaussianNoise",
     "MAEPurifier",
+    "MIAdaptive",
     "Margin",
     "MaskedReconstruction",
     "Objective",
@@ -74,4 +78,5 @@ __all__ = [
     "get_objective",
     "gray_box_target",
     "pgd_step",
+    "project_l1_box",
 ]

@@ -12,11 +12,12 @@ from .apgd import APGD, APGDT
 from .base import Attack
 from .difgsm import DIFGSM
 from .fab import FAB, FABT
-from .objectives import MaskedReconstruction
+from .l1 import L1PGD
+from .objectives import FeatureDistance, MaskedReconstruction, MIAdaptive
 from .pgd import FGSM, MIFGSM, PGD
 from .square import Square
 
-__all__ = ["SINGLE_ATTACK_NAMES", "build_single_attack"]
+__all__ = ["L1_ATTACK_NAMES", "SINGLE_ATTACK_NAMES", "build_single_attack"]
 
 SINGLE_ATTACK_NAMES = (
     "fgsm",
@@ -31,7 +32,12 @@ SINGLE_ATTACK_NAMES = (
     "fab",
     "fab-t",
     "difgsm",
+    "pgd-mi",
+    "pgd-feature",
 )
+# the single attacks that take norm="l1" (the L1 ball intersected with [0, 1])
+L1_ATTACK_NAMES = ("pgd", "apgd", "apgd-ce", "apgd-dlr", "apgd-t", "pgd-mi", "pgd-feature")
+_PGD_NAMES = ("pgd", "mim", "pgd-mi", "pgd-feature")
 
 
 def build_single_attack(
@@ -48,7 +54,12 @@ def build_single_attack(
     Defaults: PGD-20 with ``alpha = 2.5 eps / steps`` and a random start; MI-FGSM-10;
     APGD/APGD-T 100 steps; Square 5000 queries; "mim": PGD-20 on the masked-reconstruction
     loss of a MaskedViT (mask ratio 0.75); FAB / FAB-T 100 steps (FAB-T: 9 target classes);
-    DI-FGSM 10 steps of 2/255.
+    DI-FGSM 10 steps of 2/255. Adaptive attacks on MIMIR, PGD-20 like "pgd": "pgd-mi" on
+    cross-entropy + 1e-5 HSIC(x_adv, features) (:class:`~mimir_fast.attacks.objectives.
+    MIAdaptive`; ``weight=`` and ``sigma=`` override), "pgd-feature" on the per-sample L2
+    distance between the features of x_adv and of x (:class:`~mimir_fast.attacks.objectives.
+    FeatureDistance`; ``reduction="batch"`` for the whole-batch distance). With ``norm="l1"``
+    the PGD attacks are :class:`~mimir_fast.attacks.l1.L1PGD` and APGD is l1-APGD.
 
     Args:
         name: one of :data:`SINGLE_ATTACK_NAMES` (lower case).
@@ -57,19 +68,15 @@ def build_single_attack(
         **kwargs: constructor arguments that override the defaults.
 
     Raises:
-        ValueError: ``name`` is not a single attack.
+        ValueError: ``name`` is not a single attack, or has no form for ``norm``.
     """
+    if norm == "l1" and name not in L1_ATTACK_NAMES:
+        raise ValueError(f"norm 'l1' is not available for {name!r}; use one of {L1_ATTACK_NAMES}")
     common = {"norm": norm, "seed": seed, "kernels": kernels}
     if name == "fgsm":
         return FGSM(model, eps, **{**common, **kwargs})
-    if name in ("pgd", "mim"):
-        steps = kwargs.pop("steps", 20)
-        alpha = kwargs.pop("alpha", 2.5 * eps / steps)
-        if name == "mim":
-            kwargs.setdefault(
-                "loss", MaskedReconstruction(kwargs.pop("mask_ratio", 0.75), seed=seed)
-            )
-        return PGD(model, eps, alpha=alpha, steps=steps, **{**common, **kwargs})
+    if name in _PGD_NAMES:
+        return _build_pgd(name, model, eps, common, kwargs)
     if name == "mifgsm":
         return MIFGSM(model, eps, **{**common, **kwargs})
     if name in ("apgd", "apgd-ce", "apgd-dlr"):
@@ -84,3 +91,23 @@ def build_single_attack(
     if name == "difgsm":
         return DIFGSM(model, eps, **{**common, **kwargs})
     raise ValueError(f"unknown single attack {name!r}; use one of {SINGLE_ATTACK_NAMES}")
+
+
+def _build_pgd(
+    name: str, model: Any, eps: float, common: dict[str, Any], kwargs: dict[str, Any]
+) -> Attack:
+    """PGD-20 (``alpha = 2.5 eps / steps``) on the loss ``name`` says; L1PGD for norm "l1"."""
+    steps = kwargs.pop("steps", 20)
+    alpha = kwargs.pop("alpha", 2.5 * eps / steps)
+    if name == "mim":
+        loss = MaskedReconstruction(kwargs.pop("mask_ratio", 0.75), seed=common["seed"])
+        kwargs.setdefault("loss", loss)
+    elif name == "pgd-mi":
+        mi = {k: kwargs.pop(k) for k in ("weight", "sigma", "estimator") if k in kwargs}
+        kwargs.setdefault("loss", MIAdaptive(**mi, kernels=common["kernels"]))
+    elif name == "pgd-feature":
+        reduction = kwargs.pop("reduction", "sample")
+        kwargs.setdefault("loss", FeatureDistance(reduction=reduction, squared=False))
+    if common["norm"] == "l1":
+        return L1PGD(model, eps, alpha=alpha, steps=steps, **{**common, **kwargs})
+    return PGD(model, eps, alpha=alpha, steps=steps, **{**common, **kwargs})

@@ -25,7 +25,7 @@ __all__ = [
 
 # the single attacks, with "autoattack" where it always stood in this list
 ATTACK_NAMES = (*SINGLE_ATTACK_NAMES[:8], "autoattack", *SINGLE_ATTACK_NAMES[8:])
-ATTACK_KINDS = ("iterative", "single", "black", "reconstruction")
+ATTACK_KINDS = ("iterative", "single", "black", "reconstruction", "feature")
 GRADIENT_FREE = ("square",)
 SINGLE_STEP = ("fgsm",)
 
@@ -121,8 +121,10 @@ def attack_from_spec(
 
 
 def attack_kind(spec: Any, attack: Any) -> str:
-    """One of :data:`ATTACK_KINDS`: "reconstruction" (not a classification objective), "black"
-    (gradient-free), "single" (single-step) or "iterative"."""
+    """One of :data:`ATTACK_KINDS`: "feature" ("pgd-feature": scored by accuracy, but its
+    objective is not the classifier's, so the gradient-masking checks leave it out),
+    "reconstruction" (another objective that is not classification), "black" (gradient-free),
+    "single" (single-step) or "iterative"."""
     if isinstance(spec, dict):
         name = spec["name"]
     elif isinstance(spec, str):
@@ -130,6 +132,8 @@ def attack_kind(spec: Any, attack: Any) -> str:
     else:
         name = getattr(attack, "name", "")
     name = name.lower()
+    if name == "pgd-feature":
+        return "feature"
     if name == "mim" or (isinstance(attack, Attack) and not attack.objective.classification):
         return "reconstruction"
     if name in GRADIENT_FREE or getattr(attack, "uses_gradients", True) is False:
