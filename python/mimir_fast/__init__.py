@@ -11,6 +11,7 @@ from .attacks import (
     FAB,
     FABT,
     FGSM,
+    L1PGD,
     MIFGSM,
     PGD,
     AutoAttack,
@@ -20,6 +21,7 @@ from .attacks import (
     FeatureDistance,
     Margin,
     MaskedReconstruction,
+    MIAdaptive,
     Square,
     TargetedDLR,
     TRADESAttack,
@@ -36,6 +38,9 @@ from .defenses import (
 )
 from .evaluate import (
     evaluate,
+)
+from .evaluation.threats import (
+    evaluate_threats,
 )
 from .hsic import (
     HSIC,
@@ -84,7 +89,9 @@ __all__ = [
     "FeatureDistance",
     "HSIC",
     "IMPurePurifier",
+    "L1PGD",
     "Loader",
+    "MIAdaptive",
     "MIFGSM",
     "Margin",
     "MaskedReconstruction",
@@ -102,6 +109,7 @@ __all__ = [
     "__version__",
     "create_model",
     "evaluate",
+    "evaluate_threats",
     "hsic",
     "list_models",
     "mimir_attack",
