@@ -50,7 +50,7 @@ def test_robust_accuracy_matches_the_attacks_run_by_hand():
 
 
 def test_presets_and_autoattack_labels():
-    assert THREAT_PRESETS["imagenet"] == {"linf": 4 / 255, "l2": 2.0, "l1": 255.0}
+    assert THREAT_PRESETS["imagenet"] == {"linf": 4 / 255, "l2": 4 / 255}  # MIMIR's ImageNet
     model = TinyNet()
     _, label = _suite(model, "l1", 12.0, "autoattack", 100, 9, 0)
     assert label == "AutoAttack L1: APGD-CE + APGD-T (9 targets), 100 iterations each"
@@ -70,6 +70,7 @@ def test_presets_and_autoattack_labels():
         ({"eps": {"l1": 0.0}}, "eps"),
         ({"eps": {"l1": -12.0}}, "eps"),
         ({"attacks": "square"}, "attacks"),
+        ({"preset": "imagenet", "norms": ("linf", "l1")}, "norms"),  # no L1 radius preset
         ({"steps": 0}, "steps"),
     ],
 )
