@@ -9,6 +9,7 @@ Subcommands:
 - ``mimir-fast evaluate MODEL [--attacks ...] [--eps ...] [--defense nim:PATH ...]``: robust
   accuracy under attacks, of the model alone or behind a defense; under ``torchrun`` the
   processes split the images and rank 0 writes the report; rerun after a crash to resume.
+  ``--corruptions all --baseline PATH``: accuracy under common corruptions, CE and mCE.
 - ``mimir-fast demo [--out DIR] [--quick]``: the end-to-end demo.
 - ``mimir-fast info``: versions, build and device.
 

@@ -6,6 +6,8 @@ autoencoder saved at PATH, noise ``--sigma``) or ``--defense impure:PATH``
 (:class:`~mimir_fast.defenses.IMPurePurifier`, ``--groups`` patch groups); ``--eot`` sets the
 gradients white-box attacks average per step. The report equals the API's
 ``evaluate(model, data, defense=NIMDefense(...), eot_samples=...)`` with the same settings.
+``--corruptions`` evaluates under common corruptions
+(:mod:`~mimir_fast.cli.corruption_options`): alone, or beside ``--attacks`` when given.
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..report.corruptions import CORRUPTION_MD
+from .corruption_options import (
+    add_corruption_options,
+    corruption_options,
+    load_baseline,
+    option_errors,
+)
 from .errors import CLIError
 
 __all__ = [
@@ -28,6 +37,7 @@ __all__ = [
     "parse_eps",
 ]
 
+DEFAULT_ATTACKS = "pgd,autoattack"  # --attacks when neither it nor --corruptions is given
 DEFENSE_KINDS = ("nim", "impure")  # --defense KIND:PATH
 AUTOATTACK_VERSIONS = ("standard", "plus", "rand")  # --version (AutoAttack's "custom": --attacks)
 DEFAULT_SIGMA = 75.0  # NIM's noise on the 0..255 scale
@@ -40,14 +50,16 @@ def add_evaluate_options(p: argparse.ArgumentParser) -> None:
     _add_attack_options(p)
     _add_defense_options(p)
     _add_evaluation_run_options(p)
+    add_corruption_options(p)
 
 
 def _add_attack_options(p: argparse.ArgumentParser) -> None:
     """``evaluate``'s choice of attacks, radii and threat model."""
     p.add_argument(
         "--attacks",
-        default="pgd,autoattack",
-        help="comma-separated: fgsm, pgd, mifgsm, apgd, apgd-dlr, apgd-t, square, autoattack, mim",
+        default=None,
+        help="comma-separated: fgsm, pgd, mifgsm, apgd, apgd-dlr, apgd-t, square, autoattack, mim "
+        f"(default: {DEFAULT_ATTACKS}; none with --corruptions)",
     )
     p.add_argument(
         "--eps",
@@ -163,7 +175,8 @@ def attack_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """``--attacks`` as attack specs, with ``--steps``, ``--n-queries`` and ``--version`` where
     they apply."""
     specs = []
-    for name in (a.strip() for a in args.attacks.split(",") if a.strip()):
+    text = DEFAULT_ATTACKS if args.attacks is None else args.attacks
+    for name in (a.strip() for a in text.split(",") if a.strip()):
         spec: dict[str, Any] = {"name": name}
         if args.steps is not None and name not in ("fgsm", "square"):
             spec["steps"] = args.steps
@@ -244,43 +257,81 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # under torchrun every process evaluates its share of the images; rank 0 writes the report
     ctx, device = distributed.setup(resolve_device(args.device))
     try:
-        _evaluate_on(args, device)
+        reports = _evaluate_on(args, device)
     finally:
         distributed.teardown(ctx)
     if ctx.is_main:
-        print((Path(args.out) / "evaluation.md").read_text())
+        print("\n".join((Path(args.out) / name).read_text() for name in reports))
     return 0  # gradient-masking warnings are part of the printed report
 
 
-def _evaluate_on(args: argparse.Namespace, device: Any) -> None:
+def _evaluate_on(args: argparse.Namespace, device: Any) -> list[str]:
+    """Run the evaluation; the names of the markdown reports written to ``--out``."""
     from ..data import build_dataset
     from ..evaluate import evaluate
     from ..evaluation.resume import ResumeMismatch
     from ..models import MaskedViT
 
+    corruptions = corruption_options(args)
+    if args.attacks is None and corruptions.corruptions is not None:
+        return _corruptions_only(args, device, corruptions)
     specs, eps, eot = attack_specs(args), parse_eps(args.eps), check_eot(args.eot)
     model = MaskedViT.load(args.model, map_location=device)
     defense = build_defense(args, device, model)
+    baseline = load_baseline(corruptions.baseline, device)
     data = build_dataset(args.data, args.split, image_size=model.config.img_size)
     try:
-        evaluate(
+        with option_errors():
+            evaluate(
+                model,
+                data,
+                attacks=specs,
+                eps=eps,
+                defense=defense,
+                threat=args.threat,
+                batch_size=args.batch_size,
+                max_images=args.max_images,
+                out_dir=args.out,
+                seed=args.seed,
+                progress=args.progress,
+                norm=args.norm,
+                sanity_checks=args.sanity_checks,
+                kernels=args.kernels,
+                device=device,
+                eot_samples=eot,
+                resume=not args.restart,
+                corruptions=corruptions.corruptions,
+                severities=corruptions.severities,
+                baseline=baseline,
+            )
+    except ResumeMismatch as e:
+        raise CLIError(f"{e} (on the command line: --restart)") from None
+    return ["evaluation.md"] + ([CORRUPTION_MD] if corruptions.corruptions is not None else [])
+
+
+def _corruptions_only(args: argparse.Namespace, device: Any, options: Any) -> list[str]:
+    """``--corruptions`` without ``--attacks``: the corruption evaluation alone."""
+    from ..data import build_dataset
+    from ..evaluation.corruptions import evaluate_corruptions
+    from ..models import MaskedViT
+
+    model = MaskedViT.load(args.model, map_location=device)
+    defense = build_defense(args, device, model)
+    baseline = load_baseline(options.baseline, device)
+    data = build_dataset(args.data, args.split, image_size=model.config.img_size)
+    with option_errors():
+        evaluate_corruptions(
             model,
             data,
-            attacks=specs,
-            eps=eps,
+            options.corruptions,
+            options.severities,
+            baseline=baseline,
             defense=defense,
-            threat=args.threat,
             batch_size=args.batch_size,
             max_images=args.max_images,
             out_dir=args.out,
             seed=args.seed,
             progress=args.progress,
-            norm=args.norm,
-            sanity_checks=args.sanity_checks,
-            kernels=args.kernels,
             device=device,
-            eot_samples=eot,
-            resume=not args.restart,
         )
-    except ResumeMismatch as e:
-        raise CLIError(f"{e} (on the command line: --restart)") from None
+    return [CORRUPTION_MD]

@@ -115,7 +115,9 @@ def _add_evaluate_command(sub) -> None:
         "clean and robust accuracy per attack and eps, with gradient-masking checks; writes "
         "evaluation.json, evaluation.md, robust_accuracy_vs_eps.png and samples.safetensors. "
         "Every finished batch is kept in DIR/batches: rerun the same command after a crash to "
-        "resume.",
+        "resume. --corruptions all (or fog:3,snow, ...) evaluates under common corruptions "
+        "instead (or besides, with --attacks): corruptions.json, corruptions.md and "
+        "corruption_accuracy.png, with CE and mCE against --baseline.",
     )
     p.add_argument(
         "model", metavar="MODEL", help="a MaskedViT file (model.safetensors) or a run's checkpoint"

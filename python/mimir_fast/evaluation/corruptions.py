@@ -66,10 +66,12 @@ def _corruption_api(
 
 
 # ---------------------------------------------------------------------- what to evaluate
-def _check_severity(value: Any, name: str) -> int:
-    if not is_integer(value) or not 1 <= value <= 5:
-        raise ValueError(f"{name} must be integers in 1..5, got {value!r}")
-    return int(value)
+def _severity(word: str, level: str) -> int:
+    """The severity of a ``"name:severity"`` entry, an integer in 1..5."""
+    text = level.strip()
+    if not text.isdigit() or not 1 <= int(text) <= 5:
+        raise ValueError(f"corruptions: the severity of {word!r} must be an integer in 1..5")
+    return int(text)
 
 
 def _entries(corruptions: Any) -> list[str]:
@@ -107,7 +109,10 @@ def corruption_plan(
     sevs = [severities] if is_integer(severities) else severities
     if isinstance(sevs, str) or not isinstance(sevs, Sequence) or not sevs:
         raise ValueError(f"severities must be a non-empty list of integers in 1..5, got {sevs!r}")
-    default = sorted({_check_severity(s, "severities") for s in sevs})
+    bad = [s for s in sevs if not is_integer(s) or not 1 <= s <= 5]
+    if bad:
+        raise ValueError(f"severities must be integers in 1..5, got {bad[0]!r}")
+    default = sorted({int(s) for s in sevs})
     chosen: dict[str, set[int]] = {}
     for word in _entries(corruptions):
         name, sep, level = word.partition(":")
@@ -117,16 +122,7 @@ def corruption_plan(
                 f"corruptions names an unknown corruption {name!r}; choose from all, "
                 + ", ".join(names)
             )
-        wanted = default
-        if sep:
-            try:
-                wanted = [_check_severity(int(level), f"corruptions' severity in {word!r}")]
-            except (TypeError, ValueError) as e:
-                if "must be" in str(e):
-                    raise
-                raise ValueError(
-                    f"corruptions' severity in {word!r} must be integers in 1..5"
-                ) from None
+        wanted = [_severity(word, level)] if sep else default
         for target in names if name == "all" else [name]:
             chosen.setdefault(target, set()).update(wanted)
     return [(name, s) for name, levels in chosen.items() for s in sorted(levels)]
@@ -196,6 +192,8 @@ def _runner(pipeline: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int, se
 
 def _baseline(baseline: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Any:
     """(runner, class count) of a baseline model, or its results (a dict) read back."""
+    if baseline is None:
+        return None, None
     if isinstance(baseline, (str, Mapping)) or hasattr(baseline, "__fspath__"):
         return None, baseline_results(baseline)
     if not callable(baseline):
@@ -339,7 +337,8 @@ def evaluate_corruptions(
         tolerance: the rise of accuracy with severity :func:`monotone_check` tolerates;
             default ``max(0.02, 2 / n_images)``.
         monotone_exceptions: ``{corruption: reason}``: corruptions documented to be
-            non-monotone in severity, noted rather than warned about.
+            non-monotone in severity, noted rather than warned about; default
+            :data:`~mimir_fast.evaluation.corruption_scores.MONOTONE_EXCEPTIONS` ({}: none).
         corrupt_fn: ``corrupt_fn(images, corruption, severity, seed=...) -> images`` on float
             tensors (N, C, H, W) in [0, 1]; default :func:`mimir_fast.data.corrupt`.
         corruption_names: the corruptions ``corrupt_fn`` knows; default
