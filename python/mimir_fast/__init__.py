@@ -38,6 +38,7 @@ from .defenses import (
 )
 from .evaluate import (
     evaluate,
+    evaluate_corruptions,
 )
 from .evaluation.threats import (
     evaluate_threats,
@@ -109,6 +110,7 @@ __all__ = [
     "__version__",
     "create_model",
     "evaluate",
+    "evaluate_corruptions",
     "evaluate_threats",
     "hsic",
     "list_models",
