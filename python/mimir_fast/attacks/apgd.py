@@ -38,10 +38,10 @@ from typing import Any
 import torch
 
 from .._validate import check_int
+from ..ops.pgd_step import NORMS
 from .base import Attack
 from .l1 import (
     L1_TOPK_START,
-    accept_l1,
     l1_checkpoint,
     l1_random_start,
     l1_sparse_direction,
@@ -83,6 +83,7 @@ class APGD(Attack):
     """
 
     name = "apgd"
+    norms = (*NORMS, "l1")
 
     def __init__(
         self,
@@ -95,10 +96,7 @@ class APGD(Attack):
         loss: Any = "ce",
         **kwargs: Any,
     ):
-        l1 = accept_l1(kwargs)
         super().__init__(model, eps, loss=loss, **kwargs)
-        if l1:
-            self.norm = "l1"
         self.steps = check_int(steps, "steps", low=1)
         self.restarts = check_int(restarts, "restarts", low=1)
         self.random_start = bool(random_start)

@@ -227,6 +227,7 @@ class Attack(ABC):
 
     name = "attack"
     uses_gradients = True
+    norms: tuple[str, ...] = NORMS  # the threat models the attack implements
 
     def __init__(
         self,
@@ -245,8 +246,8 @@ class Attack(ABC):
             raise ValueError(
                 f"model must be callable (an nn.Module or a function), got {type(model).__name__}"
             )  # noqa: TRY004 (bad input is a ValueError throughout)
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if norm not in self.norms:
+            raise ValueError(f"norm must be one of {self.norms}, got {norm!r}")
         self.model = model
         self.eps = check_positive(eps, "eps")
         self.norm = norm

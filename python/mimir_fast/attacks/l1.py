@@ -38,7 +38,6 @@ __all__ = [
     "L1_STEP_REDUCTION",
     "L1_TOPK_START",
     "L1PGD",
-    "accept_l1",
     "l1_checkpoint",
     "l1_norms",
     "l1_random_start",
@@ -50,15 +49,6 @@ __all__ = [
 L1_TOPK_START = 0.2  # l1-APGD's first sparsity: a fifth of the coordinates move
 L1_STEP_REDUCTION = 1.5  # l1-APGD divides its step by this at a checkpoint
 L1_MIN_STEP = 10.0  # ... and keeps it at least eps / L1_MIN_STEP
-
-
-def accept_l1(kwargs: dict[str, Any]) -> bool:
-    """Whether ``kwargs`` asks for ``norm="l1"``; if so it is replaced by a norm the base class
-    validates ("l2"), and the caller sets ``self.norm = "l1"`` after ``super().__init__``."""
-    if kwargs.get("norm") != "l1":
-        return False
-    kwargs["norm"] = "l2"
-    return True
 
 
 def l1_norms(t: torch.Tensor) -> torch.Tensor:
@@ -188,6 +178,7 @@ class L1PGD(PGD):
     """
 
     name = "pgd-l1"
+    norms = ("l1",)
 
     def __init__(
         self,
@@ -198,12 +189,10 @@ class L1PGD(PGD):
         sparsity: float = 0.05,
         **kwargs: Any,
     ):
-        if kwargs.pop("norm", "l1") != "l1":
-            raise ValueError("L1PGD attacks the L1 ball: norm must be 'l1' (or left out)")
+        kwargs.setdefault("norm", "l1")
         if alpha is None and is_real(eps) and is_integer(steps) and steps >= 1:
             alpha = 2.5 * eps / steps  # a bad eps is named by the base class first
-        super().__init__(model, eps, alpha=alpha, steps=steps, norm="l2", **kwargs)
-        self.norm = "l1"
+        super().__init__(model, eps, alpha=alpha, steps=steps, **kwargs)
         self.sparsity = check_number(sparsity, "sparsity", low=0.0, high=1.0, low_open=True)
 
     def __repr__(self) -> str:
