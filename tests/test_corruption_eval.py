@@ -389,3 +389,17 @@ def test_evaluate_with_corruptions_holds_the_corruption_report(digits, tmp_path)
         assert (tmp_path / name).is_file()
     with pytest.raises(ValueError, match="^corruptions names an unknown corruption"):
         evaluate(model, digits, attacks="fgsm", corruptions="fgo", progress=False)
+
+
+def test_accuracy_falls_with_severity_on_the_digits_classifier(digits_classifier):
+    """Every corruption at every severity on the held-out digits: accuracy never rises with
+    severity beyond the tolerance, except for the documented exceptions."""
+    model, x, y = digits_classifier
+    report = evaluate_corruptions(model, (x, y), corruptions="all", progress=False)
+    assert report["warnings"] == []
+    table = {}
+    for row in report["results"]:
+        table.setdefault(row["corruption"], []).append(row["accuracy"])
+    assert len(table) == 14 and all(len(v) == 5 for v in table.values())
+    # the corruptions hurt: the strongest severity is below clean accuracy on average
+    assert sum(v[-1] for v in table.values()) / 14 < report["clean_accuracy"] - 0.05

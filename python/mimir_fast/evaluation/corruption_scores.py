@@ -44,6 +44,15 @@ MONOTONE_EXCEPTIONS: dict[str, str] = {
     "glass_blur": "the published parameters do not grow together: in the CIFAR-10-C set "
     "severity 4 blurs less than 3 (sigma 0.25 vs 0.4) but swaps pixels twice, in the "
     "ImageNet-C set severity 2 swaps pixels once where 1 swaps them twice",
+    "elastic_transform": "the published parameters trade one distortion for another: the "
+    "affine jitter is largest at severity 1 (0.08 of the image size in the CIFAR-10-C set, "
+    "with no elastic displacement) and shrinks as the elastic displacement grows; on 16 px "
+    "digits the mean change per pixel falls from 43.5/255 at severity 1 to 23.2/255 at 5",
+    "pixelate": "at small images the side after down-sampling is a whole number of pixels (16 "
+    "px: 15, 14, 13, 12, 10) and a 16-token classifier's accuracy does not follow the "
+    "corruption's strength: on 16 px digits the mean change per pixel grows with severity "
+    "(3.6, 8.0, 8.6, 10.8, 13.2 /255), yet accuracy rose from severity 1 to 2 on a clean "
+    "digits classifier and from 3 to 4 on a PGD-AT one (5 and 18 images more)",
 }
 """Corruptions whose accuracy may rise with severity, and why (the default exceptions)."""
 
@@ -145,7 +154,7 @@ def monotone_check(
             continue
         s, t = max(pairs, key=lambda p: by_severity[p[1]] - by_severity[p[0]])
         rise = by_severity[t] - by_severity[s]
-        if rise > tolerance:
+        if rise > tolerance + 1e-9:  # a rise of exactly the tolerance (whole images) is not flagged
             flags.append(
                 {
                     "corruption": name,
