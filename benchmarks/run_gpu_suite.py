@@ -53,6 +53,12 @@ ROOT = HERE.parent
 FAST, BASE = "mimir_fast", "torch"
 # benchmark files in the order they run: the kernels first, the CPU loader last
 BENCH_FILES = ("test_vit_kernels.py", "test_pgd.py", "test_loader.py")
+# benchmark files the check leaves out, and why (the dry run lists them with the reason)
+SEPARATE_BENCH_FILES = {
+    "test_attacks.py": "its own GPU command, python benchmarks/attack_ratio.py (docs/gpu.md): "
+    "it trains a classifier and runs each AutoAttack several times",
+    "test_corruptions.py": "CPU only: the corruptions run on the Rust loader's threads",
+}
 CORRECTNESS_TIMEOUT_S, BENCHMARK_TIMEOUT_S = 240, 330
 BUDGET_S = 8 * 60  # what the dry run's estimate must stay under
 
@@ -380,6 +386,8 @@ def dry_run(args: argparse.Namespace) -> int:
         print(f"{phase}: {len(nodes)} items, estimate {seconds:.0f} s")
         for node in nodes:
             print(f"  {estimate_s(node):6.1f} s  {node}")
+    for name, why in SEPARATE_BENCH_FILES.items():
+        print(f"left out: benchmarks/{name}: {why}")
     print(
         f"\nestimate on an H100/H200: {total:.0f} s ({total / 60:.1f} min; budget "
         f"{BUDGET_S / 60:.0f} min), from per-test constants (benchmarks/run_gpu_suite.py "
