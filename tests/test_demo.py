@@ -4,11 +4,14 @@ and the pictures. (The full demo's figures are measured and stated in the README
 import json
 
 import pytest
+import torch
 from mimir_fast.demo import demo_plan, run_demo
 
 
 def test_quick_demo_runs_every_stage_and_writes_the_comparison(tmp_path):
+    threads = torch.get_num_threads()
     summary = run_demo(tmp_path, quick=True, progress=False)
+    assert torch.get_num_threads() == threads  # the demo's one thread is restored after it
     plan = demo_plan(tmp_path, quick=True)
     assert list(summary["training"]) == list(plan.runs)
     for name in plan.runs:
@@ -68,3 +71,10 @@ def test_quick_demo_runs_every_stage_and_writes_the_comparison(tmp_path):
     assert "MIMIR + PGD-AT" in text and "IMPure purifier" in text and "gray-box" in text
     assert "Pretraining checks" in text and label in text
     assert summary["seconds"] >= sum(summary["stage_seconds"].values()) - 1
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, "2"])
+def test_bad_thread_count_is_refused_before_anything_runs(tmp_path, threads):
+    with pytest.raises(ValueError, match="threads"):
+        run_demo(tmp_path / "out", quick=True, progress=False, threads=threads)
+    assert not (tmp_path / "out").exists()
