@@ -191,7 +191,10 @@ ROBUST: dict[tuple[str, str], int] = {}
 @pytest.fixture(scope="module")
 def setup(request):
     if torchattacks is None:
-        pytest.skip("torchattacks is not installed: these benchmarks compare against it")
+        pytest.fail(
+            "torchattacks is not installed: these benchmarks compare against it (it comes with "
+            "pip install -e '.[dev]'; on a machine without network see docs/gpu.md)"
+        )
     cache = request.config.cache
     cache_dir = Path(cache.mkdir(CACHE_NAME)) if cache is not None else default_cache_dir()
     return load_setup(cache_dir)

@@ -16,7 +16,7 @@ from mimir_fast.defenses.transforms import GaussianNoise
 from mimir_fast.evaluate import evaluate, evaluate_corruptions
 from mimir_fast.evaluation import corruption_errors, corruption_plan, monotone_check
 from mimir_fast.evaluation.corruption_scores import MONOTONE_EXCEPTIONS
-from mimir_fast.report import corruptions as report_corruptions
+from mimir_fast.report import files as report_files
 from torch import nn
 
 N_IMAGES = 12
@@ -345,7 +345,7 @@ def test_markdown_png_and_json_are_written(digits, tmp_path):
 
 
 def test_without_matplotlib_the_heatmap_is_skipped_and_noted(digits, tmp_path, monkeypatch):
-    monkeypatch.setattr(report_corruptions, "_has_matplotlib", lambda: False)
+    monkeypatch.setattr(report_files, "_has_matplotlib", lambda: False)
     run(Linear(0), digits, corruptions="fog:1", out_dir=tmp_path)
     assert not (tmp_path / "corruption_accuracy.png").exists()
     assert "matplotlib is not installed" in (tmp_path / "corruptions.md").read_text()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write
-from .files import PathLike, write_json
+from .files import PathLike, write_report_files
 from .tables import format_table
 
 __all__ = [
@@ -29,10 +29,6 @@ __all__ = [
 CORRUPTION_JSON = "corruptions.json"
 CORRUPTION_MD = "corruptions.md"
 CORRUPTION_HEATMAP = "corruption_accuracy.png"
-NO_MATPLOTLIB = (
-    f"{CORRUPTION_HEATMAP} skipped: matplotlib is not installed "
-    "(pip install 'mimir-fast[plot]', or matplotlib)"
-)
 
 
 def _cell(table: dict[Any, Any], severity: int) -> float | None:
@@ -170,14 +166,6 @@ def plot_corruption_heatmap(report: dict[str, Any], path: PathLike) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
-def _has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401 (only whether it imports)
-    except ImportError:
-        return False
-    return True
-
-
 def write_corruption_report(report: dict[str, Any], out_dir: PathLike) -> dict[str, Path]:
     """Write ``corruptions.json``, ``corruptions.md`` and ``corruption_accuracy.png``.
 
@@ -192,14 +180,11 @@ def write_corruption_report(report: dict[str, Any], out_dir: PathLike) -> dict[s
     Returns:
         The written files by kind: "json", "md" and, when drawn, "png".
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    can_plot = _has_matplotlib()
-    if not can_plot:
-        report = {**report, "notes": [*report.get("notes", []), NO_MATPLOTLIB]}
-    paths = {"json": write_json(report, out / CORRUPTION_JSON)}
-    text = corruption_markdown(report)
-    paths["md"] = atomic_write(out / CORRUPTION_MD, lambda tmp: Path(tmp).write_text(text))
-    if can_plot:
-        paths["png"] = plot_corruption_heatmap(report, out / CORRUPTION_HEATMAP)
-    return paths
+    return write_report_files(
+        report,
+        out_dir,
+        "corruptions",
+        corruption_markdown,
+        CORRUPTION_HEATMAP,
+        plot_corruption_heatmap,
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write
-from .files import PathLike, write_json
+from .files import PathLike, write_report_files
 from .tables import format_table
 
 __all__ = [
@@ -28,10 +28,6 @@ __all__ = [
 
 PLOT_NAME = "robust_accuracy_vs_eps.png"
 WORST_CASE = "worst case"  # the column (and plot line) of the per-sample worst case
-NO_MATPLOTLIB = (
-    f"{PLOT_NAME} skipped: matplotlib is not installed "
-    "(pip install 'mimir-fast[plot]', or matplotlib)"
-)
 
 
 def write_report(report: dict[str, Any], out_dir: PathLike) -> dict[str, Path]:
@@ -47,25 +43,9 @@ def write_report(report: dict[str, Any], out_dir: PathLike) -> dict[str, Path]:
     Returns:
         The written files by kind: "json", "md" and, when drawn, "png".
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    can_plot = _has_matplotlib()
-    if not can_plot:
-        report = {**report, "notes": [*report.get("notes", []), NO_MATPLOTLIB]}
-    paths = {"json": write_json(report, out / "evaluation.json")}
-    text = evaluation_markdown(report)
-    paths["md"] = atomic_write(out / "evaluation.md", lambda tmp: Path(tmp).write_text(text))
-    if can_plot:
-        paths["png"] = plot_robust_accuracy(report, out / PLOT_NAME)
-    return paths
-
-
-def _has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401 (only whether it imports)
-    except ImportError:
-        return False
-    return True
+    return write_report_files(
+        report, out_dir, "evaluation", evaluation_markdown, PLOT_NAME, plot_robust_accuracy
+    )
 
 
 def _eps_label(e: float, norm: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 
 from .._io import atomic_write
 
-__all__ = ["PathLike", "Records", "load_records", "write_json"]
+__all__ = ["PathLike", "Records", "load_records", "write_json", "write_report_files"]
 
 PathLike = str | os.PathLike
 Records = Sequence[Mapping[str, Any]]
@@ -72,3 +72,42 @@ def load_records(source: Records | PathLike) -> list[dict[str, Any]]:
     if isinstance(source, Mapping):
         raise TypeError("expected a list of records or a path, got a single dict")
     return [dict(r) for r in source]
+
+
+def write_report_files(
+    report: dict[str, Any],
+    out_dir: PathLike,
+    stem: str,
+    markdown: Callable[[dict[str, Any]], str],
+    plot_name: str,
+    plot: Callable[[dict[str, Any], Path], Path],
+) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` and the figure ``plot_name``, each atomically.
+
+    Without matplotlib the figure is skipped and the JSON and markdown carry a "notes" entry
+    saying so; ``report`` itself is not changed. Returns the written files by kind: "json",
+    "md" and, when drawn, "png".
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    can_plot = _has_matplotlib()
+    if not can_plot:
+        note = (
+            f"{plot_name} skipped: matplotlib is not installed "
+            "(pip install 'mimir-fast[plot]', or matplotlib)"
+        )
+        report = {**report, "notes": [*report.get("notes", []), note]}
+    paths = {"json": write_json(report, out / f"{stem}.json")}
+    text = markdown(report)
+    paths["md"] = atomic_write(out / f"{stem}.md", lambda tmp: Path(tmp).write_text(text))
+    if can_plot:
+        paths["png"] = plot(report, out / plot_name)
+    return paths
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401 (only whether it imports)
+    except ImportError:
+        return False
+    return True
