@@ -4,7 +4,7 @@
 
 use rand::Rng;
 
-use super::filters::{bilinear, gaussian_blur, Border};
+use super::filters::{gaussian_blur, Border, Warp};
 use super::{Planes, Table};
 
 /// Contrast: the factor applied about the mean.
@@ -33,12 +33,25 @@ const PIXELATE: [[f64; 5]; 2] = [[0.95, 0.9, 0.85, 0.75, 0.65], [0.6, 0.5, 0.4, 
 /// JPEG quality.
 const JPEG: [[u8; 5]; 2] = [[80, 65, 58, 50, 40], [25, 18, 15, 10, 7]];
 
+/// The sum of `values` in `f64`, over eight running sums (which vectorise).
+fn sum_f64(values: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = values.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&v| f64::from(v)).sum();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f64::from(v);
+        }
+    }
+    acc.iter().sum::<f64>() + rest
+}
+
 /// `(x - mean) * c + mean`, the mean per channel over the image.
 pub fn contrast(img: &mut Planes, t: Table, s: u8) {
     let c = t.pick(&CONTRAST, s);
     for ch in 0..img.c {
         let p = img.plane_mut(ch);
-        let mean = (p.iter().map(|&v| f64::from(v)).sum::<f64>() / p.len() as f64) as f32;
+        let mean = (sum_f64(p) / p.len() as f64) as f32;
         p.iter_mut().for_each(|v| *v = (*v - mean) * c + mean);
     }
 }
@@ -98,32 +111,34 @@ pub fn elastic<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
     }
     // The output pixel at q reads the input at the inverse map of q.
     let inv = affine_from(&dst, &src).unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
-    img.map_planes(|p| {
-        let mut out = Vec::with_capacity(h * w);
-        for y in 0..h {
-            for x in 0..w {
-                let (xf, yf) = (x as f64, y as f64);
-                let sx = inv[0] * xf + inv[1] * yf + inv[2];
-                let sy = inv[3] * xf + inv[4] * yf + inv[5];
-                out.push(bilinear(p, h, w, sy, sx, Border::Mirror));
-            }
-        }
-        out
-    });
+    let affine = Warp::new(
+        h,
+        w,
+        Border::Mirror,
+        (0..h * w).map(|k| {
+            let (xf, yf) = ((k % w) as f64, (k / w) as f64);
+            let sx = inv[0] * xf + inv[1] * yf + inv[2];
+            let sy = inv[3] * xf + inv[4] * yf + inv[5];
+            (sy, sx)
+        }),
+    );
+    img.map_planes(|p| affine.apply(p));
     if alpha == 0.0 || sigma <= 0.0 {
         return;
     }
     let dx = displacement(h, w, sigma, alpha, rng);
     let dy = displacement(h, w, sigma, alpha, rng);
-    img.map_planes(|p| {
-        (0..h * w)
-            .map(|k| {
-                let y = (k / w) as f64 + f64::from(dy[k]);
-                let x = (k % w) as f64 + f64::from(dx[k]);
-                bilinear(p, h, w, y, x, Border::Reflect)
-            })
-            .collect()
-    });
+    let field = Warp::new(
+        h,
+        w,
+        Border::Reflect,
+        (0..h * w).map(|k| {
+            let y = (k / w) as f64 + f64::from(dy[k]);
+            let x = (k % w) as f64 + f64::from(dx[k]);
+            (y, x)
+        }),
+    );
+    img.map_planes(|p| field.apply(p));
 }
 
 /// PIL's BOX resampling weights from `n_in` to `n_out` samples: `(first input, weights)` per
@@ -156,30 +171,66 @@ fn box_weights(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f32>)> {
         .collect()
 }
 
-/// Resize a plane with PIL's BOX filter (rows first, then columns).
-fn box_resize(p: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
-    let wx = box_weights(w, ow);
-    let mut tmp = vec![0f32; h * ow];
-    for y in 0..h {
-        for (x, (lo, ws)) in wx.iter().enumerate() {
-            tmp[y * ow + x] = ws
-                .iter()
-                .enumerate()
-                .map(|(k, &c)| c * p[y * w + lo + k])
-                .sum();
-        }
+/// One axis of PIL's BOX resampling: per output sample its first input and weights; `copies`
+/// when every sample takes one input with weight 1 (always so when enlarging).
+struct BoxAxis {
+    taps: Vec<(usize, Vec<f32>)>,
+    copies: Option<Vec<usize>>,
+}
+
+impl BoxAxis {
+    fn new(n_in: usize, n_out: usize) -> Self {
+        let taps = box_weights(n_in, n_out);
+        let copies = taps
+            .iter()
+            .map(|(lo, ws)| matches!(ws[..], [1.0]).then_some(*lo))
+            .collect();
+        BoxAxis { taps, copies }
     }
-    let wy = box_weights(h, oh);
-    let mut out = vec![0f32; oh * ow];
-    for (y, (lo, ws)) in wy.iter().enumerate() {
-        for (k, &c) in ws.iter().enumerate() {
-            let src = &tmp[(lo + k) * ow..(lo + k + 1) * ow];
-            for (o, &v) in out[y * ow..(y + 1) * ow].iter_mut().zip(src) {
-                *o += c * v;
+
+    /// Resample the rows (the vertical axis) of a plane `w` wide.
+    fn rows(&self, p: &[f32], w: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.taps.len() * w];
+        for (dst, (lo, ws)) in out.chunks_exact_mut(w).zip(&self.taps) {
+            for (k, &c) in ws.iter().enumerate() {
+                let src = &p[(lo + k) * w..(lo + k + 1) * w];
+                if c == 1.0 && ws.len() == 1 {
+                    dst.copy_from_slice(src);
+                } else {
+                    dst.iter_mut().zip(src).for_each(|(o, &v)| *o += c * v);
+                }
             }
         }
+        out
     }
-    out
+
+    /// Resample along each row of a plane `w` wide.
+    fn columns(&self, p: &[f32], w: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(p.len() / w * self.taps.len());
+        for row in p.chunks_exact(w) {
+            match &self.copies {
+                Some(idx) => out.extend(idx.iter().map(|&i| row[i])),
+                None => out.extend(self.taps.iter().map(|(lo, ws)| {
+                    ws.iter()
+                        .zip(&row[*lo..])
+                        .map(|(&c, &v)| c * v)
+                        .sum::<f32>()
+                })),
+            }
+        }
+        out
+    }
+}
+
+/// PIL's BOX resize of a plane from `(h, w)` to `(oh, ow)`: the two axes in the order that
+/// does less work (the shrinking one first).
+pub(super) fn box_resize(p: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+    let (rows, columns) = (BoxAxis::new(h, oh), BoxAxis::new(w, ow));
+    if oh <= h {
+        columns.columns(&rows.rows(p, w), w)
+    } else {
+        rows.rows(&columns.columns(p, w), ow)
+    }
 }
 
 /// Pixelate: BOX-resize to `int(side * c)` and back.

@@ -1,6 +1,8 @@
 //! Noise: Gaussian, shot (Poisson) and impulse (salt and pepper), drawn independently for
 //! every value of every channel.
 
+use std::cell::RefCell;
+
 use rand::Rng;
 use rand_distr::{Distribution, Poisson, StandardNormal};
 
@@ -31,25 +33,152 @@ pub fn gaussian<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
     }
 }
 
-/// `Poisson(x * c) / c`.
-pub fn shot<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
-    let c = t.pick(&SHOT, s);
-    for v in &mut img.data {
-        let lambda = f64::from(v.max(0.0)) * c;
-        let k = match Poisson::new(lambda) {
-            Ok(p) => p.sample(rng),
-            Err(_) => 0.0, // lambda == 0: no photons
-        };
-        *v = (k / c) as f32;
+/// The largest photon count whose rates are sampled from tables (the published counts reach
+/// 500).
+const MAX_TABLE_RATE: f64 = 700.0;
+
+/// `Poisson(lambda) / c` as an alias table (Walker; Vose's construction): cell `i` of `n`
+/// holds `(threshold, [i / c, alias_i / c])`, and a uniform `u` picks cell `floor(u * n)` and,
+/// by its fractional part against the threshold, one of the two values. The probabilities
+/// are the Poisson pmf up to where the tail is below 1e-18, in `f64`.
+struct PoissonTable {
+    cells: Vec<(f64, [f32; 2])>,
+}
+
+impl PoissonTable {
+    /// `lambda` in `[0, MAX_TABLE_RATE]` (`exp(-lambda)` must not underflow).
+    fn new(lambda: f64, c: f64) -> Self {
+        let mut pmf = Vec::new();
+        let (mut p, mut k) = ((-lambda).exp(), 0.0f64);
+        loop {
+            pmf.push(p);
+            k += 1.0;
+            p *= lambda / k;
+            if k > lambda && p < 1e-18 {
+                break;
+            }
+        }
+        let n = pmf.len();
+        let total: f64 = pmf.iter().sum();
+        let mut scaled: Vec<f64> = pmf.iter().map(|p| p / total * n as f64).collect();
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
+            (0..n).partition(|&i| scaled[i] < 1.0);
+        let mut threshold = vec![1.0f64; n];
+        let mut alias: Vec<usize> = (0..n).collect();
+        while let (Some(&lo), Some(&hi)) = (small.last(), large.last()) {
+            small.pop();
+            threshold[lo] = scaled[lo];
+            alias[lo] = hi;
+            scaled[hi] += scaled[lo] - 1.0;
+            if scaled[hi] < 1.0 {
+                large.pop();
+                small.push(hi);
+            }
+        }
+        let value = |k: usize| (k as f64 / c) as f32;
+        let cells = (0..n)
+            .map(|i| (threshold[i], [value(i), value(alias[i])]))
+            .collect();
+        PoissonTable { cells }
+    }
+
+    #[inline]
+    fn sample<R: Rng>(&self, rng: &mut R) -> f32 {
+        let x = rng.random::<f64>() * self.cells.len() as f64;
+        let i = (x as usize).min(self.cells.len() - 1);
+        let (threshold, values) = self.cells[i];
+        values[usize::from(x - (i as f64) >= threshold)] // no branch to mispredict
     }
 }
 
-/// Each value becomes, with probability `c`, 0 or 1 (a fair coin).
+/// The probability of each value of the table for `lambda`, added up over its cells.
+#[cfg(test)]
+pub fn poisson_table_pmf(lambda: f64) -> Vec<f64> {
+    let table = PoissonTable::new(lambda, 1.0);
+    let n = table.cells.len() as f64;
+    let mut pmf = vec![0f64; table.cells.len()];
+    for &(threshold, [own, alias]) in &table.cells {
+        pmf[own as usize] += threshold.min(1.0) / n;
+        pmf[alias as usize] += (1.0 - threshold).max(0.0) / n;
+    }
+    pmf
+}
+
+/// The 256 intensities of 8-bit images as values in [0, 1] (`k / 255`, as they are read).
+const LEVELS: [f32; 256] = {
+    let mut levels = [0f32; 256];
+    let mut k = 0;
+    while k < 256 {
+        levels[k] = k as f32 / 255.0;
+        k += 1;
+    }
+    levels
+};
+
+/// The tables of the 256 intensities at one photon count `c`, kept per thread (a loader's
+/// worker meets the same `c` on every image).
+#[derive(Default)]
+struct ShotTables {
+    c_bits: u64,
+    levels: Vec<PoissonTable>,
+}
+
+thread_local! {
+    static SHOT_TABLES: RefCell<ShotTables> = RefCell::default();
+}
+
+/// The 8-bit intensity `v` is exactly, if any.
+#[inline]
+fn level(v: f32) -> Option<usize> {
+    if !(0.0..=1.0).contains(&v) {
+        return None;
+    }
+    let k = (v * 255.0 + 0.5) as usize; // rounds: v >= 0
+    (LEVELS[k] == v).then_some(k)
+}
+
+/// `Poisson(x * c) / c`. Values at an 8-bit intensity (every value of a `u8` image) draw from
+/// that intensity's table; others from `rand_distr`'s Poisson.
+pub fn shot<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
+    let c = t.pick(&SHOT, s);
+    let exact = |v: f32, rng: &mut R| {
+        match Poisson::new(f64::from(v.max(0.0)) * c) {
+            Ok(p) => (p.sample(rng) / c) as f32,
+            Err(_) => 0.0, // a rate of 0 (or NaN): no photons
+        }
+    };
+    if c > MAX_TABLE_RATE {
+        img.data.iter_mut().for_each(|v| *v = exact(*v, rng));
+        return;
+    }
+    SHOT_TABLES.with(|cell| {
+        let mut tables = cell.borrow_mut();
+        if tables.c_bits != c.to_bits() || tables.levels.is_empty() {
+            tables.c_bits = c.to_bits();
+            tables.levels = LEVELS
+                .iter()
+                .map(|&v| PoissonTable::new(f64::from(v) * c, c))
+                .collect();
+        }
+        for v in &mut img.data {
+            *v = match level(*v) {
+                Some(l) => tables.levels[l].sample(rng),
+                None => exact(*v, rng),
+            };
+        }
+    });
+}
+
+/// Each value becomes, with probability `c`, 0 or 1 (a fair coin): one 64-bit draw per value,
+/// its low 32 bits below `c * 2^32` to be replaced and its top bit for salt (1) or pepper (0).
+/// With one seed the replaced values of a severity are among those of every higher one, with
+/// the same colour, as with two independent uniforms per value.
 pub fn impulse<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
     let amount = t.pick(&IMPULSE, s);
+    let below = (amount * 4_294_967_296.0) as u64; // c * 2^32
     for v in &mut img.data {
-        if rng.random::<f64>() < amount {
-            *v = if rng.random::<f64>() < 0.5 { 1.0 } else { 0.0 };
-        }
+        let bits = rng.next_u64();
+        let (hit, replacement) = (bits & 0xFFFF_FFFF < below, (bits >> 63) as f32);
+        *v = if hit { replacement } else { *v }; // a select, not a branch
     }
 }

@@ -1,5 +1,5 @@
 use super::blur::arange;
-use super::filters::{border_index, clipped_zoom, motion_taps, Border};
+use super::filters::{border_index, clipped_zoom, filter_taps, motion_taps, separable, Border};
 use super::weather::plasma;
 use super::*;
 
@@ -145,4 +145,93 @@ fn batch_matches_single_images_in_both_layouts() {
             }
         }
     }
+}
+
+/// `filter_taps` read every value through `border_index`, one at a time.
+fn direct_filter(
+    p: &[f32],
+    h: usize,
+    w: usize,
+    taps: &[(isize, isize, f32)],
+    b: Border,
+) -> Vec<f32> {
+    let mut out = vec![0f32; h * w];
+    for (k, o) in out.iter_mut().enumerate() {
+        let (y, x) = ((k / w) as isize, (k % w) as isize);
+        for &(dy, dx, kv) in taps {
+            *o += kv * p[border_index(y + dy, h, b) * w + border_index(x + dx, w, b)];
+        }
+    }
+    out
+}
+
+#[test]
+fn filters_equal_a_direct_correlation_bit_for_bit() {
+    // Taps reaching past the plane on every side (radius 7 on a 3 x 5 plane) and inside it.
+    let taps: Vec<(isize, isize, f32)> = (0..40)
+        .map(|k| {
+            (
+                (k % 15) as isize - 7,
+                (k * 7 % 13) as isize - 6,
+                0.01 + k as f32 * 0.03,
+            )
+        })
+        .collect();
+    let k1: Vec<f32> = (0..9).map(|k| 0.05 + k as f32 * 0.02).collect();
+    for &(h, w) in &[(3usize, 5usize), (1, 1), (17, 40)] {
+        let p = test_image(1, h, w).data;
+        for b in [Border::Nearest, Border::Reflect, Border::Mirror] {
+            assert_eq!(
+                filter_taps(&p, h, w, &taps, b),
+                direct_filter(&p, h, w, &taps, b)
+            );
+            let rows: Vec<_> = k1
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| (0, j as isize - 4, v))
+                .collect();
+            let cols: Vec<_> = k1
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| (j as isize - 4, 0, v))
+                .collect();
+            let two_pass = direct_filter(&direct_filter(&p, h, w, &rows, b), h, w, &cols, b);
+            assert_eq!(separable(&p, h, w, &k1, b), two_pass, "{b:?} {h}x{w}");
+        }
+    }
+}
+
+#[test]
+fn shot_noise_tables_hold_the_poisson_pmf() {
+    use super::noise::poisson_table_pmf;
+    for &lambda in &[0.0, 0.3, 5.0, 11.99, 12.0, 60.0, 500.0] {
+        let pmf = poisson_table_pmf(lambda);
+        let total: f64 = pmf.iter().sum();
+        assert!((total - 1.0).abs() < 1e-12, "{lambda}: {total}");
+        let mut p = (-lambda).exp();
+        for (k, &q) in pmf.iter().enumerate() {
+            assert!((q - p).abs() < 1e-13, "lambda {lambda}, k {k}: {q} vs {p}");
+            p *= lambda / (k + 1) as f64;
+        }
+        assert!(p < 1e-17, "lambda {lambda}: tail {p} left out");
+    }
+}
+
+#[test]
+fn pixelate_resizes_are_means_of_input_ranges() {
+    // As PIL's BOX filter gives (checked with `Image.resize(..., Image.BOX)` on float images).
+    let (h, w) = (1usize, 10usize);
+    let row: Vec<f32> = (0..w).map(|k| k as f32).collect();
+    let img = Planes {
+        c: 1,
+        h,
+        w,
+        data: row,
+    };
+    let small = super::digital::box_resize(&img.data, (h, w), (1, 4));
+    assert_eq!(small, vec![1.0, 3.5, 6.0, 8.5]);
+    let back = super::digital::box_resize(&small, (1, 4), (h, w));
+    assert_eq!(back, vec![1.0, 1.0, 3.5, 3.5, 3.5, 6.0, 6.0, 8.5, 8.5, 8.5]);
+    let column = super::digital::box_resize(&img.data, (w, 1), (4, 1));
+    assert_eq!(column, small);
 }

@@ -92,8 +92,9 @@ pub fn snow<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
 /// four neighbours plus `wibble * U(-wibble, wibble)`; `wibble` starts at 100 and is divided
 /// by `decay` per octave. Normalised to [0, 1].
 pub fn plasma<R: Rng>(n: usize, decay: f64, rng: &mut R) -> Vec<f64> {
+    assert!(n.is_power_of_two(), "plasma: n must be a power of two");
     let mut m = vec![0f64; n * n];
-    let at = |y: usize, x: usize| (y % n) * n + (x % n);
+    let at = |y: usize, x: usize| (y & (n - 1)) * n + (x & (n - 1)); // n: a power of two
     let (mut step, mut wibble) = (n, 100.0f64);
     while step >= 2 {
         let half = step / 2;
@@ -141,9 +142,10 @@ pub fn fog<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
     let scale = max / (max + c as f32);
     let c = c as f32;
     for ch in 0..img.c {
-        for (k, v) in img.plane_mut(ch).iter_mut().enumerate() {
-            let (y, x) = (k / w, k % w);
-            *v = (*v + c * map[y * n + x] as f32) * scale;
+        for (y, row) in img.plane_mut(ch).chunks_exact_mut(w).enumerate() {
+            for (v, &f) in row.iter_mut().zip(&map[y * n..y * n + w]) {
+                *v = (*v + c * f as f32) * scale;
+            }
         }
     }
 }
