@@ -255,3 +255,35 @@ def test_loader_applies_the_same_corruption(size: int) -> None:
         if name not in DETERMINISTIC + ("jpeg_compression",):
             loader.set_epoch(1)
             assert not torch.equal(next(iter(loader)).images, first)  # a new draw per epoch
+
+
+def test_benchmark_summary_pairs_the_providers_per_image(monkeypatch) -> None:
+    """benchmarks/summarise_corruptions.py: ratios per corruption, over all per image."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from summarise_corruptions import summarise
+
+    def bench(name: str, provider: str, seconds: float, images: int) -> dict:
+        extra = {"images": images} | ({"num_workers": 2} if provider == "numpy" else {})
+        return {
+            "group": "corrupt-224px",
+            "params": {"name": name, "provider": provider},
+            "stats": {"median": seconds},
+            "extra_info": extra,
+        }
+
+    raw = {
+        "benchmarks": [
+            bench("fog", "numpy", 8.0, 64),
+            bench("fog", "mimir_fast", 1.0, 64),
+            bench("glass_blur", "numpy", 32.0, 16),
+            bench("glass_blur", "mimir_fast", 0.5, 16),
+        ]
+    }
+    group = summarise(raw)["groups"]["corrupt-224px"]
+    assert group["per_corruption"]["fog"]["ratio"] == 8.0
+    assert group["per_corruption"]["glass_blur"]["ratio"] == 64.0
+    # Per image: (8/64 + 32/16) / (1/64 + 0.5/16) = 2.125 / 0.046875.
+    assert group["all_in_turn_ratio"] == pytest.approx(2.125 / 0.046875)
+    assert (group["min_ratio"], group["max_ratio"], group["median_ratio"]) == (8.0, 64.0, 36.0)
+    with pytest.raises(ValueError, match="no pair of timings for fog"):
+        summarise({"benchmarks": raw["benchmarks"][:1]})

@@ -171,27 +171,38 @@ fn box_weights(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f32>)> {
         .collect()
 }
 
-/// One axis of PIL's BOX resampling: per output sample its first input and weights; `copies`
-/// when every sample takes one input with weight 1 (always so when enlarging).
+/// One axis of PIL's BOX resampling: per output sample its first input and its weights (a
+/// range of `weights`); `copies` when every sample takes one input with weight 1 (always so
+/// when enlarging).
 struct BoxAxis {
-    taps: Vec<(usize, Vec<f32>)>,
+    taps: Vec<(usize, std::ops::Range<usize>)>,
+    weights: Vec<f32>,
     copies: Option<Vec<usize>>,
 }
 
 impl BoxAxis {
     fn new(n_in: usize, n_out: usize) -> Self {
-        let taps = box_weights(n_in, n_out);
+        let (mut taps, mut weights) = (Vec::with_capacity(n_out), Vec::new());
+        for (lo, ws) in box_weights(n_in, n_out) {
+            taps.push((lo, weights.len()..weights.len() + ws.len()));
+            weights.extend(ws);
+        }
         let copies = taps
             .iter()
-            .map(|(lo, ws)| matches!(ws[..], [1.0]).then_some(*lo))
+            .map(|(lo, r)| matches!(weights[r.clone()], [1.0]).then_some(*lo))
             .collect();
-        BoxAxis { taps, copies }
+        BoxAxis {
+            taps,
+            weights,
+            copies,
+        }
     }
 
     /// Resample the rows (the vertical axis) of a plane `w` wide.
     fn rows(&self, p: &[f32], w: usize) -> Vec<f32> {
         let mut out = vec![0f32; self.taps.len() * w];
-        for (dst, (lo, ws)) in out.chunks_exact_mut(w).zip(&self.taps) {
+        for (dst, (lo, r)) in out.chunks_exact_mut(w).zip(&self.taps) {
+            let ws = &self.weights[r.clone()];
             for (k, &c) in ws.iter().enumerate() {
                 let src = &p[(lo + k) * w..(lo + k + 1) * w];
                 if c == 1.0 && ws.len() == 1 {
@@ -210,7 +221,8 @@ impl BoxAxis {
         for row in p.chunks_exact(w) {
             match &self.copies {
                 Some(idx) => out.extend(idx.iter().map(|&i| row[i])),
-                None => out.extend(self.taps.iter().map(|(lo, ws)| {
+                None => out.extend(self.taps.iter().map(|(lo, r)| {
+                    let ws = &self.weights[r.clone()];
                     ws.iter()
                         .zip(&row[*lo..])
                         .map(|(&c, &v)| c * v)
@@ -222,14 +234,32 @@ impl BoxAxis {
     }
 }
 
-/// PIL's BOX resize of a plane from `(h, w)` to `(oh, ow)`: the two axes in the order that
-/// does less work (the shrinking one first).
-pub(super) fn box_resize(p: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
-    let (rows, columns) = (BoxAxis::new(h, oh), BoxAxis::new(w, ow));
-    if oh <= h {
-        columns.columns(&rows.rows(p, w), w)
-    } else {
-        rows.rows(&columns.columns(p, w), ow)
+/// PIL's BOX resize from `(h, w)` to `(oh, ow)`: the two axes in the order that does less
+/// work (the shrinking one first).
+pub(super) struct BoxResize {
+    rows: BoxAxis,
+    columns: BoxAxis,
+    rows_first: bool,
+    widths: (usize, usize),
+}
+
+impl BoxResize {
+    pub(super) fn new((h, w): (usize, usize), (oh, ow): (usize, usize)) -> Self {
+        BoxResize {
+            rows: BoxAxis::new(h, oh),
+            columns: BoxAxis::new(w, ow),
+            rows_first: oh <= h,
+            widths: (w, ow),
+        }
+    }
+
+    pub(super) fn apply(&self, p: &[f32]) -> Vec<f32> {
+        let (w, ow) = self.widths;
+        if self.rows_first {
+            self.columns.columns(&self.rows.rows(p, w), w)
+        } else {
+            self.rows.rows(&self.columns.columns(p, w), ow)
+        }
     }
 }
 
@@ -241,7 +271,8 @@ pub fn pixelate(img: &mut Planes, t: Table, s: u8) {
         ((h as f64 * c) as usize).max(1),
         ((w as f64 * c) as usize).max(1),
     );
-    img.map_planes(|p| box_resize(&box_resize(p, (h, w), small), small, (h, w)));
+    let (down, up) = (BoxResize::new((h, w), small), BoxResize::new(small, (h, w)));
+    img.map_planes(|p| up.apply(&down.apply(p)));
 }
 
 /// Encode interleaved 8-bit pixels as JPEG at `quality` and decode them again.
