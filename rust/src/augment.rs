@@ -161,7 +161,7 @@ pub trait OutPixel: Copy + Default + Send + Sync + 'static {
 }
 
 /// `v as f32 / 255` for every byte, correctly rounded (what `x.float() / 255` gives).
-static U8_TO_F32: [f32; 256] = {
+pub(crate) static U8_TO_F32: [f32; 256] = {
     let mut t = [0.0f32; 256];
     let mut i = 0;
     while i < 256 {

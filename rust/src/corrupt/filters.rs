@@ -54,19 +54,17 @@ pub fn gaussian_kernel(sigma: f64, truncate: f64) -> Vec<f32> {
 /// kernel `k`.
 pub fn separable(plane: &[f32], h: usize, w: usize, k: &[f32], border: Border) -> Vec<f32> {
     let r = (k.len() / 2) as isize;
-    let along = |vertical: bool| -> Vec<(isize, isize, f32)> {
-        let tap = |j: usize, kv: f32| {
-            let d = j as isize - r;
-            if vertical {
-                (d, 0, kv)
-            } else {
-                (0, d, kv)
-            }
-        };
-        k.iter().enumerate().map(|(j, &kv)| tap(j, kv)).collect()
-    };
-    let rows = filter_taps(plane, h, w, &along(false), border);
-    filter_taps(&rows, h, w, &along(true), border)
+    let across: Vec<_> = (k.iter().enumerate())
+        .map(|(j, &kv)| (0, j as isize - r, kv))
+        .collect();
+    let down: Vec<_> = across.iter().map(|&(_, d, kv)| (d, 0, kv)).collect();
+    filter_taps(
+        &filter_taps(plane, h, w, &across, border),
+        h,
+        w,
+        &down,
+        border,
+    )
 }
 
 /// A Gaussian blur (`sigma` in pixels, kernel cut at `truncate` sigmas).

@@ -7,6 +7,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Poisson, StandardNormal};
 
 use super::{Planes, Table};
+use crate::augment::U8_TO_F32;
 
 /// Standard deviation of the added noise (values in [0, 1]).
 const GAUSSIAN: [[f32; 5]; 2] = [
@@ -104,17 +105,6 @@ pub fn poisson_table_pmf(lambda: f64) -> Vec<f64> {
     pmf
 }
 
-/// The 256 intensities of 8-bit images as values in [0, 1] (`k / 255`, as they are read).
-const LEVELS: [f32; 256] = {
-    let mut levels = [0f32; 256];
-    let mut k = 0;
-    while k < 256 {
-        levels[k] = k as f32 / 255.0;
-        k += 1;
-    }
-    levels
-};
-
 /// The tables of the 256 intensities at one photon count `c`, kept per thread (a loader's
 /// worker meets the same `c` on every image).
 #[derive(Default)]
@@ -134,7 +124,7 @@ fn level(v: f32) -> Option<usize> {
         return None;
     }
     let k = (v * 255.0 + 0.5) as usize; // rounds: v >= 0
-    (LEVELS[k] == v).then_some(k)
+    (U8_TO_F32[k] == v).then_some(k)
 }
 
 /// `Poisson(x * c) / c`. Values at an 8-bit intensity (every value of a `u8` image) draw from
@@ -155,7 +145,7 @@ pub fn shot<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
         let mut tables = cell.borrow_mut();
         if tables.c_bits != c.to_bits() || tables.levels.is_empty() {
             tables.c_bits = c.to_bits();
-            tables.levels = LEVELS
+            tables.levels = U8_TO_F32
                 .iter()
                 .map(|&v| PoissonTable::new(f64::from(v) * c, c))
                 .collect();
