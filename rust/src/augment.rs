@@ -205,24 +205,40 @@ pub fn crop_pad_flip<T: OutPixel>(
 ) {
     debug_assert_eq!(src.len(), s * s * c);
     debug_assert_eq!(out.len(), s * s * c);
-    let plane = s * s;
+    if s == 0 || c == 0 {
+        return;
+    }
     let zero = T::from_u8(0);
+    // Unflipped output column `x` reads source column `x + shift`: in the image for `x` in
+    // `lo..hi`, zero padding elsewhere. Flipped, output column `s - 1 - x` takes it.
+    let shift = p.left as isize - padding as isize;
+    let lo = (-shift).clamp(0, s as isize) as usize;
+    let hi = (s as isize - shift).clamp(lo as isize, s as isize) as usize;
+    let (out_lo, out_hi) = if p.flip { (s - hi, s - lo) } else { (lo, hi) };
+    let first = (lo as isize + shift).clamp(0, s as isize) as usize; // first column read
+    let mut planes: Vec<&mut [T]> = out.chunks_exact_mut(s * s).collect();
     for y in 0..s {
         let sy = (y + p.top) as isize - padding as isize;
-        let row_ok = sy >= 0 && (sy as usize) < s;
-        for x in 0..s {
-            let xs = if p.flip { s - 1 - x } else { x };
-            let sx = (xs + p.left) as isize - padding as isize;
-            let o = y * s + x;
-            if row_ok && sx >= 0 && (sx as usize) < s {
-                let base = ((sy as usize) * s + sx as usize) * c;
-                for ch in 0..c {
-                    out[ch * plane + o] = T::from_u8(src[base + ch]);
-                }
+        let rows = planes.iter_mut().map(|pl| &mut pl[y * s..(y + 1) * s]);
+        if sy < 0 || sy as usize >= s {
+            rows.for_each(|row| row.fill(zero));
+            continue;
+        }
+        let start = (sy as usize * s + first) * c;
+        let src_row = &src[start..start + (hi - lo) * c];
+        for (ch, row) in rows.enumerate() {
+            row[..out_lo].fill(zero);
+            row[out_hi..].fill(zero);
+            let values = src_row.chunks_exact(c).map(|px| T::from_u8(px[ch]));
+            let inside = &mut row[out_lo..out_hi];
+            if p.flip {
+                inside
+                    .iter_mut()
+                    .rev()
+                    .zip(values)
+                    .for_each(|(o, v)| *o = v);
             } else {
-                for ch in 0..c {
-                    out[ch * plane + o] = zero;
-                }
+                inside.iter_mut().zip(values).for_each(|(o, v)| *o = v);
             }
         }
     }
@@ -267,41 +283,38 @@ mod tests {
 
     #[test]
     fn crop_geometry_is_a_shift_of_the_padded_image() {
-        let s = 6;
-        let c = 2;
-        let src: Vec<u8> = (0..s * s * c).map(|v| (v % 251) as u8 + 1).collect();
-        let p = AugParams {
-            top: 1,
-            left: 5,
-            h: s,
-            w: s,
-            flip: false,
-        };
-        let mut out = vec![0u8; s * s * c];
-        crop_pad_flip(&src, s, c, 3, &p, &mut out);
-        for ch in 0..c {
-            for y in 0..s {
-                for x in 0..s {
-                    let (sy, sx) = (y as isize + 1 - 3, x as isize + 5 - 3);
-                    let want = if sy >= 0 && sx >= 0 && (sy as usize) < s && (sx as usize) < s {
+        // Every window of the padded image, flipped and not, against the definition.
+        for (s, c, padding) in [(6, 2, 3), (5, 3, 0), (4, 1, 6), (1, 3, 2)] {
+            let src: Vec<u8> = (0..s * s * c).map(|v| (v % 251) as u8 + 1).collect();
+            for (top, left, flip) in (0..=2 * padding)
+                .flat_map(|t| (0..=2 * padding).map(move |l| (t, l)))
+                .flat_map(|(t, l)| [(t, l, false), (t, l, true)])
+            {
+                let p = AugParams {
+                    top,
+                    left,
+                    h: s,
+                    w: s,
+                    flip,
+                };
+                let mut out = vec![0u8; s * s * c];
+                crop_pad_flip(&src, s, c, padding, &p, &mut out);
+                for (ch, y, x) in
+                    (0..c).flat_map(|ch| (0..s).flat_map(move |y| (0..s).map(move |x| (ch, y, x))))
+                {
+                    let xs = if flip { s - 1 - x } else { x };
+                    let sy = (y + top) as isize - padding as isize;
+                    let sx = (xs + left) as isize - padding as isize;
+                    let inside = (0..s as isize).contains(&sy) && (0..s as isize).contains(&sx);
+                    let want = if inside {
                         src[(sy as usize * s + sx as usize) * c + ch]
                     } else {
                         0
                     };
-                    assert_eq!(out[ch * s * s + y * s + x], want);
-                }
-            }
-        }
-        // Flip mirrors each output row.
-        let pf = AugParams { flip: true, ..p };
-        let mut outf = vec![0u8; s * s * c];
-        crop_pad_flip(&src, s, c, 3, &pf, &mut outf);
-        for ch in 0..c {
-            for y in 0..s {
-                for x in 0..s {
+                    let got = out[ch * s * s + y * s + x];
                     assert_eq!(
-                        outf[ch * s * s + y * s + x],
-                        out[ch * s * s + y * s + s - 1 - x]
+                        got, want,
+                        "s {s} c {c} pad {padding} at {top},{left} {flip}"
                     );
                 }
             }
