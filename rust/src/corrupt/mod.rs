@@ -18,6 +18,7 @@
 
 mod blur;
 mod digital;
+mod draws;
 mod filters;
 mod noise;
 pub mod py;

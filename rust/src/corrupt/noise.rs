@@ -4,8 +4,9 @@
 use std::cell::RefCell;
 
 use rand::Rng;
-use rand_distr::{Distribution, Poisson, StandardNormal};
+use rand_distr::{Distribution, Poisson};
 
+use super::draws::{Lanes, Normals};
 use super::{Planes, Table};
 use crate::augment::U8_TO_F32;
 
@@ -25,13 +26,29 @@ const IMPULSE: [[f64; 5]; 2] = [
     [0.03, 0.06, 0.09, 0.17, 0.27],
 ];
 
-/// `x + N(0, c^2)`.
+/// Values drawn for at a time: the words of one block fill a buffer on the stack.
+const BLOCK: usize = 256;
+
+/// Call `f` on the values of `img` a block at a time, with one word of `lanes` per value.
+fn with_words(img: &mut Planes, mut lanes: Lanes, mut f: impl FnMut(&mut [f32], &[u32])) {
+    let mut words = [0u32; BLOCK];
+    for block in img.data.chunks_mut(BLOCK) {
+        let words = &mut words[..block.len()];
+        lanes.fill(words);
+        f(block, words);
+    }
+}
+
+/// `x + N(0, c^2)`, the normals by the ziggurat from one 32-bit word each.
 pub fn gaussian<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
     let c = t.pick(&GAUSSIAN, s);
-    for v in &mut img.data {
-        let z: f32 = StandardNormal.sample(rng);
-        *v += c * z;
-    }
+    let lanes = Lanes::from_rng(rng);
+    let mut normals = Normals::new(rng);
+    with_words(img, lanes, |block, words| {
+        for (v, &u) in block.iter_mut().zip(words) {
+            *v += c * normals.of_word(u);
+        }
+    });
 }
 
 /// The largest photon count whose rates are sampled from tables (the published counts reach
@@ -159,16 +176,17 @@ pub fn shot<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
     });
 }
 
-/// Each value becomes, with probability `c`, 0 or 1 (a fair coin): one 64-bit draw per value,
-/// its low 32 bits below `c * 2^32` to be replaced and its top bit for salt (1) or pepper (0).
+/// Each value becomes, with probability `c`, 0 or 1 (a fair coin): one 32-bit word per value,
+/// its low 31 bits below `c * 2^31` to be replaced and its top bit for salt (1) or pepper (0).
 /// With one seed the replaced values of a severity are among those of every higher one, with
 /// the same colour, as with two independent uniforms per value.
 pub fn impulse<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
     let amount = t.pick(&IMPULSE, s);
-    let below = (amount * 4_294_967_296.0) as u64; // c * 2^32
-    for v in &mut img.data {
-        let bits = rng.next_u64();
-        let (hit, replacement) = (bits & 0xFFFF_FFFF < below, (bits >> 63) as f32);
-        *v = if hit { replacement } else { *v }; // a select, not a branch
-    }
+    let below = (amount * 2_147_483_648.0) as u32; // c * 2^31
+    with_words(img, Lanes::from_rng(rng), |block, words| {
+        for (v, &u) in block.iter_mut().zip(words) {
+            let (hit, replacement) = (u & 0x7FFF_FFFF < below, (u >> 31) as f32);
+            *v = if hit { replacement } else { *v }; // a select, not a branch
+        }
+    });
 }
