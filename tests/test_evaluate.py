@@ -186,7 +186,7 @@ def test_attack_instances_and_factories(digits_classifier):
         {"attacks": ["nope"]},
         {"threat": "grey"},
         {"batch_size": 0},
-        {"norm": "l1"},
+        {"norm": "l3"},
         {"attacks": [{"steps": 3}]},
     ],
     ids=["eps0", "eps-neg", "unknown-attack", "threat", "batch", "norm", "spec-without-name"],

@@ -29,15 +29,11 @@ def build_info() -> dict[str, str | bool]:
 
 # --- common corruptions (wrapped by mimir_fast.data.corrupt) --------------------------------
 
-def corrupt_u8(
-    images: np.ndarray, corruption: str, severity: int, seed: int = 0
-) -> np.ndarray:
+def corrupt_u8(images: np.ndarray, corruption: str, severity: int, seed: int = 0) -> np.ndarray:
     """A corrupted copy of a C-contiguous uint8 (N, H, W, C) batch (ValueError for a bad
     name or severity)."""
 
-def corrupt_f32(
-    images: np.ndarray, corruption: str, severity: int, seed: int = 0
-) -> np.ndarray:
+def corrupt_f32(images: np.ndarray, corruption: str, severity: int, seed: int = 0) -> np.ndarray:
     """A corrupted copy of a C-contiguous float32 (N, C, H, W) batch in [0, 1]."""
 
 def corruption_names() -> list[str]:

@@ -12,6 +12,15 @@ processes (:class:`~mimir_fast.evaluation.runner.AttackRunner`).
 
 The attacks come from :mod:`mimir_fast.attacks.registry`; the report files are written by
 :func:`mimir_fast.report.write_report`.
+
+Norms: "linf", "l2" and "l1", the L1 ball intersected with [0, 1] (:mod:`mimir_fast.attacks.l1`).
+Under L1 only the attacks of :data:`~mimir_fast.attacks.factory.L1_ATTACK_NAMES` and
+"autoattack" (:class:`~mimir_fast.attacks.ensemble.AutoAttackL1`: APGD-CE then APGD-T) exist;
+any other raises ValueError before anything runs. ``attacks=None`` runs "pgd", "apgd-ce" and
+"apgd-t" there, and ``eps=None`` is 12, CIFAR-10's L1 radius (Croce & Hein 2021), on 32x32
+images only (:func:`~mimir_fast.evaluation.threats.default_eps`; other sizes: pass eps). FGSM
+has no L1 form: no FGSM sanity checks under L1. The large eps of the "falls toward 0" check is
+0.5 on every pixel, in the norm: 0.5 (L-inf), 0.5 sqrt(C H W) (L2), 0.5 C H W (L1).
 """
 
 from __future__ import annotations
@@ -32,10 +41,13 @@ from .attacks.defended import check_threat, gray_box_target
 from .attacks.ensemble import Ensemble
 from .attacks.registry import (
     ATTACK_NAMES,
+    DEFAULT_ATTACKS,
+    NORMS,
     attack_from_spec,
     attack_kind,
     attack_specs,
     build_attack,
+    check_specs_norm,
 )
 from .evaluation.corruptions import (
     SEVERITIES,
@@ -54,6 +66,7 @@ from .evaluation.randomness import EotChoice, check_eot_samples, choose_eot, eot
 from .evaluation.resume import open_journal, write_samples
 from .evaluation.runner import AttackRun, AttackRunner, check_same_images, slowest
 from .evaluation.summary import ensemble_parts, robust_accuracy_table, worst_case
+from .evaluation.threats import default_eps
 from .report import write_corruption_report, write_report
 
 __all__ = ["ATTACK_NAMES", "build_attack", "evaluate", "evaluate_corruptions"]
@@ -63,19 +76,23 @@ SANITY_SALT = 10_000  # the sanity attacks' salts start here, after the requeste
 
 # ---------------------------------------------------------------------- inputs
 def _check_arguments(
-    threat: str, norm: str, eps: Any, batch_size: Any, corruptions: Any, severities: Any
-) -> tuple[list[float], list[tuple[str, int]] | None]:
-    """Validate the scalar arguments: the eps grid, sorted, and the (corruption, severity)
-    pairs to evaluate (None without corruptions)."""
+    threat: str, norm: str, attacks: Any, eps: Any, corruptions: Any, severities: Any
+) -> tuple[list[tuple[str, Any]], list[float] | None, list[tuple[str, int]] | None]:
+    """Validate the arguments before any work: the attack specs (each with a form for
+    ``norm``), the eps grid, sorted (None: the default, which depends on the images), and the
+    (corruption, severity) pairs to evaluate (None without corruptions)."""
     check_threat(threat)
-    check_choice(norm, "norm", ("linf", "l2"))
-    eps_list = [eps] if isinstance(eps, (int, float)) else list(eps)
-    if not eps_list:
-        raise ValueError("eps must hold at least one radius")
-    eps_list = [check_positive(e, "every eps") for e in eps_list]
-    check_int(batch_size, "batch_size", low=1)
+    check_choice(norm, "norm", NORMS)
+    specs = attack_specs(DEFAULT_ATTACKS[norm] if attacks is None else attacks)
+    check_specs_norm(specs, norm)
+    eps_list = None
+    if eps is not None:
+        eps_list = [eps] if isinstance(eps, (int, float)) else list(eps)
+        if not eps_list:
+            raise ValueError("eps must hold at least one radius")
+        eps_list = sorted(check_positive(e, "every eps") for e in eps_list)
     plan = None if corruptions is None else corruption_plan(corruptions, severities)
-    return sorted(eps_list), plan
+    return specs, eps_list, plan
 
 
 # ---------------------------------------------------------------------- the attacks to run
@@ -112,19 +129,22 @@ def _sanity_runs(
     kernels: str,
     large_eps: float | None,
 ) -> list[AttackRun]:
-    """PGD at a large eps, FGSM at every eps unless a single-step attack was requested, and the
-    first requested PGD again with :data:`MORE_STEPS_FACTOR` times its steps at the largest eps.
+    """PGD at a large eps, FGSM at every eps unless a single-step attack was requested (or the
+    norm is L1), and the first requested PGD again with :data:`MORE_STEPS_FACTOR` times its
+    steps at the largest eps.
 
     Nothing when every requested attack is a reconstruction attack.
     """
     if not any(r.kind != "reconstruction" for r in runs):
         return []
     attacked, norm = runner.attacked, runner.norm
-    if large_eps is None:  # the default large eps: 0.5 (L-inf), 0.5 sqrt(C H W) (L2)
-        large_eps = 0.5 if norm == "linf" else 0.5 * math.sqrt(runner.x[0].numel())
+    if large_eps is None:  # the norm of 0.5 on every pixel: 0.5, 0.5 sqrt(d), 0.5 d
+        d = runner.x[0].numel()
+        large_eps = {"linf": 0.5, "l2": 0.5 * math.sqrt(d), "l1": 0.5 * d}[norm]
     pgd = build_attack("pgd", attacked, large_eps, norm, seed, kernels)
     extra = [AttackRun(LARGE_EPS_ATTACK, "pgd", large_eps, pgd, "iterative")]
-    if not any(r.kind == "single" for r in runs):
+    # FGSM has no L1 form (a single L1 step moves one pixel): no FGSM checks under L1
+    if norm != "l1" and not any(r.kind == "single" for r in runs):
         for e in eps_list:
             fgsm = build_attack("fgsm", attacked, e, norm, seed, kernels)
             extra.append(AttackRun("fgsm", "fgsm", e, fgsm, "single"))
@@ -156,8 +176,8 @@ def _more_steps_runs(
 def evaluate(
     model: Any,
     data: Any,
-    attacks: Any = ("pgd",),
-    eps: float | Sequence[float] = (2 / 255, 4 / 255, 8 / 255),
+    attacks: Any = None,
+    eps: float | Sequence[float] | None = None,
     defense: Any = None,
     threat: str = "white",
     batch_size: int = 128,
@@ -184,7 +204,8 @@ def evaluate(
         data: a dataset of ``(image, label)``, an ``(x, y)`` tensor pair, or a DataLoader.
         attacks: names (:data:`ATTACK_NAMES`), specs (``{"name": "pgd", "steps": 50, "label":
             "pgd-50"}``), factories ``(model, eps) -> attack`` or instances (run at their eps).
-        eps: the radii to evaluate.
+            None: "pgd"; under L1 "pgd", "apgd-ce" and "apgd-t" (AutoAttack's L1 attacks).
+        eps: the radii, each > 0; None: 2/255, 4/255, 8/255, or 12 under L1 (see above).
         defense: a :class:`~mimir_fast.attacks.Defended` pipeline, or a purifier callable
             (wrapped as ``Defended(model, defense)``).
         threat: "white" (attacks differentiate the whole pipeline, with its EOT setting),
@@ -195,9 +216,9 @@ def evaluate(
             ``robust_accuracy_vs_eps.png``, the per-image ``samples.safetensors`` and every
             finished batch (:mod:`~mimir_fast.evaluation.resume`); nothing written when None.
         seed: seeds every attack and every evaluation of a random pipeline.
-        progress, norm: show a progress bar; the threat model's norm, "linf" or "l2".
-        sanity_checks: run FGSM, a large-eps PGD and PGD-4k for the gradient-masking checks.
-        large_eps: eps of the "falls toward 0" check; default 0.5 (L-inf), 0.5 sqrt(C H W) (L2).
+        progress, norm: show a progress bar; the threat model: "linf", "l2" or "l1" (see above).
+        sanity_checks: run FGSM (not under L1), a large-eps PGD and PGD-4k for the masking checks.
+        large_eps: eps of the "falls toward 0" check; default: 0.5 on every pixel, in the norm.
         kernels, device: the attacks' projected-step path; where to run (default: the model's).
         shard: in a process group (e.g. ``torchrun``), split the images over the ranks: every
             rank calls ``evaluate`` with the same data and arguments and attacks whole batches
@@ -219,12 +240,11 @@ def evaluate(
         reconstructions of x and of x_adv under the same mask), ``sanity``, ``more_steps``,
         ``random_pipeline``, ``eot_samples`` and ``warnings``.
     """
-    eps_list, plan = _check_arguments(threat, norm, eps, batch_size, corruptions, severities)
-    specs, eot_samples = attack_specs(attacks), check_eot_samples(eot_samples)
+    specs, eps_list, plan = _check_arguments(threat, norm, attacks, eps, corruptions, severities)
     runner, eot = _runner(
         model, data, defense, threat, batch_size, max_images, seed, norm, device, shard, eot_samples
     )
-    started = time.perf_counter()
+    started, eps_list = time.perf_counter(), eps_list or default_eps(norm, runner.x.shape)
     runs, extra = _plan(specs, runner, eps_list, seed, kernels, threat, sanity_checks, large_eps)
     if out_dir is not None:  # every finished batch is recorded; a rerun reads them back
         runner.journal = open_journal(out_dir, resume, model, runner, runs, extra, threat)
@@ -307,7 +327,10 @@ def _runner(
 ) -> tuple[AttackRunner, EotChoice]:
     """The checked images and labels on the device, the pipeline and what the attacks see, and
     the EOT setting of white-box attacks (:func:`~mimir_fast.evaluation.randomness.choose_eot`).
+    ``batch_size`` and ``eot_samples`` are checked first, before the data is read.
     """
+    check_int(batch_size, "batch_size", low=1)
+    eot_samples = check_eot_samples(eot_samples)
     x_all, y_all = load_data(data, max_images)
     check_images(x_all)
     device = device_of(model, device)

@@ -17,7 +17,7 @@ from .base import Attack, attack_mode, pgd_step
 from .cw import CW
 from .defended import EOT, THREATS, check_threat, gray_box_target
 from .difgsm import DIFGSM
-from .ensemble import AutoAttack, Ensemble
+from .ensemble import AutoAttack, AutoAttackL1, Ensemble
 from .fab import FAB, FABT
 from .l1 import L1PGD, project_l1_box
 from .objectives import (
@@ -55,6 +55,7 @@ __all__ = [
     "THREATS",
     "Attack",
     "AutoAttack",
+    "AutoAttackL1",
     "CallableObjective",
     "CrossEntropy",
     "Defended",

@@ -12,6 +12,12 @@ AutoAttack's versions (L-inf and L2 alike; 100 iterations for every gradient att
 - "custom": the attacks named in ``attacks``; AutoAttack's own at their standard budgets, any
   other single attack by name (see :mod:`~mimir_fast.attacks.factory`) at its defaults.
 
+:class:`AutoAttackL1` is AutoAttack on the L1 ball intersected with [0, 1] (l1-APGD, Croce &
+Hein 2021, "Mind the box"): FAB and Square have no L1 form here, so its "standard" version is
+APGD-CE then APGD-T (the composition :func:`~mimir_fast.evaluation.threats.evaluate_threats`
+runs for L1), "rand" is unchanged (APGD-CE, APGD-DLR), "custom" takes the attacks of
+:data:`~mimir_fast.attacks.factory.L1_ATTACK_NAMES`, and "plus" (FAB and Square) is refused.
+
 Every budget that differs from the version's (an override, or EOT taken from the model's
 ``eot_samples``) is recorded and named by :meth:`AutoAttack.describe`, e.g.
 "AutoAttack standard, Square 1000 queries", which reports use as the attack's label.
@@ -27,9 +33,16 @@ import torch
 
 from .._validate import check_choice
 from .base import Attack, attack_mode, check_images, check_labels, num_classes_of
-from .factory import SINGLE_ATTACK_NAMES, build_single_attack
+from .factory import SINGLE_ATTACK_NAMES, build_single_attack, check_norm_support
 
-__all__ = ["AUTOATTACK_VERSIONS", "AutoAttack", "Ensemble", "official_budgets"]
+__all__ = [
+    "AUTOATTACK_VERSIONS",
+    "AutoAttack",
+    "AutoAttackL1",
+    "Ensemble",
+    "check_l1_version",
+    "official_budgets",
+]
 
 _APGD = {"steps": 100, "restarts": 1, "eot_iter": 1}
 _TARGETED = {"steps": 100, "n_target_classes": 9, "restarts": 1}
@@ -56,6 +69,8 @@ _OFFICIAL: dict[str, tuple[tuple[str, dict[str, int]], ...]] = {
     ),
 }
 AUTOATTACK_VERSIONS = (*_OFFICIAL, "custom")
+# the versions on the L1 ball: the attacks of each official one that have an L1 form
+_OFFICIAL_L1 = {"standard": _OFFICIAL["standard"][:2], "rand": _OFFICIAL["rand"]}
 _STANDARD = dict(_OFFICIAL["standard"]) | {"apgd-dlr": _APGD, "fab": {"steps": 100, "restarts": 1}}
 _DISPLAY = {
     "apgd-ce": "APGD-CE",
@@ -74,14 +89,33 @@ _UNITS = {
 }
 
 
-def official_budgets(version: str) -> list[tuple[str, dict[str, int]]]:
+def official_budgets(version: str, norm: str = "linf") -> list[tuple[str, dict[str, int]]]:
     """``[(attack name, its budget), ...]`` of an official AutoAttack version, in run order.
 
     Args:
-        version: "standard", "plus" or "rand".
+        version: "standard", "plus" or "rand" ("standard" or "rand" for norm "l1").
+        norm: "linf", "l2" or "l1" (:class:`AutoAttackL1`'s versions).
     """
-    check_choice(version, "version", tuple(_OFFICIAL))
-    return [(name, dict(budget)) for name, budget in _OFFICIAL[version]]
+    check_choice(norm, "norm", ("linf", "l2", "l1"))
+    if norm == "l1":
+        check_l1_version(version)
+    table = _OFFICIAL_L1 if norm == "l1" else _OFFICIAL
+    check_choice(version, "version", tuple(table))
+    return [(name, dict(budget)) for name, budget in table[version]]
+
+
+def check_l1_version(version: str, attacks: Sequence[Any] | None = None) -> None:
+    """Raise ValueError when AutoAttack ``version`` (and a "custom" version's ``attacks``)
+    needs an attack without an L1 form: "plus" runs FAB and Square."""
+    check_choice(version, "version", AUTOATTACK_VERSIONS)
+    if version == "plus":
+        raise ValueError(
+            "AutoAttack version 'plus' runs FAB and Square, which have no form for norm 'l1'; "
+            "use version 'standard' (APGD-CE, APGD-T), 'rand' or 'custom' with norm 'l1'"
+        )
+    for attack in attacks or ():
+        if isinstance(attack, str) and attack.lower() in SINGLE_ATTACK_NAMES:
+            check_norm_support(attack.lower(), "l1")
 
 
 class Ensemble:
@@ -162,7 +196,7 @@ class AutoAttack(Ensemble):
 
     Args:
         model: the classifier (or a Defended pipeline: gradients go through it with EOT).
-        eps, norm: the threat model ("linf" or "l2").
+        eps, norm: the threat model ("linf" or "l2"; "l1": :class:`AutoAttackL1`).
         steps, n_target_classes, n_queries: override the version's iterations (APGD, FAB),
             target classes (APGD-T, FAB-T) and Square queries; None keeps the version's.
         seed: seeds every component.
@@ -180,6 +214,9 @@ class AutoAttack(Ensemble):
     """
 
     name = "autoattack"
+    title = "AutoAttack"  # what :meth:`describe` starts with
+    norms: tuple[str, ...] = ("linf", "l2")
+    _official = _OFFICIAL  # version -> its attacks and budgets
 
     def __init__(
         self,
@@ -199,7 +236,12 @@ class AutoAttack(Ensemble):
         compile: bool | dict[str, Any] = False,
     ):
         self.version = check_choice(version, "version", AUTOATTACK_VERSIONS)
-        norm = check_choice(norm.lower() if isinstance(norm, str) else norm, "norm", ("linf", "l2"))
+        norm = norm.lower() if isinstance(norm, str) else norm
+        if norm == "l1" and "l1" not in self.norms:
+            raise ValueError("norm 'l1': use AutoAttackL1, AutoAttack on the L1 ball")
+        norm = check_choice(norm, "norm", self.norms)
+        if norm == "l1":
+            check_l1_version(self.version, attacks)
         overrides = {
             "steps": steps,
             "n_target_classes": n_target_classes,
@@ -207,7 +249,7 @@ class AutoAttack(Ensemble):
             "restarts": restarts,
             "eot_iter": eot_iter,
         }
-        plan = _plan(self.version, attacks, overrides)
+        plan = _plan(self.version, attacks, overrides, self._official)
         built = [
             spec
             if isinstance(spec, Attack)
@@ -222,14 +264,41 @@ class AutoAttack(Ensemble):
     def describe(self) -> str:
         """The version and every budget that differs from it, e.g.
         "AutoAttack standard, Square 1000 queries"."""
-        text = f"AutoAttack {self.version}"
-        if self.version == "custom":
+        text = f"{self.title} {self.version}"
+        if self.version == "custom" or self.norm == "l1":
             text += " (" + ", ".join(_name_of(a) for a in self.attacks) + ")"
         return ", ".join([text, *self.differences])
 
 
+class AutoAttackL1(AutoAttack):
+    """AutoAttack on the L1 ball intersected with [0, 1]: "standard" runs APGD-CE then APGD-T
+    (l1-APGD, 100 iterations each, APGD-T 9 target classes), "rand" APGD-CE and APGD-DLR with
+    20 EOT draws, "custom" the attacks named (from :data:`~mimir_fast.attacks.factory.
+    L1_ATTACK_NAMES`); "plus" needs FAB and Square, which have no L1 form: ValueError.
+
+    :meth:`describe` names the attacks, e.g. "AutoAttack L1 standard (apgd-ce, apgd-t)".
+
+    Args:
+        model, steps, n_target_classes, seed, kernels, eot_iter, version, attacks, restarts,
+            compile: as :class:`AutoAttack`.
+        eps: the L1 radius (CIFAR-10: 12).
+        norm: "l1" only.
+        n_queries: accepted for :class:`AutoAttack`'s signature; no L1 attack queries.
+    """
+
+    title = "AutoAttack L1"
+    norms = ("l1",)
+    _official = _OFFICIAL_L1
+
+    def __init__(self, model: Any, eps: float = 12.0, norm: str = "l1", *args: Any, **kwargs: Any):
+        super().__init__(model, eps, norm, *args, **kwargs)
+
+
 def _plan(
-    version: str, attacks: Sequence[str | Attack] | None, overrides: dict[str, int | None]
+    version: str,
+    attacks: Sequence[str | Attack] | None,
+    overrides: dict[str, int | None],
+    official: dict[str, tuple[tuple[str, dict[str, int]], ...]],
 ) -> list[tuple[str | Attack, dict[str, int], dict[str, Any]]]:
     """(attack name or instance, its reference budget, its constructor budget) per component,
     in run order.
@@ -244,7 +313,7 @@ def _plan(
                 f"attacks= names the attacks of version='custom' only; version={version!r} "
                 "runs its own"
             )
-        components = [(name, dict(budget)) for name, budget in _OFFICIAL[version]]
+        components = [(name, dict(budget)) for name, budget in official[version]]
     else:
         specs = [_custom_name(a) for a in attacks or ()]
         if not specs:

@@ -17,7 +17,7 @@ from .objectives import FeatureDistance, MaskedReconstruction, MIAdaptive
 from .pgd import FGSM, MIFGSM, PGD
 from .square import Square
 
-__all__ = ["L1_ATTACK_NAMES", "SINGLE_ATTACK_NAMES", "build_single_attack"]
+__all__ = ["L1_ATTACK_NAMES", "SINGLE_ATTACK_NAMES", "build_single_attack", "check_norm_support"]
 
 SINGLE_ATTACK_NAMES = (
     "fgsm",
@@ -38,6 +38,18 @@ SINGLE_ATTACK_NAMES = (
 # the single attacks that take norm="l1" (the L1 ball intersected with [0, 1])
 L1_ATTACK_NAMES = ("pgd", "apgd", "apgd-ce", "apgd-dlr", "apgd-t", "pgd-mi", "pgd-feature")
 _PGD_NAMES = ("pgd", "mim", "pgd-mi", "pgd-feature")
+
+
+def check_norm_support(name: str, norm: str) -> None:
+    """Raise ValueError when the single attack ``name`` (lower case) has no form for ``norm``.
+
+    Every single attack takes "linf" and "l2"; "l1" only those of :data:`L1_ATTACK_NAMES`.
+    """
+    if norm == "l1" and name not in L1_ATTACK_NAMES:
+        raise ValueError(
+            f"attack {name!r} has no form for norm 'l1' (the L1 ball intersected with [0, 1]); "
+            f"the attacks that support 'l1' are {L1_ATTACK_NAMES} and 'autoattack'"
+        )
 
 
 def build_single_attack(
@@ -70,8 +82,7 @@ def build_single_attack(
     Raises:
         ValueError: ``name`` is not a single attack, or has no form for ``norm``.
     """
-    if norm == "l1" and name not in L1_ATTACK_NAMES:
-        raise ValueError(f"norm 'l1' is not available for {name!r}; use one of {L1_ATTACK_NAMES}")
+    check_norm_support(name, norm)
     common = {"norm": norm, "seed": seed, "kernels": kernels}
     if name == "fgsm":
         return FGSM(model, eps, **{**common, **kwargs})

@@ -11,22 +11,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import Attack
-from .ensemble import AUTOATTACK_VERSIONS, AutoAttack, Ensemble
-from .factory import SINGLE_ATTACK_NAMES, build_single_attack
+from .ensemble import AUTOATTACK_VERSIONS, AutoAttack, AutoAttackL1, Ensemble, check_l1_version
+from .factory import SINGLE_ATTACK_NAMES, build_single_attack, check_norm_support
 
 __all__ = [
     "ATTACK_KINDS",
     "ATTACK_NAMES",
+    "DEFAULT_ATTACKS",
+    "NORMS",
     "attack_from_spec",
     "attack_kind",
     "attack_specs",
     "build_attack",
+    "check_specs_norm",
 ]
 
 # the single attacks, with "autoattack" where it always stood in this list
 ATTACK_NAMES = (*SINGLE_ATTACK_NAMES[:8], "autoattack", *SINGLE_ATTACK_NAMES[8:])
 ATTACK_KINDS = ("iterative", "single", "black", "reconstruction", "feature")
 GRADIENT_FREE = ("square",)
+NORMS = ("linf", "l2", "l1")  # the threat models; "l1": the L1 ball intersected with [0, 1]
+# mimir_fast.evaluate's attacks=None: PGD; under L1 also AutoAttack's L1 attacks one by one
+DEFAULT_ATTACKS = {"linf": ("pgd",), "l2": ("pgd",), "l1": ("pgd", "apgd-ce", "apgd-t")}
 SINGLE_STEP = ("fgsm",)
 
 
@@ -45,7 +51,8 @@ def build_attack(
     with ``alpha = 2.5 eps / steps``, APGD 100 steps, Square 5000 queries, ...); "autoattack"
     (or "ensemble") is :class:`~mimir_fast.attacks.ensemble.AutoAttack`, by default its standard
     version (``version=`` one of :data:`~mimir_fast.attacks.ensemble.AUTOATTACK_VERSIONS`,
-    ``attacks=[names]`` for "custom").
+    ``attacks=[names]`` for "custom"); with ``norm="l1"`` it is
+    :class:`~mimir_fast.attacks.ensemble.AutoAttackL1` (standard: APGD-CE then APGD-T).
 
     Args:
         name: one of :data:`ATTACK_NAMES` (any case), or "ensemble" (AutoAttack).
@@ -55,7 +62,8 @@ def build_attack(
     """
     key = name.lower()
     if key in ("autoattack", "ensemble"):
-        return AutoAttack(model, eps, norm=norm, seed=seed, kernels=kernels, **kwargs)
+        kind = AutoAttackL1 if norm == "l1" else AutoAttack
+        return kind(model, eps, norm=norm, seed=seed, kernels=kernels, **kwargs)
     if key in SINGLE_ATTACK_NAMES:
         return build_single_attack(key, model, eps, norm, seed, kernels, **kwargs)
     raise ValueError(
@@ -101,6 +109,30 @@ def attack_specs(attacks: Any) -> list[tuple[str, Any]]:
     if len(set(labels)) != len(labels):
         raise ValueError(f"attack labels must be unique (give dict specs a 'label'), got {labels}")
     return specs
+
+
+def check_specs_norm(specs: list[tuple[str, Any]], norm: str) -> None:
+    """Raise ValueError, before any attack runs, when a spec of :func:`attack_specs` has no
+    form for ``norm``: a single attack without one (e.g. "fgsm" for "l1"), an AutoAttack
+    version that needs one ("plus" for "l1"), or an attack instance built for another norm.
+    Factories and unknown names are left to :func:`attack_from_spec`.
+    """
+    for label, spec in specs:
+        if isinstance(spec, (Attack, Ensemble)):
+            if spec.norm != norm:
+                raise ValueError(
+                    f"attack {label!r} was built for norm {spec.norm!r}, the evaluation's norm "
+                    f"is {norm!r}"
+                )
+            continue
+        if not isinstance(spec, (str, dict)):
+            continue
+        name = (spec if isinstance(spec, str) else str(spec["name"])).lower()
+        if name in ("autoattack", "ensemble") and norm == "l1":
+            options = spec if isinstance(spec, dict) else {}
+            check_l1_version(options.get("version", "standard"), options.get("attacks"))
+        elif name in SINGLE_ATTACK_NAMES:
+            check_norm_support(name, norm)
 
 
 def attack_from_spec(

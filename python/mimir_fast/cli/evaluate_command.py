@@ -8,6 +8,8 @@ gradients white-box attacks average per step. The report equals the API's
 ``evaluate(model, data, defense=NIMDefense(...), eot_samples=...)`` with the same settings.
 ``--corruptions`` evaluates under common corruptions
 (:mod:`~mimir_fast.cli.corruption_options`): alone, or beside ``--attacks`` when given.
+``--norm l1`` is the L1 ball intersected with [0, 1]: its attacks are PGD and APGD's (AutoAttack
+runs APGD-CE then APGD-T there), and without ``--eps`` its radius is 12 on 32x32 images.
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ __all__ = [
     "attack_specs",
     "build_defense",
     "check_eot",
+    "check_norm",
     "cmd_evaluate",
     "parse_defense",
     "parse_eps",
 ]
 
 DEFAULT_ATTACKS = "pgd,autoattack"  # --attacks when neither it nor --corruptions is given
+NORMS = ("linf", "l2", "l1")  # --norm
+# the attacks with a form for --norm l1 (attacks.factory.L1_ATTACK_NAMES and autoattack)
+L1_ATTACKS = "pgd, apgd, apgd-ce, apgd-dlr, apgd-t, pgd-mi, pgd-feature, autoattack"
 DEFENSE_KINDS = ("nim", "impure")  # --defense KIND:PATH
 AUTOATTACK_VERSIONS = ("standard", "plus", "rand")  # --version (AutoAttack's "custom": --attacks)
 DEFAULT_SIGMA = 75.0  # NIM's noise on the 0..255 scale
@@ -59,15 +65,20 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
         "--attacks",
         default=None,
         help="comma-separated: fgsm, pgd, mifgsm, apgd, apgd-dlr, apgd-t, square, autoattack, mim "
-        f"(default: {DEFAULT_ATTACKS}; none with --corruptions)",
+        f"(default: {DEFAULT_ATTACKS}; none with --corruptions); with --norm l1 only {L1_ATTACKS}",
     )
     p.add_argument(
         "--eps",
-        default="2/255,4/255,8/255",
-        help="comma-separated radii; fractions like 8/255 allowed",
+        default=None,
+        help="comma-separated radii; fractions like 8/255 allowed (default: 2/255,4/255,8/255; "
+        "with --norm l1: 12 on 32x32 images, required on others)",
     )
     p.add_argument(
-        "--norm", choices=("linf", "l2"), default="linf", help="threat model (default: linf)"
+        "--norm",
+        choices=NORMS,
+        default="linf",
+        help="threat model: linf, l2, or l1 (the L1 ball intersected with the [0, 1] image "
+        "box; AutoAttack runs APGD-CE and APGD-T there) (default: linf)",
     )
     p.add_argument("--steps", type=int, default=None, help="override the attacks' iteration counts")
     p.add_argument(
@@ -155,8 +166,11 @@ def _add_evaluation_run_options(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------- reading the options
-def parse_eps(text: str) -> list[float]:
-    """``--eps`` as radii: numbers or fractions like 8/255, each > 0."""
+def parse_eps(text: str | None) -> list[float] | None:
+    """``--eps`` as radii: numbers or fractions like 8/255, each > 0 (None: not given, the
+    evaluation's default for the norm)."""
+    if text is None:
+        return None
     values = []
     for part in text.split(","):
         num, _, den = part.strip().partition("/")
@@ -188,6 +202,23 @@ def attack_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.version is not None and not any(s["name"] == "autoattack" for s in specs):
         raise CLIError("--version sets AutoAttack's version: add autoattack to --attacks")
     return specs
+
+
+def check_norm(args: argparse.Namespace, specs: list[dict[str, Any]]) -> None:
+    """Every attack of ``--attacks`` (and AutoAttack's ``--version``) has a form for
+    ``--norm``; checked before the model is loaded."""
+    from ..attacks.registry import attack_specs as named_specs
+    from ..attacks.registry import check_specs_norm
+
+    if args.norm == "l1" and args.version == "plus":
+        raise CLIError(
+            "--version plus runs FAB and Square, which have no form for --norm l1; use "
+            "standard (APGD-CE, APGD-T) or rand"
+        )
+    try:
+        check_specs_norm(named_specs(specs), args.norm)
+    except ValueError as e:
+        raise CLIError(f"--attacks: {e}") from None
 
 
 def parse_defense(text: str) -> tuple[str, Path]:
@@ -276,6 +307,7 @@ def _evaluate_on(args: argparse.Namespace, device: Any) -> list[str]:
     if args.attacks is None and corruptions.corruptions is not None:
         return _corruptions_only(args, device, corruptions)
     specs, eps, eot = attack_specs(args), parse_eps(args.eps), check_eot(args.eot)
+    check_norm(args, specs)
     model = MaskedViT.load(args.model, map_location=device)
     defense = build_defense(args, device, model)
     baseline = load_baseline(corruptions.baseline, device)

@@ -15,6 +15,9 @@ Presets (:data:`THREAT_PRESETS`):
   4/255; an L2 radius of 4/255 over 150,528 pixels is a very weak threat, so pass e.g.
   ``eps={"l2": 2.0}`` for a stronger one. No L1 radius is preset for ImageNet: pass one in
   ``eps`` to evaluate L1 there.
+
+:func:`default_eps` gives :func:`mimir_fast.evaluate` its radii when none are passed: under L1
+the "cifar" preset's 12 for 32x32 images, and none for other sizes.
 """
 
 from __future__ import annotations
@@ -33,7 +36,15 @@ from ..attacks.base import attack_mode, check_images, check_labels, num_classes_
 from ..attacks.ensemble import AutoAttack, Ensemble
 from ..attacks.l1 import l1_norms
 
-__all__ = ["THREAT_ATTACKS", "THREAT_NORMS", "THREAT_PRESETS", "evaluate_threats", "threat_table"]
+__all__ = [
+    "DEFAULT_EPS",
+    "THREAT_ATTACKS",
+    "THREAT_NORMS",
+    "THREAT_PRESETS",
+    "default_eps",
+    "evaluate_threats",
+    "threat_table",
+]
 
 THREAT_NORMS = ("linf", "l2", "l1")
 THREAT_ATTACKS = ("apgd", "autoattack")
@@ -42,6 +53,27 @@ THREAT_PRESETS: dict[str, dict[str, float]] = {
     "imagenet": {"linf": 4 / 255, "l2": 4 / 255},
 }
 _NORM_NAMES = {"linf": "L-inf", "l2": "L2", "l1": "L1"}
+DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255)  # mimir_fast.evaluate's radii under L-inf and L2
+
+
+def default_eps(norm: str, shape: Sequence[int]) -> list[float]:
+    """:func:`mimir_fast.evaluate`'s radii when it is given none, for images of ``shape``
+    (N, C, H, W): :data:`DEFAULT_EPS` under L-inf and L2; under L1 the "cifar" preset's 12 for
+    32x32 images (the radius of Croce & Hein 2021).
+
+    Raises:
+        ValueError: L1 on images of another size: no published radius, pass one.
+    """
+    check_choice(norm, "norm", THREAT_NORMS)
+    if norm != "l1":
+        return list(DEFAULT_EPS)
+    height, width = shape[-2:]
+    if (height, width) != (32, 32):
+        raise ValueError(
+            f"norm 'l1' has a default eps ({THREAT_PRESETS['cifar']['l1']:g}, CIFAR-10's) for "
+            f"32x32 images only, these are {height}x{width}: pass eps, the L1 radius to evaluate"
+        )
+    return [THREAT_PRESETS["cifar"]["l1"]]
 
 
 def _suite(

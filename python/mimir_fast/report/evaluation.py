@@ -224,7 +224,8 @@ def plot_robust_accuracy(report: dict[str, Any], path: PathLike) -> Path:
             linewidth=2.2 if worst else 1.5,
             zorder=3 if worst else 2,
         )
-    ax.set_xlabel("eps (x 1/255)" if report["norm"] == "linf" else "eps (L2)")
+    norm = report["norm"]
+    ax.set_xlabel("eps (x 1/255)" if norm == "linf" else f"eps ({norm.upper()})")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
