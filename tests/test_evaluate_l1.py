@@ -74,7 +74,7 @@ def test_l1_report_is_consistent(monkeypatch, tmp_path):
     assert any(text.startswith("pgd: L1PGD(") for text in report["attacks"])
     assert any("norm='l1'" in text for text in report["attacks"] if text.startswith("apgd-ce"))
     assert report["descriptions"]["autoattack"].startswith(
-        "AutoAttack L1 standard (apgd-ce, apgd-t)"
+        "AutoAttack L1 standard (apgd-ce 5 restarts, apgd-t 5 targets, at 3, 2, 1 eps)"
     )
 
     # every adversarial batch lies in the L1 ball and the box, and some moved
@@ -186,9 +186,18 @@ def test_autoattack_under_l1_runs_apgd_ce_then_apgd_t():
     assert [type(a) for a in aa.attacks] == [APGD, APGDT]
     assert [a.name for a in aa.attacks] == ["apgd-ce", "apgd-t"]
     assert all(a.norm == "l1" for a in aa.attacks)
-    assert official_budgets("standard", "l1") == [
-        ("apgd-ce", {"steps": 100, "restarts": 1, "eot_iter": 1}),
-        ("apgd-t", {"steps": 100, "n_target_classes": 9, "restarts": 1, "eot_iter": 1}),
+    assert official_budgets("standard", "l1") == [  # the AutoAttack release's L1 budgets
+        ("apgd-ce", {"steps": 100, "restarts": 5, "eot_iter": 1, "large_eps_start": True}),
+        (
+            "apgd-t",
+            {
+                "steps": 100,
+                "n_target_classes": 5,
+                "restarts": 1,
+                "eot_iter": 1,
+                "large_eps_start": True,
+            },
+        ),
     ]
     x_adv = aa(x[:16], y[:16])
     assert float(l1_distance(x_adv, x[:16]).max()) <= 2.0 * (1 + 1e-5) + 1e-4

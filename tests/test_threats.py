@@ -52,8 +52,10 @@ def test_robust_accuracy_matches_the_attacks_run_by_hand():
 def test_presets_and_autoattack_labels():
     assert THREAT_PRESETS["imagenet"] == {"linf": 4 / 255, "l2": 4 / 255}  # MIMIR's ImageNet
     model = TinyNet()
-    _, label = _suite(model, "l1", 12.0, "autoattack", 100, 9, 0)
-    assert label == "AutoAttack L1: APGD-CE + APGD-T (9 targets), 100 iterations each"
+    aa, label = _suite(model, "l1", 12.0, "autoattack", 100, None, 0)
+    assert label == aa.describe() and label.startswith(
+        "AutoAttack L1 standard (apgd-ce 5 restarts, apgd-t 5 targets, at 3, 2, 1 eps)"
+    )
     aa, label = _suite(model, "linf", 8 / 255, "autoattack", 100, 9, 0)
     assert label.startswith("AutoAttack standard") and [a.name for a in aa.attacks][:2] == [
         "apgd-ce",

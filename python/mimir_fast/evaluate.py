@@ -15,7 +15,8 @@ The attacks come from :mod:`mimir_fast.attacks.registry`; the report files are w
 
 Norms: "linf", "l2" and "l1", the L1 ball intersected with [0, 1] (:mod:`mimir_fast.attacks.l1`).
 Under L1 only the attacks of :data:`~mimir_fast.attacks.factory.L1_ATTACK_NAMES` and
-"autoattack" (:class:`~mimir_fast.attacks.ensemble.AutoAttackL1`: APGD-CE then APGD-T) exist;
+"autoattack" (:class:`~mimir_fast.attacks.ensemble.AutoAttackL1`: APGD-CE with 5 restarts then
+APGD-T with 5 target classes, on the radii 3, 2, then 1 eps, AutoAttack's L1 budgets) exist;
 any other raises ValueError before anything runs. ``attacks=None`` runs "pgd", "apgd-ce" and
 "apgd-t" there, and ``eps=None`` is 12, CIFAR-10's L1 radius (Croce & Hein 2021), on 32x32
 images only (:func:`~mimir_fast.evaluation.threats.default_eps`; other sizes: pass eps). FGSM

@@ -17,10 +17,19 @@ the L1 ball intersected with [0, 1] and ``P`` its exact projection; ``eta = eps`
 every checkpoint k becomes the sparsity of the best point over 1.5 and the step size is divided
 by 1.5 (reset to ``eps`` when the best point got sparser by more than 5%, kept at least
 ``eps / 10``), while the reset to the best point follows conditions (1) and (2) as above
-(:mod:`mimir_fast.attacks.l1`). The random start is a sparse random point of the set. Not
-done: the paper's runs at a larger eps first (AutoAttack's ``use_largereps``). l1-APGD takes
-no momentum step (``a = 1``): on the digits, momentum 0.75 left 5-15 points more robust
+(:mod:`mimir_fast.attacks.l1`). The random start is a sparse random point of the set. l1-APGD
+takes no momentum step (``a = 1``): on the digits, momentum 0.75 left 5-15 points more robust
 accuracy at the same budget.
+
+``large_eps_start=True`` (l1 only; AutoAttack's ``use_largereps``, the paper's initialization
+with a larger radius) runs every restart in three stages on the radii ``3 eps``, ``2 eps`` and
+``eps``, with ``ceil(0.3 N)``, ``ceil(0.3 N)`` and the remaining iterations
+(:func:`large_eps_schedule`; 30, 30, 40 for N = 100). The random start is drawn in the ``3 eps``
+set; each later stage starts from the previous stage's highest-loss point projected on its
+smaller set, and starts its step size, sparsity and checkpoints afresh. Only points of the
+requested set count: an iterate of an earlier stage that fools the model is kept only when it
+lies in the ``eps`` ball (without rounding slack), and a point not fooled gets the best point of
+the last stage.
 
 Restarts, and APGD-T's target classes, run as one batch of up to ``max_batch`` images with the
 per-sample result of running them one after another (:mod:`mimir_fast.attacks.batching`). A
@@ -43,6 +52,7 @@ from .base import Attack
 from .l1 import (
     L1_TOPK_START,
     l1_checkpoint,
+    l1_norms,
     l1_random_start,
     l1_sparse_direction,
     project_l1_box,
@@ -50,10 +60,21 @@ from .l1 import (
 )
 from .objectives import TargetedDLR
 
-__all__ = ["APGD", "APGDT", "MOMENTUM", "RHO", "apgd_checkpoints"]
+__all__ = [
+    "APGD",
+    "APGDT",
+    "LARGE_EPS_FACTORS",
+    "LARGE_EPS_SHARES",
+    "MOMENTUM",
+    "RHO",
+    "apgd_checkpoints",
+    "large_eps_schedule",
+]
 
 RHO = 0.75
 MOMENTUM = 0.75
+LARGE_EPS_FACTORS = (3.0, 2.0, 1.0)  # large_eps_start: the stages' radii, in units of eps
+LARGE_EPS_SHARES = (0.3, 0.3)  # ... and the share of the iterations of all stages but the last
 _COMPACT_EVERY_CUDA = 10  # steps between checks for settled rows on a GPU (each one syncs)
 
 
@@ -69,6 +90,21 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return [w for w in ws if 0 < w < steps]
 
 
+def large_eps_schedule(steps: int) -> list[tuple[float, int]]:
+    """``[(eps factor, iterations), ...]`` of the stages of ``large_eps_start``.
+
+    ``ceil(0.3 steps)`` iterations at ``3 eps``, as many at ``2 eps``, the rest at ``eps``: the
+    stages add up to ``steps``. Below 5 steps a stage may get none (it only evaluates its start).
+    """
+    steps = check_int(steps, "steps", low=1)
+    left, stages = steps, []
+    for factor, share in zip(LARGE_EPS_FACTORS, LARGE_EPS_SHARES):
+        n = min(math.ceil(share * steps), left)
+        stages.append((factor, n))
+        left -= n
+    return [*stages, (LARGE_EPS_FACTORS[-1], left)]
+
+
 class APGD(Attack):
     """APGD with the CE (``loss="ce"``) or DLR (``loss="dlr"``) loss, L-inf, L2 or L1.
 
@@ -80,6 +116,12 @@ class APGD(Attack):
             as one batch where ``max_batch`` allows.
         random_start: start from a random point of the ball (as AutoAttack does), else from x.
         rho: checkpoint condition 1 threshold.
+        large_eps_start: norm "l1" only: run each restart on the radii 3 eps, 2 eps, then eps
+            (:func:`large_eps_schedule`; AutoAttack's ``use_largereps``, see the module
+            docstring); the result lies in the eps set.
+
+    Raises:
+        ValueError: ``large_eps_start`` with another norm than "l1".
     """
 
     name = "apgd"
@@ -94,6 +136,7 @@ class APGD(Attack):
         random_start: bool = True,
         rho: float = RHO,
         loss: Any = "ce",
+        large_eps_start: bool = False,
         **kwargs: Any,
     ):
         super().__init__(model, eps, loss=loss, **kwargs)
@@ -103,73 +146,105 @@ class APGD(Attack):
         if not 0 < rho <= 1:
             raise ValueError(f"rho must be in (0, 1], got {rho!r}")
         self.rho = float(rho)
+        self.large_eps_start = bool(large_eps_start)
+        if self.large_eps_start and self.norm != "l1":
+            raise ValueError(
+                f"large_eps_start is an option of l1-APGD (norm 'l1'), got norm {self.norm!r}"
+            )
         self.name = f"apgd-{self.objective.name}"
 
     def __repr__(self) -> str:
+        extra = ", large_eps_start=True" if self.large_eps_start else ""
         return (
             f"APGD(eps={self.eps:.4g}, steps={self.steps}, norm={self.norm!r}, "
-            f"loss={self.objective!r})"
+            f"loss={self.objective!r}{extra})"
         )
 
     def perturb(self, x, y):
         return self._batched_runs(x, y, self._run_rows, restarts=self.restarts)
 
+    def stages(self) -> list[tuple[float, int]]:
+        """``[(radius, iterations), ...]`` each restart runs: one stage at ``eps`` unless
+        ``large_eps_start``."""
+        if not self.large_eps_start:
+            return [(self.eps, self.steps)]
+        return [(f * self.eps, n) for f, n in large_eps_schedule(self.steps)]
+
     def _start(self, x, gen):
         if self.norm == "l1":
-            return l1_random_start(x, self.eps, gen) if self.random_start else x
+            radius = self.stages()[0][0]
+            return l1_random_start(x, radius, gen) if self.random_start else x
         return super()._start(x, gen)
 
-    def _ascent(self, rows: _Rows) -> torch.Tensor:
-        """``z = P(x_k + eta * step(grad))`` for every row."""
+    def _ascent(self, rows: _Rows, eps: float) -> torch.Tensor:
+        """``z = P(x_k + eta * step(grad))`` for every row, ``eps`` the radius of ``P``."""
         if self.norm != "l1":
             return self._step(rows.x_cur, rows.grad, rows.x, rows.eta)
         d = rows.x[0].numel()
         u = l1_sparse_direction(rows.grad, rows.x_cur, topk_count(rows.topk, d))
         z = rows.x_cur.float() + rows.eta.reshape(rows.view) * u
-        return project_l1_box(z, rows.x, self.eps)
+        return project_l1_box(z, rows.x, eps)
 
-    def _project(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``P(v)``: the projection on the threat model around ``x``."""
+    def _project(self, v: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """``P(v)``: the projection on the threat model of radius ``eps`` around ``x``."""
         if self.norm == "l1":
-            return project_l1_box(v, x, self.eps)
-        return self._step(v, v, x, 0.0)  # alpha 0: projection
+            return project_l1_box(v, x, eps)
+        return self._step(v, v, x, 0.0, eps)  # alpha 0: projection
 
     def _run_rows(self, x, y, start, target, runs):
         """APGD on rows that stack ``runs`` runs of the same points (run-major); returns
         ``(x_adv, fooled or None, loss at x_adv)`` per row.
 
-        A row stops once it, or a row of an earlier run on the same point, fooled the model:
-        its result is then fixed (the first fooled iterate) or no longer used.
+        A row stops once it, or a row of an earlier run on the same point, fooled the model
+        inside the ``eps`` set: its result is then fixed (the first such iterate) or no longer
+        used. With several stages (``large_eps_start``), each starts from the previous stage's
+        best point projected on its own set.
         """
         l1 = self.norm == "l1"
-        rows = _Rows(x, y, start, target, runs, (1.0 if l1 else 2.0) * self.eps, l1)
+        stages = self.stages()
+        rows = _Rows(x, y, start, target, runs, (1.0 if l1 else 2.0) * stages[0][0], l1)
         objective = self.objective if target is None else TargetedDLR()
+        for i, (eps, steps) in enumerate(stages):
+            if i:
+                rows.new_stage(eps, self._project(rows.x_best, rows.x, eps))
+            if not self._run_stage(rows, objective, target is not None, eps, steps):
+                break  # every row settled
+        return rows.results(objective.classification)
+
+    def _run_stage(self, rows: _Rows, objective: Any, targeted: bool, eps: float, steps: int):
+        """``steps`` APGD iterations on the set of radius ``eps``; False when no row is left."""
+        l1 = self.norm == "l1"
         classification = objective.classification
-        checkpoints = set(apgd_checkpoints(self.steps))
-        every = 1 if x.device.type == "cpu" else _COMPACT_EVERY_CUDA
-        for k in range(self.steps + 1):
-            if target is not None:
+        outside = eps > self.eps  # a larger set: fooled iterates count only inside the eps one
+        checkpoints = set(apgd_checkpoints(steps))
+        every = 1 if rows.x.device.type == "cpu" else _COMPACT_EVERY_CUDA
+        for k in range(steps + 1):
+            if targeted:
                 objective.target = rows.target
-            if k < self.steps:
+            if k < steps:
                 loss, logits, grad = self._loss_grad(rows.x_cur, rows.x, rows.y, objective)
             else:  # the last iterate: loss only
                 loss, logits = self._loss(rows.x_cur, rows.x, rows.y, objective)
                 grad = None
             with torch.no_grad():
-                rows.record(loss, self._fooled(logits, rows.y) if classification else None, grad)
-                if k == self.steps:
+                fooled = self._fooled(logits, rows.y) if classification else None
+                if fooled is not None and outside:
+                    inside = l1_norms(rows.x_cur.double() - rows.x.double()) <= self.eps
+                    fooled = fooled & inside
+                rows.record(loss, fooled, grad)
+                if k == steps:
                     break
                 if classification and k % every == 0 and not rows.drop_finished():
-                    break  # every row fooled: nothing left to run
+                    return False  # every row fooled: nothing left to run
                 if k in checkpoints:
-                    rows.checkpoint(k, self.rho, self.eps if l1 else None)
-                z = self._ascent(rows).float()
+                    rows.checkpoint(k, self.rho, eps if l1 else None)
+                z = self._ascent(rows, eps).float()
                 a = 1.0 if k == 0 or l1 else MOMENTUM  # l1: no momentum (see the docstring)
                 cur = rows.x_cur.float()
                 v = cur + a * (z - cur) + (1 - a) * (cur - rows.x_prev.float())
                 rows.x_prev = rows.x_cur
-                rows.x_cur = self._project(v.to(x.dtype), rows.x)
-        return rows.results(classification)
+                rows.x_cur = self._project(v.to(rows.x.dtype), rows.x, eps)
+        return True
 
 
 class APGDT(APGD):
@@ -251,6 +326,21 @@ class _Rows:
         # l1-APGD: the share of coordinates a step moves, and the best point's last sparsity
         self.topk = torch.full((n,), L1_TOPK_START, device=dev) if l1 else None
         self.sparsity = torch.full((n,), float(x[0].numel()), device=dev) if l1 else None
+
+    def new_stage(self, eta: float, start: torch.Tensor) -> None:
+        """Start a new stage of every live row from ``start`` with step size ``eta``: the best
+        loss, the checkpoint counters and the l1 sparsity begin afresh; found points stay."""
+        self.x_cur, self.x_prev, self.x_best = start, start.clone(), start.clone()
+        self.eta = torch.full_like(self.eta, eta)
+        self.loss_best = torch.full_like(self.loss_best, float("-inf"))
+        self.loss_prev = None
+        self.loss_best_ckpt = self.loss_best.clone()
+        self.increases = torch.zeros_like(self.increases)
+        self.halved = torch.ones_like(self.halved)
+        self.last_ckpt = 0
+        if self.topk is not None:
+            self.topk = torch.full_like(self.topk, L1_TOPK_START)
+            self.sparsity = torch.full_like(self.sparsity, float(self.x[0].numel()))
 
     def record(self, loss, fooled, grad) -> None:
         """Book-keeping after a forward at ``x_cur``: first fooled iterate, best point."""

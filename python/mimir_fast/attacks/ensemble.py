@@ -13,10 +13,15 @@ AutoAttack's versions (L-inf and L2 alike; 100 iterations for every gradient att
   other single attack by name (see :mod:`~mimir_fast.attacks.factory`) at its defaults.
 
 :class:`AutoAttackL1` is AutoAttack on the L1 ball intersected with [0, 1] (l1-APGD, Croce &
-Hein 2021, "Mind the box"): FAB and Square have no L1 form here, so its "standard" version is
-APGD-CE then APGD-T (the composition :func:`~mimir_fast.evaluation.threats.evaluate_threats`
-runs for L1), "rand" is unchanged (APGD-CE, APGD-DLR), "custom" takes the attacks of
-:data:`~mimir_fast.attacks.factory.L1_ATTACK_NAMES`, and "plus" (FAB and Square) is refused.
+Hein 2021, "Mind the box"). Its "standard" version has the AutoAttack release's L1 budgets:
+APGD-CE with 5 restarts, then APGD-T with 5 target classes (1 restart), 100 iterations each,
+both with ``large_eps_start`` (the release's ``use_largereps``: each run on the radii 3 eps,
+2 eps, then eps; see :mod:`~mimir_fast.attacks.apgd`). The release's L1 standard also lists
+FAB-T and Square, which have no L1 form here: they are left out.
+:func:`~mimir_fast.evaluation.threats.evaluate_threats` runs this version for its L1 rows with
+``attacks="autoattack"``. "rand" is unchanged (APGD-CE, APGD-DLR), "custom" takes the attacks
+of :data:`~mimir_fast.attacks.factory.L1_ATTACK_NAMES` (APGD-CE and APGD-T at the L1 standard
+budgets), and "plus" (FAB and Square) is refused.
 
 Every budget that differs from the version's (an override, or EOT taken from the model's
 ``eot_samples``) is recorded and named by :meth:`AutoAttack.describe`, e.g.
@@ -69,9 +74,19 @@ _OFFICIAL: dict[str, tuple[tuple[str, dict[str, int]], ...]] = {
     ),
 }
 AUTOATTACK_VERSIONS = (*_OFFICIAL, "custom")
-# the versions on the L1 ball: the attacks of each official one that have an L1 form
-_OFFICIAL_L1 = {"standard": _OFFICIAL["standard"][:2], "rand": _OFFICIAL["rand"]}
+# the versions on the L1 ball: the release's L1 budgets for the attacks with an L1 form
+_OFFICIAL_L1 = {
+    "standard": (
+        ("apgd-ce", {**_APGD, "restarts": 5, "large_eps_start": True}),
+        ("apgd-t", {**_TARGETED, "n_target_classes": 5, "eot_iter": 1, "large_eps_start": True}),
+    ),
+    "rand": _OFFICIAL["rand"],
+}
+# the budgets of a "custom" version's components
 _STANDARD = dict(_OFFICIAL["standard"]) | {"apgd-dlr": _APGD, "fab": {"steps": 100, "restarts": 1}}
+_STANDARD_L1 = _STANDARD | dict(_OFFICIAL_L1["standard"])
+# how AutoAttackL1.describe names a version's attacks: with their budgets where they matter
+_L1_NOTES = {"standard": "apgd-ce 5 restarts, apgd-t 5 targets, at 3, 2, 1 eps"}
 _DISPLAY = {
     "apgd-ce": "APGD-CE",
     "apgd-dlr": "APGD-DLR",
@@ -86,6 +101,7 @@ _UNITS = {
     "n_target_classes": "target classes",
     "n_queries": "queries",
     "eot_iter": "EOT draws",
+    "large_eps_start": "large-eps start",
 }
 
 
@@ -217,6 +233,7 @@ class AutoAttack(Ensemble):
     title = "AutoAttack"  # what :meth:`describe` starts with
     norms: tuple[str, ...] = ("linf", "l2")
     _official = _OFFICIAL  # version -> its attacks and budgets
+    _standard = _STANDARD  # attack name -> its budget in a "custom" version
 
     def __init__(
         self,
@@ -249,7 +266,7 @@ class AutoAttack(Ensemble):
             "restarts": restarts,
             "eot_iter": eot_iter,
         }
-        plan = _plan(self.version, attacks, overrides, self._official)
+        plan = _plan(self.version, attacks, overrides, self._official, self._standard)
         built = [
             spec
             if isinstance(spec, Attack)
@@ -266,17 +283,24 @@ class AutoAttack(Ensemble):
         "AutoAttack standard, Square 1000 queries"."""
         text = f"{self.title} {self.version}"
         if self.version == "custom" or self.norm == "l1":
-            text += " (" + ", ".join(_name_of(a) for a in self.attacks) + ")"
+            names = ", ".join(_name_of(a) for a in self.attacks)
+            if self.norm == "l1":
+                names = _L1_NOTES.get(self.version, names)
+            text += f" ({names})"
         return ", ".join([text, *self.differences])
 
 
 class AutoAttackL1(AutoAttack):
-    """AutoAttack on the L1 ball intersected with [0, 1]: "standard" runs APGD-CE then APGD-T
-    (l1-APGD, 100 iterations each, APGD-T 9 target classes), "rand" APGD-CE and APGD-DLR with
-    20 EOT draws, "custom" the attacks named (from :data:`~mimir_fast.attacks.factory.
-    L1_ATTACK_NAMES`); "plus" needs FAB and Square, which have no L1 form: ValueError.
+    """AutoAttack on the L1 ball intersected with [0, 1]: "standard" runs APGD-CE (5 restarts)
+    then APGD-T (5 target classes), l1-APGD with 100 iterations each on the radii 3 eps, 2 eps
+    then eps (``large_eps_start``), the release's L1 budgets; its FAB-T and Square have no L1
+    form and are left out. "rand" runs APGD-CE and APGD-DLR with 20 EOT draws, "custom" the
+    attacks named (from :data:`~mimir_fast.attacks.factory.L1_ATTACK_NAMES`); "plus" needs FAB
+    and Square: ValueError.
 
-    :meth:`describe` names the attacks, e.g. "AutoAttack L1 standard (apgd-ce, apgd-t)".
+    :meth:`describe` names the attacks, for "standard" with its budgets: "AutoAttack L1
+    standard (apgd-ce 5 restarts, apgd-t 5 targets, at 3, 2, 1 eps)", then any budget that
+    differs, e.g. ", APGD-CE/APGD-T 10 iterations".
 
     Args:
         model, steps, n_target_classes, seed, kernels, eot_iter, version, attacks, restarts,
@@ -289,6 +313,7 @@ class AutoAttackL1(AutoAttack):
     title = "AutoAttack L1"
     norms = ("l1",)
     _official = _OFFICIAL_L1
+    _standard = _STANDARD_L1
 
     def __init__(self, model: Any, eps: float = 12.0, norm: str = "l1", *args: Any, **kwargs: Any):
         super().__init__(model, eps, norm, *args, **kwargs)
@@ -299,11 +324,12 @@ def _plan(
     attacks: Sequence[str | Attack] | None,
     overrides: dict[str, int | None],
     official: dict[str, tuple[tuple[str, dict[str, int]], ...]],
+    standard: dict[str, dict[str, int]],
 ) -> list[tuple[str | Attack, dict[str, int], dict[str, Any]]]:
     """(attack name or instance, its reference budget, its constructor budget) per component,
     in run order.
 
-    The reference budget is the version's (the standard one for a custom component); the
+    The reference budget is the version's (``standard``'s for a custom component); the
     constructor budget replaces it by the overrides given and leaves "eot_iter" out (the
     model's) outside "rand".
     """
@@ -318,12 +344,12 @@ def _plan(
         specs = [_custom_name(a) for a in attacks or ()]
         if not specs:
             raise ValueError("version='custom' needs attacks=[...], at least one attack name")
-        components = [(s, dict(_STANDARD.get(s, {})) if isinstance(s, str) else {}) for s in specs]
+        components = [(s, dict(standard.get(s, {})) if isinstance(s, str) else {}) for s in specs]
     plan = []
     for spec, official in components:
         run: dict[str, Any] = {"early_stop": True} if spec in ("fab", "fab-t") else {}
         for key, value in official.items():
-            if overrides[key] is not None:
+            if overrides.get(key) is not None:
                 run[key] = overrides[key]
             elif key != "eot_iter" or version == "rand":
                 run[key] = value
@@ -344,8 +370,9 @@ def _custom_name(attack: str | Attack) -> str | Attack:
 
 
 def _budget_of(attack: Attack, keys: Any) -> dict[str, int]:
-    """The budgets ``keys`` (those the version fixes) of a built attack."""
-    return {k: int(getattr(attack, k)) for k in keys if hasattr(attack, k)}
+    """The budgets ``keys`` (those the version fixes) of a built attack (flags stay bools)."""
+    values = {k: getattr(attack, k) for k in keys if hasattr(attack, k)}
+    return {k: v if isinstance(v, bool) else int(v) for k, v in values.items()}
 
 
 def _differences(built: list[Attack], officials: list[dict[str, int]]) -> list[str]:

@@ -52,7 +52,8 @@ def build_attack(
     (or "ensemble") is :class:`~mimir_fast.attacks.ensemble.AutoAttack`, by default its standard
     version (``version=`` one of :data:`~mimir_fast.attacks.ensemble.AUTOATTACK_VERSIONS`,
     ``attacks=[names]`` for "custom"); with ``norm="l1"`` it is
-    :class:`~mimir_fast.attacks.ensemble.AutoAttackL1` (standard: APGD-CE then APGD-T).
+    :class:`~mimir_fast.attacks.ensemble.AutoAttackL1` (standard: APGD-CE with 5 restarts then
+    APGD-T with 5 target classes, both from larger radii).
 
     Args:
         name: one of :data:`ATTACK_NAMES` (any case), or "ensemble" (AutoAttack).

@@ -9,7 +9,8 @@ gradients white-box attacks average per step. The report equals the API's
 ``--corruptions`` evaluates under common corruptions
 (:mod:`~mimir_fast.cli.corruption_options`): alone, or beside ``--attacks`` when given.
 ``--norm l1`` is the L1 ball intersected with [0, 1]: its attacks are PGD and APGD's (AutoAttack
-runs APGD-CE then APGD-T there), and without ``--eps`` its radius is 12 on 32x32 images.
+runs APGD-CE with 5 restarts then APGD-T with 5 target classes there, both from larger radii),
+and without ``--eps`` its radius is 12 on 32x32 images.
 """
 
 from __future__ import annotations

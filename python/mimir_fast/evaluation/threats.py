@@ -1,10 +1,13 @@
 """Robust accuracy across threat models in one call: :func:`evaluate_threats`.
 
 One row per norm (L-inf, L2, L1) at the radius a benchmark uses, each attacked by APGD-CE
-then APGD-T on the points still robust (``attacks="apgd"``), or by AutoAttack's standard
-composition for that norm (``attacks="autoattack"``: APGD-CE, APGD-T, FAB-T and Square for
-L-inf and L2; APGD-CE and APGD-T for L1, as AutoAttack runs L1). L1 uses l1-APGD on the L1
-ball intersected with [0, 1] (:mod:`mimir_fast.attacks.l1`).
+then APGD-T on the points still robust (``attacks="apgd"``, the cheaper default: 1 restart,
+9 target classes, for every norm; under L1 this is not AutoAttack's L1 budget), or by
+AutoAttack's standard version for that norm (``attacks="autoattack"``: APGD-CE, APGD-T, FAB-T
+and Square for L-inf and L2; for L1 :class:`~mimir_fast.attacks.ensemble.AutoAttackL1`,
+APGD-CE with 5 restarts then APGD-T with 5 target classes, both starting on larger radii, the
+AutoAttack release's L1 budgets without its FAB-T and Square, which have no L1 form here). L1
+uses l1-APGD on the L1 ball intersected with [0, 1] (:mod:`mimir_fast.attacks.l1`).
 
 Presets (:data:`THREAT_PRESETS`):
 
@@ -33,10 +36,11 @@ import torch
 from .._validate import check_choice, check_int, check_positive
 from ..attacks.apgd import APGD, APGDT
 from ..attacks.base import attack_mode, check_images, check_labels, num_classes_of
-from ..attacks.ensemble import AutoAttack, Ensemble
+from ..attacks.ensemble import AutoAttack, AutoAttackL1, Ensemble
 from ..attacks.l1 import l1_norms
 
 __all__ = [
+    "APGD_TARGETS",
     "DEFAULT_EPS",
     "THREAT_ATTACKS",
     "THREAT_NORMS",
@@ -48,6 +52,7 @@ __all__ = [
 
 THREAT_NORMS = ("linf", "l2", "l1")
 THREAT_ATTACKS = ("apgd", "autoattack")
+APGD_TARGETS = 9  # APGD-T's target classes with attacks="apgd" when none are given
 THREAT_PRESETS: dict[str, dict[str, float]] = {
     "cifar": {"linf": 8 / 255, "l2": 0.5, "l1": 12.0},
     "imagenet": {"linf": 4 / 255, "l2": 4 / 255},
@@ -77,20 +82,24 @@ def default_eps(norm: str, shape: Sequence[int]) -> list[float]:
 
 
 def _suite(
-    model: Any, norm: str, eps: float, attacks: str, steps: int, targets: int, seed: int
+    model: Any, norm: str, eps: float, attacks: str, steps: int, targets: int | None, seed: int
 ) -> tuple[Ensemble, str]:
-    """The attack of one row, and its name with its budget."""
-    if attacks == "autoattack" and norm != "l1":
-        aa = AutoAttack(model, eps, norm, steps=steps, n_target_classes=targets, seed=seed)
+    """The attack of one row, and its name with its budget (``targets`` None: the default of
+    ``attacks``)."""
+    if attacks == "autoattack":
+        kind = AutoAttackL1 if norm == "l1" else AutoAttack
+        aa = kind(model, eps, norm, steps=steps, n_target_classes=targets, seed=seed)
+        if norm == "l1":  # describe() names the budgets and what differs from them
+            return aa, aa.describe()
+        targets = aa.attacks[1].n_target_classes
         return aa, f"{aa.describe()} (APGD and FAB {steps} iterations, {targets} targets)"
+    targets = APGD_TARGETS if targets is None else targets
     common = {"norm": norm, "steps": steps, "seed": seed}
     parts = [
         APGD(model, eps, loss="ce", **common),
         APGDT(model, eps, n_target_classes=targets, **common),
     ]
     label = f"APGD-CE + APGD-T ({targets} targets), {steps} iterations each"
-    if attacks == "autoattack":
-        label = f"AutoAttack L1: {label}"
     return Ensemble(parts, model), label
 
 
@@ -183,7 +192,7 @@ def evaluate_threats(
     eps: Mapping[str, float] | None = None,
     attacks: str = "apgd",
     steps: int = 100,
-    n_target_classes: int = 9,
+    n_target_classes: int | None = None,
     batch_size: int = 128,
     max_images: int | None = None,
     seed: int = 0,
@@ -199,9 +208,13 @@ def evaluate_threats(
         norms: which of "linf", "l2", "l1" to evaluate, in this order (default: the preset's
             and those given in ``eps``).
         eps: radii that replace the preset's, e.g. ``{"l2": 1.0}``.
-        attacks: "apgd" (APGD-CE then APGD-T) or "autoattack" (AutoAttack standard; for L1
-            APGD-CE then APGD-T, AutoAttack's L1 composition).
-        steps, n_target_classes: iterations of every APGD (and FAB) run; APGD-T's targets.
+        attacks: "apgd" (APGD-CE then APGD-T, 1 restart each; for L1 cheaper than
+            AutoAttack's L1 budget) or "autoattack" (AutoAttack standard; for L1
+            :class:`~mimir_fast.attacks.ensemble.AutoAttackL1`'s standard version: APGD-CE
+            with 5 restarts then APGD-T with 5 target classes, on the radii 3, 2, then 1 eps).
+        steps: iterations of every APGD (and FAB) run.
+        n_target_classes: APGD-T's (and FAB-T's) target classes; None: 9 with "apgd",
+            AutoAttack's for "autoattack" (9; 5 for L1).
         batch_size, max_images, seed, device: batching, the images used, the attacks' seed,
             where to run (default: the model's device).
         out_dir: where to write ``threats.json`` and ``threats.md``; nothing written when None.
@@ -214,7 +227,7 @@ def evaluate_threats(
     radii = _radii(preset, norms, eps)
     check_choice(attacks, "attacks", THREAT_ATTACKS)
     steps = check_int(steps, "steps", low=1)
-    n_target_classes = check_int(n_target_classes, "n_target_classes", low=1)
+    n_target_classes = check_int(n_target_classes, "n_target_classes", low=1, allow_none=True)
     batch_size = check_int(batch_size, "batch_size", low=1)
     x, y = _load(data, max_images)
     check_images(x)
