@@ -1,6 +1,6 @@
 //! Digital: contrast (scaled about the channel mean), elastic transform (an affine jitter
 //! then a smoothed random displacement field), pixelate (box down- and up-sampling, PIL's
-//! BOX filter) and JPEG compression (4:2:0 chroma subsampling, libjpeg quality scaling).
+//! BOX filter) and JPEG compression.
 
 use rand::Rng;
 
@@ -275,65 +275,9 @@ pub fn pixelate(img: &mut Planes, t: Table, s: u8) {
     img.map_planes(|p| up.apply(&down.apply(p)));
 }
 
-/// Encode interleaved 8-bit pixels as JPEG at `quality` and decode them again.
-fn jpeg_roundtrip(
-    px: &[u8],
-    h: usize,
-    w: usize,
-    rgb: bool,
-    quality: u8,
-) -> Result<Vec<u8>, String> {
-    use jpeg_encoder::{ColorType, Encoder};
-    use zune_core::bytestream::ZCursor;
-    use zune_core::colorspace::ColorSpace;
-    use zune_core::options::DecoderOptions;
-    let (wu, hu) = (u16::try_from(w), u16::try_from(h));
-    let (Ok(wu), Ok(hu)) = (wu, hu) else {
-        return Err(format!("a {h}x{w} image is too large for JPEG"));
-    };
-    let mut bytes = Vec::new();
-    let color = if rgb { ColorType::Rgb } else { ColorType::Luma };
-    Encoder::new(&mut bytes, quality)
-        .encode(px, wu, hu, color)
-        .map_err(|e| e.to_string())?;
-    let space = if rgb {
-        ColorSpace::RGB
-    } else {
-        ColorSpace::Luma
-    };
-    let options = DecoderOptions::default().jpeg_set_out_colorspace(space);
-    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(&bytes[..]), options);
-    let out = dec.decode().map_err(|e| e.to_string())?;
-    if out.len() != px.len() {
-        return Err("JPEG round trip changed the image size".into());
-    }
-    Ok(out)
-}
-
-/// JPEG compression at the severity's quality: RGB images as one colour JPEG (4:2:0), any
-/// other channel count one grayscale JPEG per channel.
+/// JPEG compression at the severity's quality (libjpeg's arithmetic, see [`super::jpeg`]):
+/// RGB images as one colour JPEG (4:2:0), any other channel count one grayscale JPEG per
+/// channel.
 pub fn jpeg(img: &mut Planes, t: Table, s: u8) {
-    let q = t.pick(&JPEG, s);
-    let (c, h, w) = (img.c, img.h, img.w);
-    let n = h * w;
-    let to_u8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-    if c == 3 {
-        let px: Vec<u8> = (0..n * 3)
-            .map(|k| to_u8(img.data[(k % 3) * n + k / 3]))
-            .collect();
-        if let Ok(out) = jpeg_roundtrip(&px, h, w, true, q) {
-            for (k, &v) in out.iter().enumerate() {
-                img.data[(k % 3) * n + k / 3] = f32::from(v) / 255.0;
-            }
-        }
-        return;
-    }
-    for ch in 0..c {
-        let px: Vec<u8> = img.plane(ch).iter().map(|&v| to_u8(v)).collect();
-        if let Ok(out) = jpeg_roundtrip(&px, h, w, false, q) {
-            for (o, &v) in img.plane_mut(ch).iter_mut().zip(&out) {
-                *o = f32::from(v) / 255.0;
-            }
-        }
-    }
+    super::jpeg::round_trip(&mut img.data, (img.c, img.h, img.w), t.pick(&JPEG, s));
 }

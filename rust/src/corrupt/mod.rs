@@ -20,6 +20,7 @@ mod blur;
 mod digital;
 mod draws;
 mod filters;
+mod jpeg;
 mod noise;
 pub mod py;
 mod weather;
@@ -234,8 +235,20 @@ impl Pixel for u8 {
     }
     #[inline]
     fn from_unit(v: f32) -> Self {
-        (v.clamp(0.0, 1.0) * 255.0).round() as u8
+        unit_to_u8(v)
     }
+}
+
+/// `round(clamp(v, 0, 1) * 255)`, halves away from zero and NaN to 0, without a call to
+/// `roundf` (which x86-64 has no baseline instruction for): the truncated value plus one when
+/// the exact remainder is at least a half.
+#[inline(always)]
+#[allow(clippy::manual_clamp)] // clamp keeps NaN; max/min map it to 0
+pub fn unit_to_u8(v: f32) -> u8 {
+    let x = v.max(0.0).min(1.0) * 255.0; // NaN: 0 (`max` takes the number)
+                                         // SAFETY: x is finite and in [0, 255], so its truncation fits an i32.
+    let t = unsafe { x.to_int_unchecked::<i32>() };
+    (t + i32::from(x - t as f32 >= 0.5)) as u8
 }
 
 impl Pixel for f32 {

@@ -3,6 +3,8 @@ use super::digital::BoxResize;
 use super::filters::{border_index, clipped_zoom, filter_taps, motion_taps, separable, Border};
 use super::weather::plasma;
 use super::*;
+use crate::rng::rng_from_seed;
+use rand::Rng;
 
 fn test_image(c: usize, h: usize, w: usize) -> Planes {
     let mut img = Planes::new(c, h, w);
@@ -235,4 +237,42 @@ fn pixelate_resizes_are_means_of_input_ranges() {
     assert_eq!(back, vec![1.0, 1.0, 3.5, 3.5, 3.5, 6.0, 6.0, 8.5, 8.5, 8.5]);
     let column = BoxResize::new((w, 1), (4, 1)).apply(&img.data);
     assert_eq!(column, small);
+}
+
+#[test]
+fn unit_to_u8_rounds_like_round() {
+    let reference = |v: f32| {
+        if v.is_nan() {
+            0
+        } else {
+            (v.clamp(0.0, 1.0) * 255.0).round() as u8
+        }
+    };
+    let mut values = vec![
+        f32::NAN,
+        -1.0,
+        -0.0,
+        0.0,
+        1.0,
+        2.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ];
+    for k in 0..=255u32 {
+        // around every half-way point: (k + 0.5) / 255, a few ulps either side
+        let half = (k as f32 + 0.5) / 255.0;
+        let mut v = half;
+        for _ in 0..4 {
+            v = f32::from_bits(v.to_bits() - 1);
+        }
+        for _ in 0..9 {
+            values.push(v);
+            v = f32::from_bits(v.to_bits() + 1);
+        }
+    }
+    let mut rng = rng_from_seed(1);
+    values.extend((0..200_000).map(|_| rng.random_range(-0.1f32..1.1)));
+    for v in values {
+        assert_eq!(unit_to_u8(v), reference(v), "{v:e}");
+    }
 }

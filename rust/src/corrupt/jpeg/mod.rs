@@ -1,0 +1,221 @@
+//! JPEG compression and decompression as libjpeg(-turbo) does them with its defaults, which
+//! is what PIL's `save(..., "JPEG", quality=q)` then `open` give: RGB to YCbCr, 4:2:0 chroma
+//! (2x2 means), the 8x8 integer DCT ("islow", 13-bit constants), quantisation by the JPEG
+//! standard's tables scaled to the quality, then dequantisation, the integer IDCT,
+//! triangular ("fancy") chroma upsampling and YCbCr to RGB, all in libjpeg's fixed-point
+//! arithmetic. The Huffman coding between the two halves is lossless and left out. Other
+//! channel counts: each channel as a grayscale JPEG.
+
+mod blocks;
+
+use super::unit_to_u8;
+use blocks::{code_plane, Quant};
+
+/// The standard's example tables (ITU T.81 Annex K), row-major.
+const LUMA: [u16; 64] = [
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
+    92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+];
+const CHROMA: [u16; 64] = [
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+    47, 66, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+];
+
+/// libjpeg's quality scaling: percent `5000 / q` below 50, `200 - 2 q` from 50, entries
+/// rounded and kept in 1..=255 (baseline JPEG).
+fn scaled_table(base: &[u16; 64], quality: u8) -> [i32; 64] {
+    let q = i32::from(quality.clamp(1, 100));
+    let scale = if q < 50 { 5000 / q } else { 200 - 2 * q };
+    base.map(|b| ((i32::from(b) * scale + 50) / 100).clamp(1, 255))
+}
+
+/// `plane` (`h` x `w`) as 8-bit values, padded to `(ph, pw)` by repeating its last row and
+/// column.
+#[inline(always)]
+fn padded_u8(plane: &[f32], (h, w): (usize, usize), (ph, pw): (usize, usize)) -> Vec<u8> {
+    let mut out = vec![0u8; ph * pw];
+    for (y, row) in out.chunks_exact_mut(pw).enumerate() {
+        let src = &plane[y.min(h - 1) * w..][..w];
+        row[..w]
+            .iter_mut()
+            .zip(src)
+            .for_each(|(o, &v)| *o = unit_to_u8(v));
+        let last = row[w - 1];
+        row[w..].fill(last);
+    }
+    out
+}
+
+/// `v / 255` for `v` in 0..=255, correctly rounded (the same `f32` as the division, checked
+/// for every `v` in a test) by a multiply in `f64`, which vectorises where division is slow.
+#[inline(always)]
+fn byte_to_unit(v: i32) -> f32 {
+    (f64::from(v) * (1.0 / 255.0)) as f32
+}
+
+/// `round(x * 2^16)`, libjpeg's FIX for its colour conversions.
+const fn fix(x: f64) -> i32 {
+    (x * 65536.0 + 0.5) as i32
+}
+const HALF: i32 = 1 << 15;
+const CENTRE: i32 = 128 << 16;
+
+/// A grayscale JPEG round trip of one plane.
+#[inline(always)]
+fn gray(plane: &mut [f32], (h, w): (usize, usize), quant: &Quant) {
+    let dims = (h.div_ceil(8) * 8, w.div_ceil(8) * 8);
+    let mut px = padded_u8(plane, (h, w), dims);
+    code_plane(&mut px, dims, (h, w), quant);
+    for (out, row) in plane.chunks_exact_mut(w).zip(px.chunks_exact(dims.1)) {
+        out.iter_mut()
+            .zip(row)
+            .for_each(|(o, &v)| *o = byte_to_unit(i32::from(v)));
+    }
+}
+
+/// 2x2 means with libjpeg's alternating bias (1, 2, 1, ...) along each output row, for the
+/// first `rows` output rows; the rows after them repeat the last (libjpeg pads a component
+/// at the bottom after downsampling it).
+#[inline(always)]
+fn downsample(full: &[u8], (ph, pw): (usize, usize), rows: usize) -> Vec<u8> {
+    let ow = pw / 2;
+    let mut out = vec![0u8; ph / 2 * ow];
+    for (y, row) in out.chunks_exact_mut(ow).take(rows).enumerate() {
+        let (a, b) = (&full[2 * y * pw..][..pw], &full[(2 * y + 1) * pw..][..pw]);
+        for (x, o) in row.iter_mut().enumerate() {
+            let sum = u16::from(a[2 * x]) + u16::from(a[2 * x + 1]);
+            let sum = sum + u16::from(b[2 * x]) + u16::from(b[2 * x + 1]);
+            *o = ((sum + 1 + (x as u16 & 1)) >> 2) as u8;
+        }
+    }
+    let (done, rest) = out.split_at_mut(rows * ow);
+    let last = &done[(rows - 1) * ow..];
+    rest.chunks_exact_mut(ow)
+        .for_each(|row| row.copy_from_slice(last));
+    out
+}
+
+/// libjpeg-turbo's 2x upsampling of a chroma plane of `(ch, cw)` samples (stored `stride`
+/// wide): "fancy", each output 9/16, 3/16, 3/16, 1/16 of its four nearest inputs with the
+/// library's rounding (+8 on even, +7 on odd columns) and edge rules; for planes at most 2
+/// samples wide each sample repeated 2x2, as the library does there.
+#[inline(always)]
+fn upsample(plane: &[u8], stride: usize, (ch, cw): (usize, usize)) -> Vec<u8> {
+    let ow = 2 * cw;
+    let mut out = vec![0u8; 2 * ch * ow];
+    if cw <= 2 {
+        for (y, row) in out.chunks_exact_mut(ow).enumerate() {
+            let src = &plane[y / 2 * stride..][..cw];
+            row.iter_mut()
+                .enumerate()
+                .for_each(|(x, o)| *o = src[x / 2]);
+        }
+        return out;
+    }
+    let mut sums = vec![0i32; stride];
+    for (y, row) in out.chunks_exact_mut(ow).enumerate() {
+        let near = y / 2;
+        let far = if y % 2 == 0 {
+            near.saturating_sub(1)
+        } else {
+            (near + 1).min(ch - 1)
+        };
+        let (a, b) = (
+            &plane[near * stride..][..stride],
+            &plane[far * stride..][..stride],
+        );
+        sums.iter_mut()
+            .zip(a.iter().zip(b))
+            .for_each(|(s, (&p, &q))| *s = 3 * i32::from(p) + i32::from(q));
+        // Output 2x reads sums x-1 and x (+8), output 2x+1 sums x and x+1 (+7); the edges
+        // repeat the end sum.
+        let s = &sums[..cw];
+        row[0] = ((4 * s[0] + 8) >> 4) as u8;
+        row[ow - 1] = ((4 * s[cw - 1] + 7) >> 4) as u8;
+        let pairs = row[1..ow - 1].chunks_exact_mut(2);
+        for (pair, (&left, &right)) in pairs.zip(s[..cw - 1].iter().zip(&s[1..])) {
+            pair[0] = ((3 * left + right + 7) >> 4) as u8;
+            pair[1] = ((3 * right + left + 8) >> 4) as u8;
+        }
+    }
+    out
+}
+
+/// A colour JPEG round trip of three planes.
+#[inline(always)]
+fn colour(img: &mut [f32], (h, w): (usize, usize), luma: &Quant, chroma: &Quant) {
+    let n = h * w;
+    let dims @ (ph, pw) = (h.div_ceil(16) * 16, w.div_ceil(16) * 16);
+    let r = padded_u8(&img[..n], (h, w), dims);
+    let g = padded_u8(&img[n..2 * n], (h, w), dims);
+    let b = padded_u8(&img[2 * n..], (h, w), dims);
+    let mut y = vec![0u8; ph * pw];
+    let (mut cb, mut cr) = (y.clone(), y.clone());
+    let bias = CENTRE + HALF - 1;
+    let outs = y.iter_mut().zip(cb.iter_mut().zip(&mut cr));
+    for ((yo, (cbo, cro)), ((&r, &g), &b)) in outs.zip(r.iter().zip(&g).zip(&b)) {
+        let (r, g, b) = (i32::from(r), i32::from(g), i32::from(b));
+        *yo = ((fix(0.299) * r + fix(0.587) * g + fix(0.114) * b + HALF) >> 16) as u8;
+        *cbo = ((-fix(0.16874) * r - fix(0.33126) * g + fix(0.5) * b + bias) >> 16) as u8;
+        *cro = ((fix(0.5) * r - fix(0.41869) * g - fix(0.08131) * b + bias) >> 16) as u8;
+    }
+    code_plane(&mut y, dims, (h, w), luma);
+    let cdims = (ph / 2, pw / 2);
+    let real = (h.div_ceil(2), w.div_ceil(2));
+    let (mut cb, mut cr) = (downsample(&cb, dims, real.0), downsample(&cr, dims, real.0));
+    code_plane(&mut cb, cdims, real, chroma);
+    code_plane(&mut cr, cdims, real, chroma);
+    let (cb, cr) = (upsample(&cb, cdims.1, real), upsample(&cr, cdims.1, real));
+    let uw = 2 * real.1;
+    let (rs, rest) = img.split_at_mut(n);
+    let (gs, bs) = rest.split_at_mut(n);
+    let unit = |v: i32| byte_to_unit(v.clamp(0, 255));
+    for row in 0..h {
+        let outs = rs[row * w..][..w].iter_mut().zip(&mut gs[row * w..][..w]);
+        let outs = outs.zip(&mut bs[row * w..][..w]);
+        let ins = y[row * pw..][..w].iter().zip(&cb[row * uw..][..w]);
+        let ins = ins.zip(&cr[row * uw..][..w]);
+        for (((ro, go), bo), ((&l, &u), &v)) in outs.zip(ins) {
+            let (l, u, v) = (i32::from(l), i32::from(u) - 128, i32::from(v) - 128);
+            *ro = unit(l + ((fix(1.402) * v + HALF) >> 16));
+            *go = unit(l + ((-fix(0.34414) * u + HALF - fix(0.71414) * v) >> 16));
+            *bo = unit(l + ((fix(1.772) * u + HALF) >> 16));
+        }
+    }
+}
+
+/// JPEG at `quality` and back: three channels as one colour image, any other count one
+/// grayscale image per channel. `img` is `c` planes of `h * w` values in `[0, 1]`. Integer
+/// arithmetic throughout: the same bytes with or without AVX2.
+pub fn round_trip(img: &mut [f32], dims: (usize, usize, usize), quality: u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn wide(img: &mut [f32], dims: (usize, usize, usize), quality: u8) {
+            plain(img, dims, quality)
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { wide(img, dims, quality) };
+        }
+    }
+    plain(img, dims, quality)
+}
+
+#[inline(always)]
+fn plain(img: &mut [f32], (c, h, w): (usize, usize, usize), quality: u8) {
+    if h == 0 || w == 0 {
+        return;
+    }
+    let luma = Quant::new(scaled_table(&LUMA, quality));
+    if c == 3 {
+        let chroma = Quant::new(scaled_table(&CHROMA, quality));
+        colour(img, (h, w), &luma, &chroma);
+    } else {
+        for plane in img.chunks_exact_mut(h * w) {
+            gray(plane, (h, w), &luma);
+        }
+    }
+}
