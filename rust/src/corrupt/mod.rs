@@ -194,8 +194,17 @@ pub fn corruption_rng(seed: u64, epoch: u64, index: u64) -> Pcg64Mcg {
     ))
 }
 
-/// Corrupt one image in place (values end clipped to `[0, 1]`).
+/// Corrupt one image in place (values end clipped to `[0, 1]`, NaN to 0).
+#[cfg(test)]
 pub fn apply(spec: CorruptSpec, img: &mut Planes, rng: &mut Pcg64Mcg) {
+    apply_unclipped(spec, img, rng);
+    for v in &mut img.data {
+        *v = if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) };
+    }
+}
+
+/// Corrupt one image in place, leaving the clipping to the caller.
+fn apply_unclipped(spec: CorruptSpec, img: &mut Planes, rng: &mut Pcg64Mcg) {
     if img.h == 0 || img.w == 0 || img.c == 0 {
         return;
     }
@@ -216,9 +225,6 @@ pub fn apply(spec: CorruptSpec, img: &mut Planes, rng: &mut Pcg64Mcg) {
         Corruption::ElasticTransform => digital::elastic(img, t, s, rng),
         Corruption::Pixelate => digital::pixelate(img, t, s),
         Corruption::JpegCompression => digital::jpeg(img, t, s),
-    }
-    for v in &mut img.data {
-        *v = if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) };
     }
 }
 
@@ -257,9 +263,15 @@ impl Pixel for f32 {
         self
     }
     #[inline]
+    #[allow(clippy::manual_clamp)] // clamp keeps NaN; max/min map it to 0
     fn from_unit(v: f32) -> Self {
-        v.clamp(0.0, 1.0)
+        v.max(0.0).min(1.0)
     }
+}
+
+thread_local! {
+    /// The planes a worker corrupts its images in, kept between images.
+    static PLANES: std::cell::RefCell<Vec<f32>> = std::cell::RefCell::default();
 }
 
 /// Corrupt one (C, H, W) image in place.
@@ -269,16 +281,20 @@ pub fn corrupt_chw<T: Pixel>(
     (c, h, w): (usize, usize, usize),
     rng: &mut Pcg64Mcg,
 ) {
+    let mut planes = PLANES.with(|cell| cell.take());
+    planes.clear();
+    planes.extend(data.iter().map(|&v| v.to_unit()));
     let mut img = Planes {
         c,
         h,
         w,
-        data: data.iter().map(|&v| v.to_unit()).collect(),
+        data: planes,
     };
-    apply(spec, &mut img, rng);
+    apply_unclipped(spec, &mut img, rng);
     for (o, &v) in data.iter_mut().zip(&img.data) {
-        *o = T::from_unit(v);
+        *o = T::from_unit(v); // clipped, NaN to 0
     }
+    PLANES.with(|cell| cell.replace(img.data));
 }
 
 /// Corrupt one (H, W, C) image in place.
@@ -294,7 +310,7 @@ pub fn corrupt_hwc<T: Pixel>(
             img.data[ch * h * w + px] = v.to_unit();
         }
     }
-    apply(spec, &mut img, rng);
+    apply_unclipped(spec, &mut img, rng);
     for (px, chunk) in data.chunks_exact_mut(c).enumerate() {
         for (ch, o) in chunk.iter_mut().enumerate() {
             *o = T::from_unit(img.data[ch * h * w + px]);
