@@ -217,17 +217,21 @@ impl BoxAxis {
 
     /// Resample along each row of a plane `w` wide.
     fn columns(&self, p: &[f32], w: usize) -> Vec<f32> {
-        let mut out = Vec::with_capacity(p.len() / w * self.taps.len());
-        for row in p.chunks_exact(w) {
+        let n_out = self.taps.len();
+        let mut out = vec![0f32; p.len() / w * n_out];
+        for (dst, row) in out.chunks_exact_mut(n_out).zip(p.chunks_exact(w)) {
             match &self.copies {
-                Some(idx) => out.extend(idx.iter().map(|&i| row[i])),
-                None => out.extend(self.taps.iter().map(|(lo, r)| {
-                    let ws = &self.weights[r.clone()];
-                    ws.iter()
-                        .zip(&row[*lo..])
-                        .map(|(&c, &v)| c * v)
-                        .sum::<f32>()
-                })),
+                Some(idx) => dst.iter_mut().zip(idx).for_each(|(o, &i)| *o = row[i]),
+                None => {
+                    for (o, (lo, r)) in dst.iter_mut().zip(&self.taps) {
+                        let ws = &self.weights[r.clone()];
+                        *o = ws
+                            .iter()
+                            .zip(&row[*lo..])
+                            .map(|(&c, &v)| c * v)
+                            .sum::<f32>();
+                    }
+                }
             }
         }
         out
@@ -263,6 +267,16 @@ impl BoxResize {
     }
 }
 
+/// The two resizes of pixelate for one image size and small size, kept per thread (a loader's
+/// worker meets the same sizes on every image).
+type PixelateResizes = ((usize, usize, usize, usize), BoxResize, BoxResize);
+
+thread_local! {
+    static PIXELATE_RESIZES: std::cell::RefCell<Option<PixelateResizes>> = const {
+        std::cell::RefCell::new(None)
+    };
+}
+
 /// Pixelate: BOX-resize to `int(side * c)` and back.
 pub fn pixelate(img: &mut Planes, t: Table, s: u8) {
     let c = t.pick(&PIXELATE, s);
@@ -271,8 +285,16 @@ pub fn pixelate(img: &mut Planes, t: Table, s: u8) {
         ((h as f64 * c) as usize).max(1),
         ((w as f64 * c) as usize).max(1),
     );
-    let (down, up) = (BoxResize::new((h, w), small), BoxResize::new(small, (h, w)));
-    img.map_planes(|p| up.apply(&down.apply(p)));
+    let key = (h, w, small.0, small.1);
+    PIXELATE_RESIZES.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.as_ref().is_none_or(|(k, ..)| *k != key) {
+            let down = BoxResize::new((h, w), small);
+            *cached = Some((key, down, BoxResize::new(small, (h, w))));
+        }
+        let (_, down, up) = cached.as_ref().expect("just set");
+        img.map_planes(|p| up.apply(&down.apply(p)));
+    });
 }
 
 /// JPEG compression at the severity's quality (libjpeg's arithmetic, see [`super::jpeg`]):
