@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from ._tensors import as_device_tensor
+
 __all__ = ["NIM_DEFAULT", "SIGMA_KINDS", "add_noise", "parse_sigma_spec", "sample_sigma"]
 
 SIGMA_KINDS = {"gamma": 2, "uniform": 2, "constant": 1}  # kind -> number of parameters
@@ -73,7 +75,9 @@ def sample_sigma(spec: str | tuple, n: int, device: torch.device | str = "cpu") 
         raise ValueError(f"n must be an integer >= 0, got {n!r}")
     if kind == "gamma":
         k = torch.full((n,), p[0], device=device)
-        return torch.distributions.Gamma(k, 1.0 / p[1]).sample()  # rate = 1 / theta
+        rate = torch.full_like(k, 1.0 / p[1])  # rate = 1 / theta
+        # no argument validation: its checks read values back to the host
+        return torch.distributions.Gamma(k, rate, validate_args=False).sample()
     if kind == "uniform":
         return torch.empty(n, device=device).uniform_(p[0], p[1])
     return torch.full((n,), p[0], device=device)
@@ -81,7 +85,7 @@ def sample_sigma(spec: str | tuple, n: int, device: torch.device | str = "cpu") 
 
 def add_noise(images: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """``images + sigma / 255 * N(0, 1)``, sigma per image (N,) or one number; no clamping."""
-    sigma = torch.as_tensor(sigma, dtype=images.dtype, device=images.device)
+    sigma = as_device_tensor(sigma, images.device, images.dtype)
     if sigma.ndim == 1:
         sigma = sigma.view(-1, *([1] * (images.ndim - 1)))
     return images + sigma / 255.0 * torch.randn_like(images)

@@ -75,7 +75,9 @@ def num_classes_of(model: Any) -> int | None:
     return None
 
 
-def check_images(x: Any, name: str = "x") -> None:
+def check_images(x: Any, name: str = "x", values: bool = True) -> None:
+    """Type and shape of a batch of images; with ``values``, also finite and in [0, 1] (values
+    read back to the host: a GPU synchronisation)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")  # noqa: TRY004 (bad input is a ValueError throughout)
     if not x.is_floating_point():
@@ -86,6 +88,8 @@ def check_images(x: Any, name: str = "x") -> None:
         raise ValueError(
             f"{name} must be a non-empty batch (N, C, H, W), got shape {tuple(x.shape)}"
         )
+    if not values:
+        return
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
@@ -96,7 +100,10 @@ def check_images(x: Any, name: str = "x") -> None:
         )
 
 
-def check_labels(y: Any, n: int, num_classes: int | None, name: str = "y") -> torch.Tensor:
+def check_labels(
+    y: Any, n: int, num_classes: int | None, name: str = "y", values: bool = True
+) -> torch.Tensor:
+    """``y`` as (n,) int64 class indices; with ``values``, also in range (a host read)."""
     if not isinstance(y, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")  # noqa: TRY004 (bad input is a ValueError throughout)
     if y.is_floating_point() or y.dtype == torch.bool:
@@ -105,9 +112,9 @@ def check_labels(y: Any, n: int, num_classes: int | None, name: str = "y") -> to
         raise ValueError(
             f"{name} must have shape ({n},) to match the batch of images, got {tuple(y.shape)}"
         )
-    if n and int(y.min()) < 0:
+    if values and n and int(y.min()) < 0:
         raise ValueError(f"{name} has a negative label {int(y.min())}")
-    if num_classes is not None and n and int(y.max()) >= num_classes:
+    if values and num_classes is not None and n and int(y.max()) >= num_classes:
         raise ValueError(f"{name} has label {int(y.max())} but the model has {num_classes} classes")
     return y.long()
 
@@ -122,7 +129,11 @@ def _label_range_check(attack: Attack, y: torch.Tensor) -> Iterator[None]:
     after it.
     """
     model = attack.model
-    if not attack.objective.classification or num_classes_of(model) is not None:
+    if (
+        not attack.check_inputs
+        or not attack.objective.classification
+        or num_classes_of(model) is not None
+    ):
         yield
         return
     top = int(y.max())
@@ -215,7 +226,8 @@ class Attack(ABC):
             (Expectation over Transformation, for randomised models); default: the model's
             ``eot_samples`` attribute (a Defended sets it), else 1.
         seed: seeds the attack's randomness at every call (None: the global RNG).
-        kernels: projected-step path: "auto" (Triton on CUDA), "torch" or "triton".
+        kernels: projected-step path: "auto" (the Triton kernel where a GPU run verified it
+            correct and faster, see docs/gpu.md), "torch" or "triton".
         max_batch: the most images the attack puts through the model at once. Restarts and
             target classes run together as one batch (N x runs) up to it, in chunks beyond it;
             the per-sample result equals running them one after another (``max_batch=1``).
@@ -223,9 +235,15 @@ class Attack(ABC):
             mode), or a dict of ``torch.compile`` options, e.g. ``{"mode": "reduce-overhead"}``
             (CUDA graphs on a GPU). Off by default: it has not been measured to pay on a GPU
             yet, and on the CPU compiling costs more than it saves at attack sizes.
+
+    Attributes:
+        check_inputs: check at each call that the images are finite and in [0, 1] and the labels
+            in range (True). These checks read values back to the host, a synchronisation on a
+            GPU; a training loop whose data is already checked sets it False (as MaskedViT's).
     """
 
     name = "attack"
+    check_inputs = True
     uses_gradients = True
     norms: tuple[str, ...] = NORMS  # the threat models the attack implements
 
@@ -267,14 +285,13 @@ class Attack(ABC):
     # ------------------------------------------------------------------ public call
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Adversarial examples for images ``x`` (N, C, H, W) in [0, 1] and labels ``y`` (N,)."""
-        check_images(x)
+        check_images(x, values=self.check_inputs)
         if y is None:
             if self.objective.classification:
                 raise ValueError("y (labels) is required for a classification attack")
             y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        y = check_labels(
-            y, x.shape[0], num_classes_of(self.model) if self.objective.classification else None
-        )
+        num_classes = num_classes_of(self.model) if self.objective.classification else None
+        y = check_labels(y, x.shape[0], num_classes, values=self.check_inputs)
         y = y.to(x.device)
         with attack_mode(self.model), _label_range_check(self, y), self._compiled_model():
             x_adv = self.perturb(x.detach(), y)

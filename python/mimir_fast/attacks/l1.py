@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .._tensors import as_device_tensor
 from .._validate import check_number, is_integer, is_real
 from .pgd import PGD
 
@@ -91,7 +92,7 @@ def project_l1_box(z: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) 
     c = x.double().reshape(n, -1)
     u = z.double().reshape(n, -1) - c  # (N, d)
     room = torch.where(u > 0, 1.0 - c, c).clamp_min(0.0)  # how far the box lets u_i go
-    e = torch.as_tensor(eps, dtype=torch.float64, device=z.device).reshape(-1, 1).expand(n, 1)
+    e = as_device_tensor(eps, z.device, torch.float64).reshape(-1, 1).expand(n, 1)
     a = u.abs()
     lam = _l1_threshold(a, room, e)
     delta = torch.sign(u) * torch.minimum((a - lam).clamp_min(0.0), room)
@@ -115,7 +116,7 @@ def l1_sparse_direction(
     xa = x_adv.float().reshape(n, -1)
     movable = ((g > 0) & (xa < 1.0)) | ((g < 0) & (xa > 0.0))
     score = torch.where(movable, g.abs(), torch.full_like(g, -1.0))  # (N, d)
-    kk = torch.as_tensor(k, device=g.device).long().reshape(-1).expand(n)
+    kk = as_device_tensor(k, g.device, torch.long).reshape(-1).expand(n)
     kk = kk.clamp(1, g.shape[1])
     kth = score.sort(dim=1, descending=True).values.gather(1, (kk - 1)[:, None])  # (N, 1)
     chosen = movable & (score >= kth) & (score > 0)

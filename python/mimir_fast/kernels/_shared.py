@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._tensors import as_device_tensor
 from .._validate import check_choice
 
 __all__ = [
@@ -39,7 +40,7 @@ NORM_PIX_EPS = 1e-6
 
 def per_sample(value: float | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
     """A step size or radius as an fp32 (N,) tensor: a Python number or a 0-d / (N,) tensor."""
-    t = torch.as_tensor(value, dtype=torch.float32, device=device)
+    t = as_device_tensor(value, device)
     if t.ndim == 0:
         return t.expand(n)
     if t.shape != (n,):

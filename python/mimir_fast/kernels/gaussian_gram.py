@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._tensors import as_device_tensor
 from ._shared import LaunchConfig, device_arch
 
 __all__ = [
@@ -177,7 +178,7 @@ def gaussian_gram_triton(
     squeeze = a.ndim == 2
     a3 = a.unsqueeze(0) if squeeze else a
     d = a3.shape[-1] if scale_by_dim else 1
-    sigma_t = torch.as_tensor(sigma, dtype=torch.float32, device=a.device).reshape(-1)
+    sigma_t = as_device_tensor(sigma, a.device).reshape(-1)
     scale = (1.0 / (2.0 * sigma_t**2 * d)).expand(a3.shape[0]).contiguous()
     k = GaussianGram.apply(a3, scale, ieee)
     return k.squeeze(0) if squeeze else k

@@ -279,7 +279,7 @@ def norm_pix_loss_backward(
     count = (
         mask.float().sum().clamp_min(1.0)
         if mask is not None
-        else torch.tensor(float(n * length), device=image.device)
+        else torch.full((), float(n * length), device=image.device)
     )
     wscale = (grad.float() / count).reshape(1).contiguous()
     d_pred = torch.empty((n, length, pdim), dtype=pred.dtype, device=pred.device)

@@ -126,6 +126,8 @@ class Finetuning(Method):
             kernels=self.config.kernels,
             **settings,
         )
+        # off where the trainer turned the model's checks off (its loader's data is checked)
+        attack.check_inputs = getattr(model, "check_inputs", True)
         with torch.enable_grad():  # evaluate() runs under no_grad
             return attack(images, labels)
 

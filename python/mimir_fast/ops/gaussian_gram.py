@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .._tensors import as_device_tensor
 from ..kernels.dispatch import use_triton
 
 __all__ = ["center_gram", "gaussian_gram", "gaussian_gram_reference", "pairwise_sq_dists"]
@@ -56,8 +57,7 @@ def gaussian_gram_reference(
     """
     d = a.shape[-1] if scale_by_dim else 1
     gram = torch.exp(
-        -pairwise_sq_dists(a)
-        / (2.0 * torch.as_tensor(sigma, dtype=torch.float32, device=a.device) ** 2 * d)
+        -pairwise_sq_dists(a) / (2.0 * as_device_tensor(sigma, a.device) ** 2 * d)
     )  # (..., m, m)
     return center_gram(gram) if center else gram
 
