@@ -9,7 +9,8 @@ prints them; then every round times one run of each provider, alternating which 
 so that a busy moment of the machine hits both alike. Printed per group: each provider's
 fastest, median and slowest run, the ratio torchattacks / mimir_fast of the medians and of the
 fastest runs, and the spread of the per-round ratios. The groups run are also written to
-``benchmarks/results/attacks-<device>.json`` (replacing those groups, keeping the others).
+``benchmarks/results/attacks-<device>.json`` (``attacks-nvidia-h200.json``, ``attacks-cpu.json``;
+replacing those groups, keeping the others), after each group.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -114,19 +116,22 @@ def main() -> None:
     )
     print("times: fastest/median/slowest; ratio: torchattacks time / mimir_fast time")
     setup = load_setup(default_cache_dir())
-    results = {}
-    for group in args.groups:
-        results[group] = measure(group, setup, args.rounds, args.compile)
-        print(line(group, results[group]), flush=True)
     suffix = "" if args.compile is None else f"-compile-{args.compile}"
-    out = Path(__file__).parent / "results" / f"attacks-{DEVICE}{suffix}.json"
+    name = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") if CUDA else "cpu"
+    out = Path(__file__).parent / "results" / f"attacks-{name}{suffix}.json"
     out.parent.mkdir(exist_ok=True)
     meta = {"device": device, "torch": torch.__version__, "torchattacks": torchattacks.__version__}
     earlier = json.loads(out.read_text()) if out.exists() else {}
     if any(earlier.get(k) != v for k, v in meta.items()):
         earlier = {}  # another device or versions: start a fresh table
-    groups = {**earlier.get("groups", {}), **results}  # this run replaces the groups it ran
-    out.write_text(json.dumps({**meta, "groups": groups}, indent=2) + "\n")
+    groups = earlier.get("groups", {})
+    for group in args.groups:
+        groups[group] = measure(group, setup, args.rounds, args.compile)  # replaces the earlier
+        print(line(group, groups[group]), flush=True)
+        # written after each group (atomically), so a run cut short keeps the groups it finished
+        partial = out.with_suffix(".json.tmp")
+        partial.write_text(json.dumps({**meta, "groups": groups}, indent=2) + "\n")
+        os.replace(partial, out)
 
 
 if __name__ == "__main__":

@@ -241,12 +241,19 @@ def run_benchmarks(out: Path, k: str | None, timeout: float) -> tuple[dict, dict
 def summarise(bench_json: dict) -> dict[str, dict]:
     """pytest-benchmark's JSON -> {group: {"providers": {p: {median_s, ...extra}}, "ratio"}}.
 
-    ``ratio`` is torch / mimir_fast median time (> 1: the fast path is faster).
+    A benchmark's parameters other than its provider that its group name leaves out (the norm
+    of ``pgd-step``) are appended to it, so that each group compares like with like. ``ratio``
+    is the reference's / mimir_fast's median time (> 1: the fast path is faster); the
+    reference is torch, or the other provider (torchattacks).
     """
     groups: dict[str, dict] = {}
     for b in bench_json.get("benchmarks", []):
+        params = dict(b.get("params") or {})
+        provider = params.pop("provider", b["name"])
         group = b.get("group") or b["name"]
-        provider = (b.get("params") or {}).get("provider", b["name"])
+        for value in map(str, params.values()):
+            if value not in group.split("-"):
+                group += f"-{value}"
         entry = {
             "median_s": b["stats"]["median"],
             "min_s": b["stats"]["min"],
@@ -255,10 +262,16 @@ def summarise(bench_json: dict) -> dict[str, dict]:
         }
         groups.setdefault(group, {"providers": {}})["providers"][provider] = entry
     for g in groups.values():
-        p = g["providers"]
-        if BASE in p and FAST in p and p[FAST]["median_s"] > 0:
-            g["ratio"] = round(p[BASE]["median_s"] / p[FAST]["median_s"], 3)
+        p, base = g["providers"], reference_of(g["providers"])
+        if base is not None and FAST in p and p[FAST]["median_s"] > 0:
+            g["ratio"] = round(p[base]["median_s"] / p[FAST]["median_s"], 3)
     return dict(sorted(groups.items()))
+
+
+def reference_of(providers: dict) -> str | None:
+    """The provider a group compares mimir_fast with: torch, else the one other provider."""
+    others = [name for name in providers if name != FAST]
+    return BASE if BASE in providers else (others[0] if len(others) == 1 else None)
 
 
 def _fmt_s(s: float) -> str:
@@ -267,7 +280,7 @@ def _fmt_s(s: float) -> str:
 
 def _bandwidth(entry: dict, provider: str, device: str) -> str:
     """This provider's bytes / median time as a fraction of the device's peak; blank if unknown."""
-    key = "reference_bytes" if provider == BASE else "kernel_bytes"
+    key = "kernel_bytes" if provider == FAST else "reference_bytes"
     if key not in entry:
         return ""
     fraction = roofline.bandwidth_fraction(entry[key], entry["median_s"], device)
@@ -291,16 +304,18 @@ def table(results: list[dict]) -> str:
     """A markdown table: one row per (device, group); the memory-bandwidth column gives each
     provider's bytes moved (benchmarks/roofline.py) / time as a fraction of the device's peak."""
     lines = [
-        "| device | group | torch | mimir_fast | speed-up | memory BW torch / mimir_fast | notes |",
+        "| device | group | reference | mimir_fast | speed-up | memory BW reference / mimir_fast "
+        "| notes |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for group, g in r["groups"].items():
-            p = g["providers"]
-            t = _fmt_s(p[BASE]["median_s"]) if BASE in p else "-"
+            p, base = g["providers"], reference_of(g["providers"])
+            t = "-" if base is None else _fmt_s(p[base]["median_s"])
+            t += f" ({base})" if base not in (None, BASE) else ""
             f = _fmt_s(p[FAST]["median_s"]) if FAST in p else "-"
             ratio = f"{g['ratio']:.2f}x" if "ratio" in g else "-"
-            bw = [_bandwidth(p[n], n, r["device"]) if n in p else "" for n in (BASE, FAST)]
+            bw = [_bandwidth(p[n], n, r["device"]) if n in p else "" for n in (base, FAST)]
             bw_cell = " / ".join(bw) if any(bw) else ""
             row = [r["device"], group, t, f, ratio, bw_cell, _notes(p)]
             lines.append("| " + " | ".join(row) + " |")

@@ -273,7 +273,8 @@ def _specialize(kernel, args: tuple, kwargs: dict, arch: int):
     kwargs = dict(kwargs)
     kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
     kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
-    kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+    if hasattr(knobs.compilation, "fpsan_homomorphic_casts"):  # Triton >= 3.7
+        kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, specialization, opts = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(

@@ -286,3 +286,31 @@ def test_results_table_shows_the_bandwidth_reached(suite):
     assert "| 50% / 50% |" in row and "4.00x" in row
     row = run_gpu_suite.table([{"device": "mystery", "groups": groups}]).splitlines()[2]
     assert "| 4.00x |  |" in row  # unknown peak: blank
+
+
+def test_results_keep_apart_what_a_group_name_leaves_out(suite):
+    """benchmarks/test_pgd.py's two norms share the group "pgd-step"; PGD-10's reference is
+    torchattacks."""
+    run_gpu_suite, _, _ = suite
+
+    def bench(group, provider, seconds, **params):
+        stats = {"median": seconds, "min": seconds, "rounds": 5}
+        name = f"test[{provider}]"
+        return {"group": group, "name": name, "params": {**params, "provider": provider},
+                "stats": stats, "extra_info": {}}  # fmt: skip
+
+    groups = run_gpu_suite.summarise({"benchmarks": [
+        bench("pgd-step", "torch", 4e-3, norm="linf"),
+        bench("pgd-step", "mimir_fast", 1e-3, norm="linf"),
+        bench("pgd-step", "torch", 2e-3, norm="l2"),
+        bench("pgd-step", "mimir_fast", 4e-3, norm="l2"),
+        bench("attention-enc-vitb16", "torch", 3e-3, preset="vitb16", part="enc"),
+        bench("attention-enc-vitb16", "mimir_fast", 1e-3, preset="vitb16", part="enc"),
+        bench("pgd10", "torchattacks", 1.5, n=64),
+        bench("pgd10", "mimir_fast", 1.0, n=64),
+    ]})  # fmt: skip
+    assert set(groups) == {"pgd-step-linf", "pgd-step-l2", "attention-enc-vitb16", "pgd10-64"}
+    assert groups["pgd-step-linf"]["ratio"] == 4.0 and groups["pgd-step-l2"]["ratio"] == 0.5
+    assert groups["attention-enc-vitb16"]["ratio"] == 3.0 and groups["pgd10-64"]["ratio"] == 1.5
+    rows = run_gpu_suite.table([{"device": "NVIDIA H200", "groups": groups}]).splitlines()
+    assert any("| 1.50 s (torchattacks) | 1.00 s | 1.50x |" in row for row in rows)
