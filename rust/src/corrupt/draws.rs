@@ -175,6 +175,65 @@ impl<'a, R: Rng> Normals<'a, R> {
         self.outside(j, layer)
     }
 
+    /// `block[k] += c * normal(words[k])`: the values and the draws from `rng` of `of_word`
+    /// one value after another; with AVX2, eight layer cores at a time.
+    pub fn add_scaled(&mut self, block: &mut [f32], words: &[u32], c: f32) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { self.add_scaled_avx2(block, words, c) };
+        }
+        for (v, &u) in block.iter_mut().zip(words) {
+            *v += c * self.of_word(u);
+        }
+    }
+
+    /// `add_scaled` with the core test, the product and the sum eight lanes at a time (the
+    /// same roundings: no fused multiply-add); the lanes outside their core go to `outside`
+    /// in order, as the one-by-one loop takes them.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn add_scaled_avx2(&mut self, block: &mut [f32], words: &[u32], c: f32) {
+        use std::arch::x86_64::*;
+        let n = block.len().min(words.len());
+        let z = self.tables;
+        let (low_bits, scale) = (_mm256_set1_epi32(LAYERS as i32 - 1), _mm256_set1_ps(c));
+        let mut k = 0;
+        while k + 8 <= n {
+            // SAFETY: k + 8 <= n bounds the loads and the store; the gathered indices are
+            // below LAYERS, the tables' length.
+            let (v, mut outside) = unsafe {
+                let u = _mm256_loadu_si256(words.as_ptr().add(k).cast::<__m256i>());
+                let layer = _mm256_and_si256(u, low_bits);
+                let j = _mm256_srai_epi32(u, 7);
+                let accept = _mm256_i32gather_epi32::<4>(z.accept.as_ptr().cast::<i32>(), layer);
+                let width = _mm256_i32gather_ps::<4>(z.width.as_ptr(), layer);
+                let inside = _mm256_cmpgt_epi32(accept, _mm256_abs_epi32(j));
+                let x = _mm256_mul_ps(_mm256_cvtepi32_ps(j), width);
+                let v = _mm256_loadu_ps(block.as_ptr().add(k));
+                let sum = _mm256_add_ps(v, _mm256_mul_ps(scale, x));
+                _mm256_storeu_ps(block.as_mut_ptr().add(k), sum);
+                (v, !_mm256_movemask_ps(_mm256_castsi256_ps(inside)) & 0xff)
+            };
+            if outside != 0 {
+                let mut before = [0f32; 8];
+                // SAFETY: an unaligned store into an array of 8.
+                unsafe { _mm256_storeu_ps(before.as_mut_ptr(), v) };
+                while outside != 0 {
+                    let lane = outside.trailing_zeros() as usize;
+                    outside &= outside - 1;
+                    let u = words[k + lane];
+                    let layer = (u & (LAYERS as u32 - 1)) as usize;
+                    block[k + lane] = before[lane] + c * self.outside((u as i32) >> 7, layer);
+                }
+            }
+            k += 8;
+        }
+        for (v, &u) in block[k..n].iter_mut().zip(&words[k..n]) {
+            *v += c * self.of_word(u);
+        }
+    }
+
     /// A point outside its layer's core: the tail for layer 0, else the wedge test; a
     /// rejected point starts over with a fresh word.
     #[cold]
@@ -219,6 +278,37 @@ mod tests {
         lanes.fill(&mut words);
         for (k, &word) in words.iter().enumerate() {
             assert_eq!(word, xoshiro128pp(&mut states[k % 8]), "word {k}");
+        }
+    }
+
+    #[test]
+    fn add_scaled_equals_of_word_one_by_one() {
+        // Words from the lanes and words made to miss their layer's core (layer 0: the tail;
+        // others: the wedge), at lengths that leave a remainder after the eights.
+        let mut lanes = Lanes::from_rng(&mut rng_from_seed(5));
+        let mut words = vec![0u32; 4099];
+        lanes.fill(&mut words);
+        for (k, w) in words.iter_mut().enumerate().filter(|(k, _)| k % 13 == 0) {
+            let layer = (k / 13 % LAYERS) as u32;
+            *w = (((1u32 << 24) - 1 - k as u32) << 7) | layer; // |j| near 2^24
+        }
+        let base: Vec<f32> = (0..words.len()).map(|k| (k % 17) as f32 / 17.0).collect();
+        for n in [0, 7, 8, 9, 4099] {
+            let (mut one, mut bulk) = (rng_from_seed(9), rng_from_seed(9));
+            let mut expected = base[..n].to_vec();
+            let mut normals = Normals::new(&mut one);
+            for (v, &u) in expected.iter_mut().zip(&words[..n]) {
+                *v += 0.26 * normals.of_word(u);
+            }
+            let mut got = base[..n].to_vec();
+            Normals::new(&mut bulk).add_scaled(&mut got, &words[..n], 0.26);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&expected), "n = {n}");
+            assert_eq!(
+                one.random::<u64>(),
+                bulk.random::<u64>(),
+                "same draws from rng, n = {n}"
+            );
         }
     }
 

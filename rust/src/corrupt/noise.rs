@@ -45,9 +45,7 @@ pub fn gaussian<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
     let lanes = Lanes::from_rng(rng);
     let mut normals = Normals::new(rng);
     with_words(img, lanes, |block, words| {
-        for (v, &u) in block.iter_mut().zip(words) {
-            *v += c * normals.of_word(u);
-        }
+        normals.add_scaled(block, words, c)
     });
 }
 
