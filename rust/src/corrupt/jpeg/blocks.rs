@@ -69,7 +69,9 @@ impl Add for V {
     #[inline(always)]
     fn add(self, o: V) -> V {
         let mut v = self.0;
-        (0..8).for_each(|i| v[i] += o.0[i]);
+        for (x, y) in v.iter_mut().zip(o.0) {
+            *x += y;
+        }
         V(v)
     }
 }
@@ -79,7 +81,9 @@ impl Sub for V {
     #[inline(always)]
     fn sub(self, o: V) -> V {
         let mut v = self.0;
-        (0..8).for_each(|i| v[i] -= o.0[i]);
+        for (x, y) in v.iter_mut().zip(o.0) {
+            *x -= y;
+        }
         V(v)
     }
 }
@@ -89,7 +93,9 @@ impl Mul<i32> for V {
     #[inline(always)]
     fn mul(self, c: i32) -> V {
         let mut v = self.0;
-        v.iter_mut().for_each(|x| *x *= c);
+        for x in &mut v {
+            *x *= c;
+        }
         V(v)
     }
 }
@@ -99,14 +105,18 @@ impl V {
     #[inline(always)]
     fn up(self, n: u32) -> V {
         let mut v = self.0;
-        v.iter_mut().for_each(|x| *x <<= n);
+        for x in &mut v {
+            *x <<= n;
+        }
         V(v)
     }
     /// `x / 2^n` rounded (half up), libjpeg's DESCALE.
     #[inline(always)]
     fn descale(self, n: u32) -> V {
         let mut v = self.0;
-        v.iter_mut().for_each(|x| *x = (*x + (1 << (n - 1))) >> n);
+        for x in &mut v {
+            *x = (*x + (1 << (n - 1))) >> n;
+        }
         V(v)
     }
 }
@@ -251,9 +261,9 @@ fn code_blocks(plane: &mut [u8], stride: usize, corners: &[usize; 8], quant: &Qu
     for (lane, &corner) in corners.iter().enumerate() {
         for (r, row) in b.iter_mut().enumerate() {
             let src = &plane[corner + r * stride..][..8];
-            row.iter_mut()
-                .zip(src)
-                .for_each(|(v, &p)| v.0[lane] = i32::from(p) - 128);
+            for (v, &p) in row.iter_mut().zip(src) {
+                v.0[lane] = i32::from(p) - 128;
+            }
         }
     }
     each_line(&mut b, true, (true, true));
@@ -262,9 +272,13 @@ fn code_blocks(plane: &mut [u8], stride: usize, corners: &[usize; 8], quant: &Qu
     for (v, row) in b.iter_mut().enumerate() {
         for (u, x) in row.iter_mut().enumerate() {
             let (d, f) = (quant.divisors[v * 8 + u], quant.factors[v * 8 + u]);
-            x.0.iter_mut().for_each(|t| *t = d.quantize(*t) * f);
+            for t in &mut x.0 {
+                *t = d.quantize(*t) * f;
+            }
             if v + u > 0 {
-                (0..8).for_each(|i| ac.0[i] |= x.0[i]);
+                for (a, &c) in ac.0.iter_mut().zip(&x.0) {
+                    *a |= c;
+                }
             }
         }
     }
@@ -283,9 +297,9 @@ fn code_blocks(plane: &mut [u8], stride: usize, corners: &[usize; 8], quant: &Qu
     for (lane, &corner) in corners.iter().enumerate() {
         for (r, row) in b.iter().enumerate() {
             let dst = &mut plane[corner + r * stride..][..8];
-            dst.iter_mut()
-                .zip(row)
-                .for_each(|(o, v)| *o = range_limit(v.0[lane]));
+            for (o, v) in dst.iter_mut().zip(row) {
+                *o = range_limit(v.0[lane]);
+            }
         }
     }
 }

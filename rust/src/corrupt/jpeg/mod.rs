@@ -38,14 +38,33 @@ fn padded_u8(plane: &[f32], (h, w): (usize, usize), (ph, pw): (usize, usize)) ->
     let mut out = vec![0u8; ph * pw];
     for (y, row) in out.chunks_exact_mut(pw).enumerate() {
         let src = &plane[y.min(h - 1) * w..][..w];
-        row[..w]
-            .iter_mut()
-            .zip(src)
-            .for_each(|(o, &v)| *o = unit_to_u8(v));
+        units_to_u8(&mut row[..w], src);
         let last = row[w - 1];
         row[w..].fill(last);
     }
     out
+}
+
+/// `unit_to_u8` of each value, eight at a time (a fixed-size body the compiler vectorises).
+#[inline(always)]
+#[allow(clippy::manual_clamp)] // clamp keeps NaN; max/min map it to 0
+fn units_to_u8(out: &mut [u8], src: &[f32]) {
+    let (mut outs, mut srcs) = (out.chunks_exact_mut(8), src.chunks_exact(8));
+    for (o, s) in (&mut outs).zip(&mut srcs) {
+        let mut t = [0i32; 8];
+        for k in 0..8 {
+            let x = s[k].max(0.0).min(1.0) * 255.0; // as unit_to_u8 does
+                                                    // SAFETY: x is finite and in [0, 255] (NaN became 0), so it fits an i32.
+            t[k] = unsafe { x.to_int_unchecked::<i32>() };
+            t[k] += i32::from(x - t[k] as f32 >= 0.5);
+        }
+        for k in 0..8 {
+            o[k] = t[k] as u8;
+        }
+    }
+    for (o, &v) in outs.into_remainder().iter_mut().zip(srcs.remainder()) {
+        *o = unit_to_u8(v);
+    }
 }
 
 /// `v / 255` for `v` in 0..=255, correctly rounded (the same `f32` as the division, checked
@@ -69,9 +88,9 @@ fn gray(plane: &mut [f32], (h, w): (usize, usize), quant: &Quant) {
     let mut px = padded_u8(plane, (h, w), dims);
     code_plane(&mut px, dims, (h, w), quant);
     for (out, row) in plane.chunks_exact_mut(w).zip(px.chunks_exact(dims.1)) {
-        out.iter_mut()
-            .zip(row)
-            .for_each(|(o, &v)| *o = byte_to_unit(i32::from(v)));
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = byte_to_unit(i32::from(v));
+        }
     }
 }
 
@@ -92,8 +111,9 @@ fn downsample(full: &[u8], (ph, pw): (usize, usize), rows: usize) -> Vec<u8> {
     }
     let (done, rest) = out.split_at_mut(rows * ow);
     let last = &done[(rows - 1) * ow..];
-    rest.chunks_exact_mut(ow)
-        .for_each(|row| row.copy_from_slice(last));
+    for row in rest.chunks_exact_mut(ow) {
+        row.copy_from_slice(last);
+    }
     out
 }
 
@@ -108,9 +128,9 @@ fn upsample(plane: &[u8], stride: usize, (ch, cw): (usize, usize)) -> Vec<u8> {
     if cw <= 2 {
         for (y, row) in out.chunks_exact_mut(ow).enumerate() {
             let src = &plane[y / 2 * stride..][..cw];
-            row.iter_mut()
-                .enumerate()
-                .for_each(|(x, o)| *o = src[x / 2]);
+            for (x, o) in row.iter_mut().enumerate() {
+                *o = src[x / 2];
+            }
         }
         return out;
     }
@@ -126,9 +146,9 @@ fn upsample(plane: &[u8], stride: usize, (ch, cw): (usize, usize)) -> Vec<u8> {
             &plane[near * stride..][..stride],
             &plane[far * stride..][..stride],
         );
-        sums.iter_mut()
-            .zip(a.iter().zip(b))
-            .for_each(|(s, (&p, &q))| *s = 3 * i32::from(p) + i32::from(q));
+        for (s, (&p, &q)) in sums.iter_mut().zip(a.iter().zip(b)) {
+            *s = 3 * i32::from(p) + i32::from(q);
+        }
         // Output 2x reads sums x-1 and x (+8), output 2x+1 sums x and x+1 (+7); the edges
         // repeat the end sum.
         let s = &sums[..cw];
@@ -154,12 +174,14 @@ fn colour(img: &mut [f32], (h, w): (usize, usize), luma: &Quant, chroma: &Quant)
     let mut y = vec![0u8; ph * pw];
     let (mut cb, mut cr) = (y.clone(), y.clone());
     let bias = CENTRE + HALF - 1;
-    let outs = y.iter_mut().zip(cb.iter_mut().zip(&mut cr));
-    for ((yo, (cbo, cro)), ((&r, &g), &b)) in outs.zip(r.iter().zip(&g).zip(&b)) {
-        let (r, g, b) = (i32::from(r), i32::from(g), i32::from(b));
-        *yo = ((fix(0.299) * r + fix(0.587) * g + fix(0.114) * b + HALF) >> 16) as u8;
-        *cbo = ((-fix(0.16874) * r - fix(0.33126) * g + fix(0.5) * b + bias) >> 16) as u8;
-        *cro = ((fix(0.5) * r - fix(0.41869) * g - fix(0.08131) * b + bias) >> 16) as u8;
+    let size = ph * pw;
+    let (r, g, b) = (&r[..size], &g[..size], &b[..size]);
+    let (ys, cbs, crs) = (&mut y[..size], &mut cb[..size], &mut cr[..size]);
+    for i in 0..size {
+        let (r, g, b) = (i32::from(r[i]), i32::from(g[i]), i32::from(b[i]));
+        ys[i] = ((fix(0.299) * r + fix(0.587) * g + fix(0.114) * b + HALF) >> 16) as u8;
+        cbs[i] = ((-fix(0.16874) * r - fix(0.33126) * g + fix(0.5) * b + bias) >> 16) as u8;
+        crs[i] = ((fix(0.5) * r - fix(0.41869) * g - fix(0.08131) * b + bias) >> 16) as u8;
     }
     code_plane(&mut y, dims, (h, w), luma);
     let cdims = (ph / 2, pw / 2);
@@ -173,15 +195,22 @@ fn colour(img: &mut [f32], (h, w): (usize, usize), luma: &Quant, chroma: &Quant)
     let (gs, bs) = rest.split_at_mut(n);
     let unit = |v: i32| byte_to_unit(v.clamp(0, 255));
     for row in 0..h {
-        let outs = rs[row * w..][..w].iter_mut().zip(&mut gs[row * w..][..w]);
-        let outs = outs.zip(&mut bs[row * w..][..w]);
-        let ins = y[row * pw..][..w].iter().zip(&cb[row * uw..][..w]);
-        let ins = ins.zip(&cr[row * uw..][..w]);
-        for (((ro, go), bo), ((&l, &u), &v)) in outs.zip(ins) {
-            let (l, u, v) = (i32::from(l), i32::from(u) - 128, i32::from(v) - 128);
-            *ro = unit(l + ((fix(1.402) * v + HALF) >> 16));
-            *go = unit(l + ((-fix(0.34414) * u + HALF - fix(0.71414) * v) >> 16));
-            *bo = unit(l + ((fix(1.772) * u + HALF) >> 16));
+        let (ro, go) = (&mut rs[row * w..][..w], &mut gs[row * w..][..w]);
+        let bo = &mut bs[row * w..][..w];
+        let (ls, us, vs) = (
+            &y[row * pw..][..w],
+            &cb[row * uw..][..w],
+            &cr[row * uw..][..w],
+        );
+        for x in 0..w {
+            let (l, u, v) = (
+                i32::from(ls[x]),
+                i32::from(us[x]) - 128,
+                i32::from(vs[x]) - 128,
+            );
+            ro[x] = unit(l + ((fix(1.402) * v + HALF) >> 16));
+            go[x] = unit(l + ((-fix(0.34414) * u + HALF - fix(0.71414) * v) >> 16));
+            bo[x] = unit(l + ((fix(1.772) * u + HALF) >> 16));
         }
     }
 }
