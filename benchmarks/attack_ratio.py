@@ -31,7 +31,6 @@ import torchattacks  # noqa: E402
 from mimir_fast.attacks import PGD  # noqa: E402
 from test_attacks import (  # noqa: E402
     CUDA,
-    DEVICE,
     EPS,
     N_IMAGES,
     TOLERANCE,
