@@ -1,8 +1,8 @@
 //! The per-block half of the JPEG round trip: libjpeg's integer forward DCT ("islow"),
-//! quantisation and dequantisation, and integer inverse DCT, on eight blocks at a time (one a
-//! lane of each vector, so the passes need no transposes).
+//! quantisation and dequantisation, and integer inverse DCT, a block at a time: eight vectors
+//! of eight lanes, its rows or (transposed) its columns.
 
-use std::ops::{Add, Mul, Sub};
+use super::lanes::{range_limit, Lanes, Rates};
 
 /// Rounded division of a DCT output by `8 q` as libjpeg-turbo does it: a multiply by a
 /// 16-bit reciprocal with a rounding correction, then a shift.
@@ -33,96 +33,34 @@ impl Divisor {
             shift: r,
         }
     }
-
-    #[inline(always)]
-    fn quantize(self, t: i32) -> i32 {
-        let q = (((t.unsigned_abs() + self.corr) * self.recip) >> self.shift) as i32;
-        if t < 0 {
-            -q
-        } else {
-            q
-        }
-    }
 }
 
-/// One component's tables: the divisors of the DCT outputs and the dequantisation factors.
+/// One component's tables, a [`Rates`] a row of coefficients.
 pub(super) struct Quant {
-    divisors: [Divisor; 64],
-    factors: [i32; 64],
+    rows: [Rates; 8],
 }
 
 impl Quant {
     pub(super) fn new(table: [i32; 64]) -> Self {
+        let rates = |v: usize| {
+            let row: [i32; 8] = std::array::from_fn(|u| table[v * 8 + u]);
+            let d = row.map(|q| Divisor::new(8 * q as u32));
+            Rates {
+                recip: d.map(|d| d.recip),
+                corr: d.map(|d| d.corr),
+                shift: d.map(|d| d.shift),
+                factor: row,
+            }
+        };
         Quant {
-            divisors: table.map(|q| Divisor::new(8 * q as u32)),
-            factors: table,
+            rows: std::array::from_fn(rates),
         }
     }
 }
 
-/// Eight lanes of `i32`: one row (or column) of a block, worked on element-wise.
-#[derive(Clone, Copy, Default)]
-struct V([i32; 8]);
-
-impl Add for V {
-    type Output = V;
-    #[inline(always)]
-    fn add(self, o: V) -> V {
-        let mut v = self.0;
-        for (x, y) in v.iter_mut().zip(o.0) {
-            *x += y;
-        }
-        V(v)
-    }
-}
-
-impl Sub for V {
-    type Output = V;
-    #[inline(always)]
-    fn sub(self, o: V) -> V {
-        let mut v = self.0;
-        for (x, y) in v.iter_mut().zip(o.0) {
-            *x -= y;
-        }
-        V(v)
-    }
-}
-
-impl Mul<i32> for V {
-    type Output = V;
-    #[inline(always)]
-    fn mul(self, c: i32) -> V {
-        let mut v = self.0;
-        for x in &mut v {
-            *x *= c;
-        }
-        V(v)
-    }
-}
-
-impl V {
-    /// `x << n`.
-    #[inline(always)]
-    fn up(self, n: u32) -> V {
-        let mut v = self.0;
-        for x in &mut v {
-            *x <<= n;
-        }
-        V(v)
-    }
-    /// `x / 2^n` rounded (half up), libjpeg's DESCALE.
-    #[inline(always)]
-    fn descale(self, n: u32) -> V {
-        let mut v = self.0;
-        for x in &mut v {
-            *x = (*x + (1 << (n - 1))) >> n;
-        }
-        V(v)
-    }
-}
-
-/// Eight values along one axis of an 8x8 block, for eight blocks at once (one a lane).
-type Line = [V; 8];
+/// One 8x8 block as eight vectors: its rows (a lane a column), or after [`Lanes::transpose`] its
+/// columns.
+type Block<L> = [L; 8];
 
 // The islow DCT: Loeffler, Ligtenberg & Moschytz's 8-point factorisation with constants
 // `round(c * 2^13)`; the first pass keeps PASS1_BITS more bits.
@@ -145,7 +83,7 @@ const C3_072: i32 = 25172; // 3.072711026
 /// of the inverse, or the differences 3-4, 2-5, 1-6, 0-7 of the forward transform) the
 /// four rotated sums.
 #[inline(always)]
-fn odd_part(a: V, b: V, c: V, d: V) -> [V; 4] {
+fn odd_part<L: Lanes>(a: L, b: L, c: L, d: L) -> [L; 4] {
     let (z1, z2, z3, z4) = (a + d, b + c, a + c, b + d);
     let z5 = (z3 + z4) * C1_175;
     let (z1, z2) = (z1 * -C0_899, z2 * -C2_562);
@@ -158,10 +96,10 @@ fn odd_part(a: V, b: V, c: V, d: V) -> [V; 4] {
     ]
 }
 
-/// One pass of the forward DCT along a line (the first pass over rows, the second over
-/// columns).
+/// One pass of the forward DCT across the eight vectors of `d`, in each lane (the first pass
+/// over rows, the second over columns).
 #[inline(always)]
-fn fdct_pass(d: &mut Line, first: bool) {
+fn fdct_pass<L: Lanes>(d: &mut Block<L>, first: bool) {
     let (t0, t1, t2, t3) = (d[0] + d[7], d[1] + d[6], d[2] + d[5], d[3] + d[4]);
     let (t7, t6, t5, t4) = (d[0] - d[7], d[1] - d[6], d[2] - d[5], d[3] - d[4]);
     let (t10, t13, t11, t12) = (t0 + t3, t0 - t3, t1 + t2, t1 - t2);
@@ -184,10 +122,10 @@ fn fdct_pass(d: &mut Line, first: bool) {
     (d[7], d[5], d[3], d[1]) = (o7.descale(n), o5.descale(n), o3.descale(n), o1.descale(n));
 }
 
-/// One pass of the inverse DCT along a line (the first over columns, the second over rows,
-/// which also removes the 8x scale of the pair).
+/// One pass of the inverse DCT across the eight vectors of `d`, in each lane (the first over
+/// columns, the second over rows, which also removes the 8x scale of the pair).
 #[inline(always)]
-fn idct_pass(d: &mut Line, first: bool) {
+fn idct_pass<L: Lanes>(d: &mut Block<L>, first: bool) {
     let n = if first {
         CONST_BITS - PASS1_BITS
     } else {
@@ -213,115 +151,55 @@ fn idct_pass(d: &mut Line, first: bool) {
     }
 }
 
-/// libjpeg's output range limit after the IDCT: `x + 128` clamped to 0..=255 for
-/// `|x| <= 512`, wrapping (mod 1024) beyond, as its lookup table does.
+/// Code the 8x8 block of `plane` (`stride` wide) whose top-left sample is at `corner`, in
+/// place: DCT, quantise, dequantise, IDCT.
 #[inline(always)]
-fn range_limit(x: i32) -> u8 {
-    let i = x & 1023;
-    (if i < 512 {
-        (i + 128).min(255)
-    } else {
-        (i - 896).max(0)
-    }) as u8
-}
-
-/// Eight 8x8 blocks, `[row][column]`, one a lane.
-type Blocks = [Line; 8];
-
-/// Apply a pass of the forward (`forward`) or inverse DCT, the first or second (`first`), to
-/// every row (`rows`) or every column of `b`.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // k indexes rows and columns alike
-fn each_line(b: &mut Blocks, rows: bool, (forward, first): (bool, bool)) {
-    for k in 0..8 {
-        let mut line: Line = [V::default(); 8];
-        for (i, v) in line.iter_mut().enumerate() {
-            *v = if rows { b[k][i] } else { b[i][k] };
-        }
-        if forward {
-            fdct_pass(&mut line, first);
-        } else {
-            idct_pass(&mut line, first);
-        }
-        for (i, v) in line.into_iter().enumerate() {
-            if rows {
-                b[k][i] = v;
-            } else {
-                b[i][k] = v;
-            }
-        }
+fn code_block<L: Lanes>(plane: &mut [u8], stride: usize, corner: usize, quant: &Quant) {
+    // Plain loops, no closures: a closure would not inherit the caller's AVX2.
+    let mut b: Block<L> = [L::load_centred(&plane[corner..]); 8];
+    for (r, row) in b.iter_mut().enumerate().skip(1) {
+        *row = L::load_centred(&plane[corner + r * stride..]);
     }
-}
-
-/// Code eight 8x8 blocks of `plane` (`stride` wide), at the top-left `corners`, in place:
-/// DCT, quantise, dequantise, IDCT. A corner may repeat (it is coded the same each time).
-#[inline(always)]
-fn code_blocks(plane: &mut [u8], stride: usize, corners: &[usize; 8], quant: &Quant) {
-    let mut b: Blocks = [[V::default(); 8]; 8];
-    for (lane, &corner) in corners.iter().enumerate() {
-        for (r, row) in b.iter_mut().enumerate() {
-            let src = &plane[corner + r * stride..][..8];
-            for (v, &p) in row.iter_mut().zip(src) {
-                v.0[lane] = i32::from(p) - 128;
-            }
-        }
+    // The forward DCT over rows, then over columns: b[v] ends as the coefficients of
+    // vertical frequency v, a lane a horizontal frequency.
+    L::transpose(&mut b);
+    fdct_pass(&mut b, true);
+    L::transpose(&mut b);
+    fdct_pass(&mut b, false);
+    for (row, rates) in b.iter_mut().zip(&quant.rows) {
+        *row = row.requantize(rates);
     }
-    each_line(&mut b, true, (true, true));
-    each_line(&mut b, false, (true, false));
-    let mut ac = V::default(); // the OR of every AC coefficient, per lane
-    for (v, row) in b.iter_mut().enumerate() {
-        for (u, x) in row.iter_mut().enumerate() {
-            let (d, f) = (quant.divisors[v * 8 + u], quant.factors[v * 8 + u]);
-            for t in &mut x.0 {
-                *t = d.quantize(*t) * f;
-            }
-            if v + u > 0 {
-                for (a, &c) in ac.0.iter_mut().zip(&x.0) {
-                    *a |= c;
-                }
-            }
-        }
-    }
-    if ac.0 == [0; 8] {
-        // DC only (common at low quality): the IDCT is the DC descaled, everywhere.
-        for (lane, &corner) in corners.iter().enumerate() {
-            let value = range_limit((b[0][0].0[lane] * 4 + 16) >> 5);
-            for r in 0..8 {
-                plane[corner + r * stride..][..8].fill(value);
-            }
+    if L::only_dc(&b) {
+        // Common at low quality: the IDCT is the DC descaled, everywhere.
+        let value = range_limit((b[0].first() * 4 + 16) >> 5);
+        for r in 0..8 {
+            plane[corner + r * stride..][..8].fill(value);
         }
         return;
     }
-    each_line(&mut b, false, (false, true));
-    each_line(&mut b, true, (false, false));
-    for (lane, &corner) in corners.iter().enumerate() {
-        for (r, row) in b.iter().enumerate() {
-            let dst = &mut plane[corner + r * stride..][..8];
-            for (o, v) in dst.iter_mut().zip(row) {
-                *o = range_limit(v.0[lane]);
-            }
-        }
+    // The inverse DCT over columns, then over rows.
+    idct_pass(&mut b, true);
+    L::transpose(&mut b);
+    idct_pass(&mut b, false);
+    L::transpose(&mut b);
+    for (r, row) in b.into_iter().enumerate() {
+        row.store_limited(&mut plane[corner + r * stride..]);
     }
 }
 
 /// Code every block of an `(h, w)` plane whose sides are multiples of 8 (blocks wholly
-/// below `rows` or right of `cols` skipped: they hold only padding), eight at a time.
+/// below `rows` or right of `cols` skipped: they hold only padding), with lanes `L`.
 #[inline(always)]
-pub(super) fn code_plane(
+pub(super) fn code_plane<L: Lanes>(
     plane: &mut [u8],
     (h, w): (usize, usize),
     (rows, cols): (usize, usize),
     quant: &Quant,
 ) {
-    let tops = (0..h.min(rows.div_ceil(8) * 8)).step_by(8);
-    let lefts = (0..w.min(cols.div_ceil(8) * 8)).step_by(8);
-    let corners: Vec<usize> = tops
-        .flat_map(|t| lefts.clone().map(move |l| t * w + l))
-        .collect();
-    for group in corners.chunks(8) {
-        let mut eight = [group[0]; 8];
-        eight[..group.len()].copy_from_slice(group);
-        code_blocks(plane, w, &eight, quant);
+    for top in (0..h.min(rows.div_ceil(8) * 8)).step_by(8) {
+        for left in (0..w.min(cols.div_ceil(8) * 8)).step_by(8) {
+            code_block::<L>(plane, w, top * w + left, quant);
+        }
     }
 }
 

@@ -7,9 +7,12 @@
 //! channel counts: each channel as a grayscale JPEG.
 
 mod blocks;
+mod lanes;
 
-use super::unit_to_u8;
 use blocks::{code_plane, Quant};
+#[cfg(target_arch = "x86_64")]
+use lanes::Avx2;
+use lanes::{byte_to_unit, Lanes, Portable};
 
 /// The standard's example tables (ITU T.81 Annex K), row-major.
 const LUMA: [u16; 64] = [
@@ -34,44 +37,14 @@ fn scaled_table(base: &[u16; 64], quality: u8) -> [i32; 64] {
 /// `plane` (`h` x `w`) as 8-bit values, padded to `(ph, pw)` by repeating its last row and
 /// column.
 #[inline(always)]
-fn padded_u8(plane: &[f32], (h, w): (usize, usize), (ph, pw): (usize, usize)) -> Vec<u8> {
+fn padded_u8<L: Lanes>(plane: &[f32], (h, w): (usize, usize), (ph, pw): (usize, usize)) -> Vec<u8> {
     let mut out = vec![0u8; ph * pw];
     for (y, row) in out.chunks_exact_mut(pw).enumerate() {
-        let src = &plane[y.min(h - 1) * w..][..w];
-        units_to_u8(&mut row[..w], src);
+        L::units_to_bytes(&mut row[..w], &plane[y.min(h - 1) * w..][..w]);
         let last = row[w - 1];
         row[w..].fill(last);
     }
     out
-}
-
-/// `unit_to_u8` of each value, eight at a time (a fixed-size body the compiler vectorises).
-#[inline(always)]
-#[allow(clippy::manual_clamp)] // clamp keeps NaN; max/min map it to 0
-fn units_to_u8(out: &mut [u8], src: &[f32]) {
-    let (mut outs, mut srcs) = (out.chunks_exact_mut(8), src.chunks_exact(8));
-    for (o, s) in (&mut outs).zip(&mut srcs) {
-        let mut t = [0i32; 8];
-        for k in 0..8 {
-            let x = s[k].max(0.0).min(1.0) * 255.0; // as unit_to_u8 does
-                                                    // SAFETY: x is finite and in [0, 255] (NaN became 0), so it fits an i32.
-            t[k] = unsafe { x.to_int_unchecked::<i32>() };
-            t[k] += i32::from(x - t[k] as f32 >= 0.5);
-        }
-        for k in 0..8 {
-            o[k] = t[k] as u8;
-        }
-    }
-    for (o, &v) in outs.into_remainder().iter_mut().zip(srcs.remainder()) {
-        *o = unit_to_u8(v);
-    }
-}
-
-/// `v / 255` for `v` in 0..=255, correctly rounded (the same `f32` as the division, checked
-/// for every `v` in a test) by a multiply in `f64`, which vectorises where division is slow.
-#[inline(always)]
-fn byte_to_unit(v: i32) -> f32 {
-    (f64::from(v) * (1.0 / 255.0)) as f32
 }
 
 /// `round(x * 2^16)`, libjpeg's FIX for its colour conversions.
@@ -83,14 +56,12 @@ const CENTRE: i32 = 128 << 16;
 
 /// A grayscale JPEG round trip of one plane.
 #[inline(always)]
-fn gray(plane: &mut [f32], (h, w): (usize, usize), quant: &Quant) {
+fn gray<L: Lanes>(plane: &mut [f32], (h, w): (usize, usize), quant: &Quant) {
     let dims = (h.div_ceil(8) * 8, w.div_ceil(8) * 8);
-    let mut px = padded_u8(plane, (h, w), dims);
-    code_plane(&mut px, dims, (h, w), quant);
+    let mut px = padded_u8::<L>(plane, (h, w), dims);
+    code_plane::<L>(&mut px, dims, (h, w), quant);
     for (out, row) in plane.chunks_exact_mut(w).zip(px.chunks_exact(dims.1)) {
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = byte_to_unit(i32::from(v));
-        }
+        L::bytes_to_units(out, row);
     }
 }
 
@@ -165,12 +136,12 @@ fn upsample(plane: &[u8], stride: usize, (ch, cw): (usize, usize)) -> Vec<u8> {
 
 /// A colour JPEG round trip of three planes.
 #[inline(always)]
-fn colour(img: &mut [f32], (h, w): (usize, usize), luma: &Quant, chroma: &Quant) {
+fn colour<L: Lanes>(img: &mut [f32], (h, w): (usize, usize), luma: &Quant, chroma: &Quant) {
     let n = h * w;
     let dims @ (ph, pw) = (h.div_ceil(16) * 16, w.div_ceil(16) * 16);
-    let r = padded_u8(&img[..n], (h, w), dims);
-    let g = padded_u8(&img[n..2 * n], (h, w), dims);
-    let b = padded_u8(&img[2 * n..], (h, w), dims);
+    let r = padded_u8::<L>(&img[..n], (h, w), dims);
+    let g = padded_u8::<L>(&img[n..2 * n], (h, w), dims);
+    let b = padded_u8::<L>(&img[2 * n..], (h, w), dims);
     let mut y = vec![0u8; ph * pw];
     let (mut cb, mut cr) = (y.clone(), y.clone());
     let bias = CENTRE + HALF - 1;
@@ -183,12 +154,12 @@ fn colour(img: &mut [f32], (h, w): (usize, usize), luma: &Quant, chroma: &Quant)
         cbs[i] = ((-fix(0.16874) * r - fix(0.33126) * g + fix(0.5) * b + bias) >> 16) as u8;
         crs[i] = ((fix(0.5) * r - fix(0.41869) * g - fix(0.08131) * b + bias) >> 16) as u8;
     }
-    code_plane(&mut y, dims, (h, w), luma);
+    code_plane::<L>(&mut y, dims, (h, w), luma);
     let cdims = (ph / 2, pw / 2);
     let real = (h.div_ceil(2), w.div_ceil(2));
     let (mut cb, mut cr) = (downsample(&cb, dims, real.0), downsample(&cr, dims, real.0));
-    code_plane(&mut cb, cdims, real, chroma);
-    code_plane(&mut cr, cdims, real, chroma);
+    code_plane::<L>(&mut cb, cdims, real, chroma);
+    code_plane::<L>(&mut cr, cdims, real, chroma);
     let (cb, cr) = (upsample(&cb, cdims.1, real), upsample(&cr, cdims.1, real));
     let uw = 2 * real.1;
     let (rs, rest) = img.split_at_mut(n);
@@ -223,28 +194,29 @@ pub fn round_trip(img: &mut [f32], dims: (usize, usize, usize), quality: u8) {
     {
         #[target_feature(enable = "avx2")]
         unsafe fn wide(img: &mut [f32], dims: (usize, usize, usize), quality: u8) {
-            plain(img, dims, quality)
+            plain::<Avx2>(img, dims, quality)
         }
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
             return unsafe { wide(img, dims, quality) };
         }
     }
-    plain(img, dims, quality)
+    plain::<Portable>(img, dims, quality)
 }
 
+/// The round trip with lanes `L` (AVX2 ones only once the CPU is known to have it).
 #[inline(always)]
-fn plain(img: &mut [f32], (c, h, w): (usize, usize, usize), quality: u8) {
+fn plain<L: Lanes>(img: &mut [f32], (c, h, w): (usize, usize, usize), quality: u8) {
     if h == 0 || w == 0 {
         return;
     }
     let luma = Quant::new(scaled_table(&LUMA, quality));
     if c == 3 {
         let chroma = Quant::new(scaled_table(&CHROMA, quality));
-        colour(img, (h, w), &luma, &chroma);
+        colour::<L>(img, (h, w), &luma, &chroma);
     } else {
         for plane in img.chunks_exact_mut(h * w) {
-            gray(plane, (h, w), &luma);
+            gray::<L>(plane, (h, w), &luma);
         }
     }
 }
