@@ -2,6 +2,7 @@
 //! horizontal flip) and the crop with zero padding into the (C, S, S) output layout. The
 //! resize of a random-resized-crop box is in `resize.rs`.
 
+use crate::deinterleave::rgb_to_planes;
 use rand::Rng;
 
 /// Which augmentation the loader applies.
@@ -158,6 +159,30 @@ pub trait OutPixel: Copy + Default + Send + Sync + 'static {
     fn from_u8(v: u8) -> Self;
     /// From a value on the 0..255 scale.
     fn from_f32_255(v: f32) -> Self;
+    /// The pixels of `src` (`planes.len()` bytes each) into `planes[ch][at..]`, in reverse
+    /// order where `flip`.
+    fn planes_from_pixels(planes: &mut [&mut [Self]], at: usize, src: &[u8], flip: bool) {
+        pixels_one_by_one(planes, at, src, flip);
+    }
+}
+
+/// [`OutPixel::planes_from_pixels`] a value at a time.
+fn pixels_one_by_one<T: OutPixel>(planes: &mut [&mut [T]], at: usize, src: &[u8], flip: bool) {
+    let c = planes.len();
+    let n = src.len() / c;
+    for (ch, plane) in planes.iter_mut().enumerate() {
+        let values = src.chunks_exact(c).map(|px| T::from_u8(px[ch]));
+        let inside = &mut plane[at..at + n];
+        if flip {
+            inside
+                .iter_mut()
+                .rev()
+                .zip(values)
+                .for_each(|(o, v)| *o = v);
+        } else {
+            inside.iter_mut().zip(values).for_each(|(o, v)| *o = v);
+        }
+    }
 }
 
 /// `v as f32 / 255` for every byte, correctly rounded (what `x.float() / 255` gives).
@@ -179,6 +204,15 @@ impl OutPixel for f32 {
     #[inline]
     fn from_f32_255(v: f32) -> Self {
         v.clamp(0.0, 255.0) * (1.0 / 255.0)
+    }
+    fn planes_from_pixels(planes: &mut [&mut [Self]], at: usize, src: &[u8], flip: bool) {
+        if let [r, g, b] = planes {
+            let n = src.len() / 3;
+            let rows = [&mut r[at..at + n], &mut g[at..at + n], &mut b[at..at + n]];
+            rgb_to_planes(rows, src, flip);
+        } else {
+            pixels_one_by_one(planes, at, src, flip);
+        }
     }
 }
 
@@ -219,27 +253,19 @@ pub fn crop_pad_flip<T: OutPixel>(
     let mut planes: Vec<&mut [T]> = out.chunks_exact_mut(s * s).collect();
     for y in 0..s {
         let sy = (y + p.top) as isize - padding as isize;
-        let rows = planes.iter_mut().map(|pl| &mut pl[y * s..(y + 1) * s]);
-        if sy < 0 || sy as usize >= s {
-            rows.for_each(|row| row.fill(zero));
-            continue;
-        }
-        let start = (sy as usize * s + first) * c;
-        let src_row = &src[start..start + (hi - lo) * c];
-        for (ch, row) in rows.enumerate() {
-            row[..out_lo].fill(zero);
-            row[out_hi..].fill(zero);
-            let values = src_row.chunks_exact(c).map(|px| T::from_u8(px[ch]));
-            let inside = &mut row[out_lo..out_hi];
-            if p.flip {
-                inside
-                    .iter_mut()
-                    .rev()
-                    .zip(values)
-                    .for_each(|(o, v)| *o = v);
+        for plane in planes.iter_mut() {
+            let row = &mut plane[y * s..(y + 1) * s];
+            if sy < 0 || sy as usize >= s {
+                row.fill(zero);
             } else {
-                inside.iter_mut().zip(values).for_each(|(o, v)| *o = v);
+                row[..out_lo].fill(zero);
+                row[out_hi..].fill(zero);
             }
+        }
+        if sy >= 0 && (sy as usize) < s {
+            let start = (sy as usize * s + first) * c;
+            let src_row = &src[start..start + (hi - lo) * c];
+            T::planes_from_pixels(&mut planes, y * s + out_lo, src_row, p.flip);
         }
     }
 }

@@ -10,6 +10,7 @@ mod build_info;
 mod config;
 mod corrupt;
 mod decode;
+mod deinterleave;
 mod epoch;
 mod loader;
 mod markers;

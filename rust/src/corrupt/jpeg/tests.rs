@@ -29,10 +29,25 @@ fn units_to_bytes_round_like_unit_to_u8() {
     let mut units: Vec<f32> = (0..=510).map(|k| k as f32 / 510.0).collect();
     units.extend((0..=255).flat_map(|k| {
         let half = (k as f32 + 0.5) / 255.0;
-        [half, f32::from_bits(half.to_bits() - 1), f32::from_bits(half.to_bits() + 1)]
+        [
+            half,
+            f32::from_bits(half.to_bits() - 1),
+            f32::from_bits(half.to_bits() + 1),
+        ]
     }));
-    units.extend([-0.5, -0.0, 1.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-30]);
-    let want: Vec<u8> = units.iter().map(|&v| crate::corrupt::unit_to_u8(v)).collect();
+    units.extend([
+        -0.5,
+        -0.0,
+        1.5,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-30,
+    ]);
+    let want: Vec<u8> = units
+        .iter()
+        .map(|&v| crate::corrupt::unit_to_u8(v))
+        .collect();
     let mut portable = vec![0u8; units.len()];
     Portable::units_to_bytes(&mut portable, &units);
     assert_eq!(portable, want);
