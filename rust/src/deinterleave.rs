@@ -30,8 +30,22 @@ pub fn rgb_to_planes(planes: [&mut [f32]; 3], src: &[u8], flip: bool) {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use wide::div255;
+
+#[cfg(target_arch = "x86_64")]
 mod wide {
     use std::arch::x86_64::*;
+
+    /// `v / 255` in each lane for integers `v` in 0..=255: the product with 1/255, corrected
+    /// by its exact residual (the correctly rounded quotient for every byte, as the tests
+    /// check).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) fn div255(v: __m256) -> __m256 {
+        let q = _mm256_mul_ps(v, _mm256_set1_ps(1.0 / 255.0));
+        let residual = _mm256_fnmadd_ps(q, _mm256_set1_ps(255.0), v);
+        _mm256_fmadd_ps(residual, _mm256_set1_ps(1.0 / 255.0), q)
+    }
 
     /// The first pixels, eight at a time while 24 bytes remain; returns how many.
     #[target_feature(enable = "avx2,fma")]
@@ -50,7 +64,6 @@ mod wide {
             _mm_setr_epi8(Z, Z, Z, Z, Z, 8, 11, 14, Z, Z, Z, Z, Z, Z, Z, Z),
             _mm_setr_epi8(Z, Z, Z, Z, Z, 9, 12, 15, Z, Z, Z, Z, Z, Z, Z, Z),
         ];
-        let (d, recip) = (_mm256_set1_ps(255.0), _mm256_set1_ps(1.0 / 255.0));
         let reverse = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
         let mut x = 0;
         while x + 8 <= n && 3 * x + 24 <= src.len() {
@@ -64,12 +77,7 @@ mod wide {
             for ch in 0..3 {
                 let bytes =
                     _mm_or_si128(_mm_shuffle_epi8(a, low[ch]), _mm_shuffle_epi8(b, high[ch]));
-                // v / 255: the product with 1/255, corrected by its exact residual (the
-                // correctly rounded quotient for every byte, as the tests check).
-                let v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
-                let q = _mm256_mul_ps(v, recip);
-                let residual = _mm256_fnmadd_ps(q, d, v);
-                let units = _mm256_fmadd_ps(residual, recip, q);
+                let units = div255(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
                 let (units, at) = if flip {
                     (_mm256_permutevar8x32_ps(units, reverse), n - 8 - x)
                 } else {

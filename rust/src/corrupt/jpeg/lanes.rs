@@ -49,6 +49,56 @@ pub(super) trait Lanes:
             *o = byte_to_unit(i32::from(v));
         }
     }
+    /// One row of colour: `unit_to_u8` of each red, green and blue, then [`ycc_of`], for
+    /// the `ycc[0].len()` pixels.
+    fn rgb_to_ycc([r, g, b]: [&[f32]; 3], [y, cb, cr]: [&mut [u8]; 3]) {
+        for x in 0..y.len() {
+            [y[x], cb[x], cr[x]] = ycc_of([r[x], g[x], b[x]].map(unit_to_u8));
+        }
+    }
+    /// One row of colour back: [`rgb_of`], over 255, for the `rgb[0].len()` pixels.
+    fn ycc_to_rgb([y, cb, cr]: [&[u8]; 3], [r, g, b]: [&mut [f32]; 3]) {
+        for x in 0..r.len() {
+            let rgb = rgb_of([y[x], cb[x], cr[x]]);
+            (r[x], g[x], b[x]) = (
+                byte_to_unit(rgb[0]),
+                byte_to_unit(rgb[1]),
+                byte_to_unit(rgb[2]),
+            );
+        }
+    }
+}
+
+/// `round(x * 2^16)`, libjpeg's FIX for its colour conversions.
+pub(super) const fn fix(x: f64) -> i32 {
+    (x * 65536.0 + 0.5) as i32
+}
+pub(super) const HALF: i32 = 1 << 15;
+/// The rounding and the +128 of the chroma channels, together.
+pub(super) const CHROMA_BIAS: i32 = (128 << 16) + HALF - 1;
+
+/// libjpeg's RGB to YCbCr of one pixel, in 16-bit fixed point.
+#[inline(always)]
+pub(super) fn ycc_of([r, g, b]: [u8; 3]) -> [u8; 3] {
+    let (r, g, b) = (i32::from(r), i32::from(g), i32::from(b));
+    [
+        (fix(0.299) * r + fix(0.587) * g + fix(0.114) * b + HALF) >> 16,
+        (-fix(0.16874) * r - fix(0.33126) * g + fix(0.5) * b + CHROMA_BIAS) >> 16,
+        (fix(0.5) * r - fix(0.41869) * g - fix(0.08131) * b + CHROMA_BIAS) >> 16,
+    ]
+    .map(|v| v as u8)
+}
+
+/// libjpeg's YCbCr to RGB of one pixel, clamped to 0..=255.
+#[inline(always)]
+pub(super) fn rgb_of([l, u, v]: [u8; 3]) -> [i32; 3] {
+    let (l, u, v) = (i32::from(l), i32::from(u) - 128, i32::from(v) - 128);
+    [
+        l + ((fix(1.402) * v + HALF) >> 16),
+        l + ((-fix(0.34414) * u + HALF - fix(0.71414) * v) >> 16),
+        l + ((fix(1.772) * u + HALF) >> 16),
+    ]
+    .map(|x| x.clamp(0, 255))
 }
 
 /// `v / 255` for `v` in 0..=255, correctly rounded (the same `f32` as the division, checked
@@ -157,218 +207,6 @@ impl Lanes for Portable {
                 b[i].0[j] = b[j].0[i];
                 b[j].0[i] = t;
             }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(super) use avx2::Avx2;
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    //! AVX2 lanes. The one way to make an [`Avx2`] is [`Lanes::load_centred`], and the block
-    //! code calls it only after `is_x86_feature_detected!("avx2")`; that is what makes every
-    //! intrinsic below sound to call. No closures here: a closure would not inherit the
-    //! caller's AVX2, and its intrinsics would become calls.
-    #![allow(clippy::undocumented_unsafe_blocks)] // the module's invariant, above
-
-    use super::{Lanes, Rates};
-    use crate::corrupt::unit_to_u8;
-    use std::arch::x86_64::*;
-    use std::ops::{Add, Mul, Sub};
-
-    #[derive(Clone, Copy)]
-    pub(in super::super) struct Avx2(__m256i);
-
-    #[inline(always)]
-    fn splat(x: i32) -> __m256i {
-        unsafe { _mm256_set1_epi32(x) }
-    }
-
-    #[inline(always)]
-    fn load(a: &[u32; 8]) -> __m256i {
-        unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
-    }
-
-    impl Add for Avx2 {
-        type Output = Self;
-        #[inline(always)]
-        fn add(self, o: Self) -> Self {
-            Avx2(unsafe { _mm256_add_epi32(self.0, o.0) })
-        }
-    }
-
-    impl Sub for Avx2 {
-        type Output = Self;
-        #[inline(always)]
-        fn sub(self, o: Self) -> Self {
-            Avx2(unsafe { _mm256_sub_epi32(self.0, o.0) })
-        }
-    }
-
-    impl Mul<i32> for Avx2 {
-        type Output = Self;
-        #[inline(always)]
-        fn mul(self, c: i32) -> Self {
-            Avx2(unsafe { _mm256_mullo_epi32(self.0, splat(c)) })
-        }
-    }
-
-    impl Lanes for Avx2 {
-        #[inline(always)]
-        fn load_centred(src: &[u8]) -> Self {
-            let src = &src[..8];
-            unsafe {
-                let bytes = _mm_loadl_epi64(src.as_ptr().cast());
-                Avx2(_mm256_sub_epi32(_mm256_cvtepu8_epi32(bytes), splat(128)))
-            }
-        }
-        #[inline(always)]
-        fn store_limited(self, dst: &mut [u8]) {
-            let dst = &mut dst[..8];
-            unsafe {
-                let i = _mm256_and_si256(self.0, splat(1023));
-                let low = _mm256_min_epi32(_mm256_add_epi32(i, splat(128)), splat(255));
-                let high = _mm256_max_epi32(_mm256_sub_epi32(i, splat(896)), splat(0));
-                let wrapped = _mm256_cmpgt_epi32(i, splat(511));
-                let v = _mm256_blendv_epi8(low, high, wrapped);
-                let words =
-                    _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-                _mm_storel_epi64(dst.as_mut_ptr().cast(), _mm_packus_epi16(words, words));
-            }
-        }
-        #[inline(always)]
-        fn up(self, n: u32) -> Self {
-            Avx2(unsafe { _mm256_sll_epi32(self.0, _mm_cvtsi32_si128(n as i32)) })
-        }
-        #[inline(always)]
-        fn descale(self, n: u32) -> Self {
-            unsafe {
-                let v = _mm256_add_epi32(self.0, splat(1 << (n - 1)));
-                Avx2(_mm256_sra_epi32(v, _mm_cvtsi32_si128(n as i32)))
-            }
-        }
-        #[inline(always)]
-        fn requantize(self, rates: &Rates) -> Self {
-            unsafe {
-                let sign = _mm256_srai_epi32::<31>(self.0);
-                let q = _mm256_add_epi32(_mm256_abs_epi32(self.0), load(&rates.corr));
-                let q = _mm256_srlv_epi32(
-                    _mm256_mullo_epi32(q, load(&rates.recip)),
-                    load(&rates.shift),
-                );
-                let q = _mm256_sub_epi32(_mm256_xor_si256(q, sign), sign);
-                let factor = _mm256_loadu_si256(rates.factor.as_ptr().cast());
-                Avx2(_mm256_mullo_epi32(q, factor))
-            }
-        }
-        #[inline(always)]
-        fn first(self) -> i32 {
-            unsafe { _mm256_cvtsi256_si32(self.0) }
-        }
-        #[inline(always)]
-        fn only_dc(b: &[Self; 8]) -> bool {
-            unsafe {
-                let mut any = _mm256_blend_epi32::<1>(b[0].0, _mm256_setzero_si256());
-                for v in &b[1..] {
-                    any = _mm256_or_si256(any, v.0);
-                }
-                _mm256_testz_si256(any, any) == 1
-            }
-        }
-        #[inline(always)]
-        fn units_to_bytes(out: &mut [u8], src: &[f32]) {
-            let n = out.len().min(src.len());
-            let (mut outs, mut srcs) = (out[..n].chunks_exact_mut(8), src[..n].chunks_exact(8));
-            for (o, s) in (&mut outs).zip(&mut srcs) {
-                Avx2::eight_to_bytes(o, s);
-            }
-            for (o, &v) in outs.into_remainder().iter_mut().zip(srcs.remainder()) {
-                *o = unit_to_u8(v);
-            }
-        }
-        #[inline(always)]
-        fn bytes_to_units(out: &mut [f32], src: &[u8]) {
-            let n = out.len().min(src.len());
-            let (mut outs, mut srcs) = (out[..n].chunks_exact_mut(8), src[..n].chunks_exact(8));
-            for (o, s) in (&mut outs).zip(&mut srcs) {
-                unsafe {
-                    // byte_to_unit, four lanes of f64 at a time.
-                    let v = _mm_cvtepu8_epi32(_mm_loadl_epi64(s.as_ptr().cast()));
-                    let w = _mm_cvtepu8_epi32(_mm_loadl_epi64(s.as_ptr().add(4).cast()));
-                    let scale = _mm256_set1_pd(1.0 / 255.0);
-                    let low = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(v), scale));
-                    let high = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(w), scale));
-                    _mm_storeu_ps(o.as_mut_ptr(), low);
-                    _mm_storeu_ps(o.as_mut_ptr().add(4), high);
-                }
-            }
-            for (o, &v) in outs.into_remainder().iter_mut().zip(srcs.remainder()) {
-                *o = super::byte_to_unit(i32::from(v));
-            }
-        }
-        #[inline(always)]
-        fn transpose(b: &mut [Self; 8]) {
-            let r = [
-                b[0].0, b[1].0, b[2].0, b[3].0, b[4].0, b[5].0, b[6].0, b[7].0,
-            ];
-            unsafe {
-                // Pairs of rows interleaved (2x2 tiles), then pairs of pairs (4x4 tiles in
-                // each 128-bit half), then the halves exchanged.
-                let t = [
-                    _mm256_unpacklo_epi32(r[0], r[1]),
-                    _mm256_unpackhi_epi32(r[0], r[1]),
-                    _mm256_unpacklo_epi32(r[2], r[3]),
-                    _mm256_unpackhi_epi32(r[2], r[3]),
-                    _mm256_unpacklo_epi32(r[4], r[5]),
-                    _mm256_unpackhi_epi32(r[4], r[5]),
-                    _mm256_unpacklo_epi32(r[6], r[7]),
-                    _mm256_unpackhi_epi32(r[6], r[7]),
-                ];
-                let u = [
-                    _mm256_unpacklo_epi64(t[0], t[2]),
-                    _mm256_unpackhi_epi64(t[0], t[2]),
-                    _mm256_unpacklo_epi64(t[1], t[3]),
-                    _mm256_unpackhi_epi64(t[1], t[3]),
-                    _mm256_unpacklo_epi64(t[4], t[6]),
-                    _mm256_unpackhi_epi64(t[4], t[6]),
-                    _mm256_unpacklo_epi64(t[5], t[7]),
-                    _mm256_unpackhi_epi64(t[5], t[7]),
-                ];
-                for k in 0..4 {
-                    b[k] = Avx2(_mm256_permute2x128_si256::<0x20>(u[k], u[k + 4]));
-                    b[k + 4] = Avx2(_mm256_permute2x128_si256::<0x31>(u[k], u[k + 4]));
-                }
-            }
-        }
-    }
-
-    impl Avx2 {
-        /// `unit_to_u8` of eight values: clamped (NaN to 0), scaled, truncated, plus one
-        /// where the exact remainder is at least a half.
-        #[inline(always)]
-        fn eight_to_bytes(out: &mut [u8], src: &[f32]) {
-            let (out, src) = (&mut out[..8], &src[..8]);
-            unsafe {
-                let x = _mm256_max_ps(_mm256_loadu_ps(src.as_ptr()), _mm256_setzero_ps());
-                let x = _mm256_mul_ps(_mm256_min_ps(x, _mm256_set1_ps(1.0)), _mm256_set1_ps(255.0));
-                let t = _mm256_cvttps_epi32(x);
-                let rest = _mm256_sub_ps(x, _mm256_cvtepi32_ps(t));
-                let up =
-                    _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(rest, _mm256_set1_ps(0.5)));
-                let v = _mm256_sub_epi32(t, up); // up: -1 or 0
-                let words =
-                    _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-                _mm_storel_epi64(out.as_mut_ptr().cast(), _mm_packus_epi16(words, words));
-            }
-        }
-
-        /// The lanes as an array (for tests).
-        #[cfg(test)]
-        pub(in super::super) fn to_array(self) -> [i32; 8] {
-            let mut out = [0i32; 8];
-            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), self.0) };
-            out
         }
     }
 }

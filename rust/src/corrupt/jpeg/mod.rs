@@ -6,13 +6,15 @@
 //! arithmetic. The Huffman coding between the two halves is lossless and left out. Other
 //! channel counts: each channel as a grayscale JPEG.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod blocks;
 mod lanes;
 
-use blocks::{code_plane, Quant};
 #[cfg(target_arch = "x86_64")]
-use lanes::Avx2;
-use lanes::{byte_to_unit, Lanes, Portable};
+use avx2::Avx2;
+use blocks::{code_plane, Quant};
+use lanes::{Lanes, Portable};
 
 /// The standard's example tables (ITU T.81 Annex K), row-major.
 const LUMA: [u16; 64] = [
@@ -46,13 +48,6 @@ fn padded_u8<L: Lanes>(plane: &[f32], (h, w): (usize, usize), (ph, pw): (usize, 
     }
     out
 }
-
-/// `round(x * 2^16)`, libjpeg's FIX for its colour conversions.
-const fn fix(x: f64) -> i32 {
-    (x * 65536.0 + 0.5) as i32
-}
-const HALF: i32 = 1 << 15;
-const CENTRE: i32 = 128 << 16;
 
 /// A grayscale JPEG round trip of one plane.
 #[inline(always)]
@@ -139,21 +134,28 @@ fn upsample(plane: &[u8], stride: usize, (ch, cw): (usize, usize)) -> Vec<u8> {
 fn colour<L: Lanes>(img: &mut [f32], (h, w): (usize, usize), luma: &Quant, chroma: &Quant) {
     let n = h * w;
     let dims @ (ph, pw) = (h.div_ceil(16) * 16, w.div_ceil(16) * 16);
-    let r = padded_u8::<L>(&img[..n], (h, w), dims);
-    let g = padded_u8::<L>(&img[n..2 * n], (h, w), dims);
-    let b = padded_u8::<L>(&img[2 * n..], (h, w), dims);
-    let mut y = vec![0u8; ph * pw];
-    let (mut cb, mut cr) = (y.clone(), y.clone());
-    let bias = CENTRE + HALF - 1;
-    let size = ph * pw;
-    let (r, g, b) = (&r[..size], &g[..size], &b[..size]);
-    let (ys, cbs, crs) = (&mut y[..size], &mut cb[..size], &mut cr[..size]);
-    for i in 0..size {
-        let (r, g, b) = (i32::from(r[i]), i32::from(g[i]), i32::from(b[i]));
-        ys[i] = ((fix(0.299) * r + fix(0.587) * g + fix(0.114) * b + HALF) >> 16) as u8;
-        cbs[i] = ((-fix(0.16874) * r - fix(0.33126) * g + fix(0.5) * b + bias) >> 16) as u8;
-        crs[i] = ((fix(0.5) * r - fix(0.41869) * g - fix(0.08131) * b + bias) >> 16) as u8;
+    let mut ycc = [vec![0u8; ph * pw], vec![0u8; ph * pw], vec![0u8; ph * pw]];
+    // Converted a row at a time, then padded by repeating the last column and row (the
+    // same as converting the padded image: the conversion is pixel by pixel).
+    for row in 0..h {
+        let rgb = [0, 1, 2].map(|ch| &img[ch * n + row * w..][..w]);
+        let [y, cb, cr] = &mut ycc;
+        let at = row * pw;
+        L::rgb_to_ycc(
+            rgb,
+            [&mut y[at..at + w], &mut cb[at..at + w], &mut cr[at..at + w]],
+        );
+        for plane in &mut ycc {
+            let last = plane[at + w - 1];
+            plane[at + w..at + pw].fill(last);
+        }
     }
+    for plane in &mut ycc {
+        for row in h..ph {
+            plane.copy_within((h - 1) * pw..h * pw, row * pw);
+        }
+    }
+    let [mut y, cb, cr] = ycc;
     code_plane::<L>(&mut y, dims, (h, w), luma);
     let cdims = (ph / 2, pw / 2);
     let real = (h.div_ceil(2), w.div_ceil(2));
@@ -164,25 +166,14 @@ fn colour<L: Lanes>(img: &mut [f32], (h, w): (usize, usize), luma: &Quant, chrom
     let uw = 2 * real.1;
     let (rs, rest) = img.split_at_mut(n);
     let (gs, bs) = rest.split_at_mut(n);
-    let unit = |v: i32| byte_to_unit(v.clamp(0, 255));
     for row in 0..h {
-        let (ro, go) = (&mut rs[row * w..][..w], &mut gs[row * w..][..w]);
-        let bo = &mut bs[row * w..][..w];
-        let (ls, us, vs) = (
+        let ycc = [
             &y[row * pw..][..w],
             &cb[row * uw..][..w],
             &cr[row * uw..][..w],
-        );
-        for x in 0..w {
-            let (l, u, v) = (
-                i32::from(ls[x]),
-                i32::from(us[x]) - 128,
-                i32::from(vs[x]) - 128,
-            );
-            ro[x] = unit(l + ((fix(1.402) * v + HALF) >> 16));
-            go[x] = unit(l + ((-fix(0.34414) * u + HALF - fix(0.71414) * v) >> 16));
-            bo[x] = unit(l + ((fix(1.772) * u + HALF) >> 16));
-        }
+        ];
+        let (ro, go) = (&mut rs[row * w..][..w], &mut gs[row * w..][..w]);
+        L::ycc_to_rgb(ycc, [ro, go, &mut bs[row * w..][..w]]);
     }
 }
 
@@ -192,12 +183,12 @@ fn colour<L: Lanes>(img: &mut [f32], (h, w): (usize, usize), luma: &Quant, chrom
 pub fn round_trip(img: &mut [f32], dims: (usize, usize, usize), quality: u8) {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx2")]
+        #[target_feature(enable = "avx2,fma")]
         unsafe fn wide(img: &mut [f32], dims: (usize, usize, usize), quality: u8) {
             plain::<Avx2>(img, dims, quality)
         }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
             return unsafe { wide(img, dims, quality) };
         }
     }

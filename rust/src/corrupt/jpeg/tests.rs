@@ -16,7 +16,7 @@ fn byte_to_unit_is_the_division() {
     }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
-        use super::super::lanes::Avx2;
+        use super::super::avx2::Avx2;
         let mut wide = [0f32; 255]; // not a multiple of 8: the tail too
         Avx2::bytes_to_units(&mut wide, &bytes);
         assert_eq!(wide[..], portable[..255]);
@@ -54,7 +54,7 @@ fn units_to_bytes_round_like_unit_to_u8() {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         let mut wide = vec![0u8; units.len()];
-        super::super::lanes::Avx2::units_to_bytes(&mut wide, &units);
+        super::super::avx2::Avx2::units_to_bytes(&mut wide, &units);
         assert_eq!(wide, want);
     }
 }
@@ -109,7 +109,7 @@ fn lanes_agree_with_each_other_and_with_scalars() {
     assert_eq!(out, std::array::from_fn(|k| range_limit(wide[k])));
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
-        use super::super::lanes::Avx2;
+        use super::super::avx2::Avx2;
         let mut a: Block<Avx2> = std::array::from_fn(|r| Avx2::load_centred(&bytes[8 * r..]));
         Avx2::transpose(&mut a);
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_array() == y.0));
