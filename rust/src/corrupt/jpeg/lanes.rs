@@ -4,6 +4,7 @@
 use std::ops::{Add, Mul, Sub};
 
 use super::super::unit_to_u8;
+use crate::augment::U8_TO_F32;
 
 /// The quantisation of one row of coefficients, a lane a coefficient: libjpeg-turbo's
 /// reciprocal, rounding correction and shift of each divisor, and the dequantisation factor.
@@ -101,11 +102,10 @@ pub(super) fn rgb_of([l, u, v]: [u8; 3]) -> [i32; 3] {
     .map(|x| x.clamp(0, 255))
 }
 
-/// `v / 255` for `v` in 0..=255, correctly rounded (the same `f32` as the division, checked
-/// for every `v` in a test) by a multiply in `f64`, which vectorises where division is slow.
+/// `v / 255` for `v` in 0..=255 (the loader's table of the divisions).
 #[inline(always)]
 pub(super) fn byte_to_unit(v: i32) -> f32 {
-    (f64::from(v) * (1.0 / 255.0)) as f32
+    U8_TO_F32[v as usize]
 }
 
 /// The output range limit of one value (see [`Lanes::store_limited`]).
