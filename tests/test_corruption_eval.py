@@ -199,6 +199,21 @@ def test_results_are_seeded_and_deterministic(digits):
 
 
 # ---------------------------------------------------------------------- CE and mCE
+def test_severities_of_a_corruption_share_its_seeds(digits):
+    """Common random numbers: batch ``b`` of a corruption gets one seed at every severity, so
+    the Gaussian's noise at severity 4 is that of severity 2, scaled (where neither clips)."""
+    record = Recorder()
+    run(Linear(0), digits, corrupt_fn=record, corruptions=["gaussian_noise:2", "gaussian_noise:4"])
+    seeds = {s: [seed for _, k, seed, _ in record.calls if k == s] for s in (2, 4)}
+    assert seeds[2] == seeds[4] and len(set(seeds[2])) == len(seeds[2]) == 3
+    x = digits[0]
+    z2, z4 = (record.images("gaussian_noise", s) - x for s in (2, 4))
+    inside = (z2.abs() < 0.2) & (z4.abs() < 0.2) & (x > 0.3) & (x < 0.7)
+    assert inside.sum() > 100
+    ratio = 0.09 / 0.06  # CIFAR-10-C's sigmas at severities 4 and 2 (small images)
+    torch.testing.assert_close(z4[inside], z2[inside] * ratio, atol=1e-5, rtol=0)
+
+
 def test_mce_matches_hand_computation_with_two_models(digits, fitted):
     (model, base), (x, y), record = fitted, digits, Recorder()
     corruptions = ["gaussian_noise", "contrast", "fog:4"]

@@ -149,6 +149,34 @@ def test_noise_moments(size: int) -> None:
         assert ((y == 0) | (y == 1) | (y == 0.5)).all()
 
 
+@pytest.mark.parametrize("size", [32, 224])
+def test_noises_draw_the_same_words_at_every_severity(size: int) -> None:
+    """One seed, two severities: the Gaussian's normals are the same, scaled; shot noise takes
+    the same quantile of each severity's Poisson (its noise strongly correlated, where another
+    seed's is not); impulse noise replaces a superset of the values, with the same colours."""
+    x = _gray_tensor(128 / 255, 1, size)  # an 8-bit intensity (shot noise's tables)
+
+    def noise(name: str, severity: int, seed: int = 9) -> torch.Tensor:
+        return corrupt(x, name, severity, seed=seed) - x
+
+    def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1])
+
+    for s, t in ((1, 2), (3, 4), (4, 5)):
+        z_s, z_t = noise("gaussian_noise", s), noise("gaussian_noise", t)
+        inside = (z_s.abs() < 0.49) & (z_t.abs() < 0.49)  # neither clipped
+        assert inside.float().mean() > 0.8
+        c_s, c_t = (ref.params("gaussian_noise", k, size, size) for k in (s, t))
+        torch.testing.assert_close(z_s[inside] / c_s, z_t[inside] / c_t, atol=1e-5, rtol=0)
+        z_s, z_t = noise("shot_noise", s), noise("shot_noise", t)
+        assert correlation(z_s, z_t) > 0.9, (s, t, correlation(z_s, z_t))
+        assert abs(correlation(z_s, noise("shot_noise", t, seed=10))) < 0.05
+        y_s, y_t = x + noise("impulse_noise", s), x + noise("impulse_noise", t)
+        hit = (y_s - x).abs() > 1e-6
+        assert hit.any() and torch.equal(y_t[hit], y_s[hit])
+        assert ((y_t - x).abs() > 1e-6).sum() > hit.sum()
+
+
 def _two_sample(a: np.ndarray, b: np.ndarray) -> float:
     se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     return abs(a.mean() - b.mean()) / max(se, 1e-9)

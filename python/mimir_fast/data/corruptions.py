@@ -19,10 +19,13 @@ What differs from the published code, and why:
 * Intermediate 8-bit roundings of the published code (glass blur's first blur, the snow layer
   saved as PNG, PIL's pixelate passes) are not made: the work is in float32 and only the result
   is rounded (to nearest, where ``np.uint8`` in the published code truncates).
-* JPEG uses a pure-Rust libjpeg-compatible encoder (standard tables, libjpeg's quality
-  scaling, 4:2:0 chroma as PIL) and zune-jpeg to decode: not bit-identical to PIL's libjpeg.
+* JPEG does the round trip's arithmetic as libjpeg-turbo does under PIL (standard tables and
+  quality scaling, 4:2:0 chroma, its integer DCTs and colour conversions) and leaves out the
+  lossless entropy coding between: the result equals PIL's encode-decode byte for byte.
 * The random draws come from this package's per-image generators, so the corrupted images
-  are not those of the released datasets, but follow the same distributions.
+  are not those of the released datasets, but follow the same distributions. With one seed,
+  the severities of a noise share their draws: the Gaussian's normals are scaled, shot noise
+  takes the same quantile of each severity's Poisson, impulse noise's replaced values nest.
 * Brightness raises the HSV value ``V = max(channels)`` to ``min(V + c, 1)`` keeping hue and
   saturation, which is a scaling of the pixel by ``V' / V``; snow's gray image uses ITU-R 601
   weights. Any channel count works: gray and other non-RGB images are JPEG-coded per channel.

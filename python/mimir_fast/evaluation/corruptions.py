@@ -6,9 +6,12 @@ the defended pipeline) and reports the accuracy of each, their mean, and with a 
 the corruption errors CE and mCE (:mod:`~mimir_fast.evaluation.corruption_scores`).
 :func:`mimir_fast.evaluate` runs it with ``corruptions=...``.
 
-Every draw is seeded: a batch's corruption by ``(seed, corruption, severity, batch index)``, a
-random pipeline's prediction as in the attack evaluation (``seed``, a salt per corruption and
-severity, the batch index), so results depend on ``batch_size`` but on nothing else. The model
+Every draw is seeded: a batch's corruption by ``(seed, corruption, batch index)``, a random
+pipeline's prediction as in the attack evaluation (``seed``, a salt per corruption and
+severity, the batch index), so results depend on ``batch_size`` but on nothing else. The
+severities of a corruption share its seed (common random numbers): the noises draw the same
+words at every severity, so a value's noise grows with the severity instead of being drawn
+anew, and accuracy across severities differs by the corruption's strength, not by luck. The model
 and the baseline see the same corrupted images. Corruptions are not split over the ranks of a
 process group: every process evaluates every image, and the main one writes the files.
 """
@@ -129,10 +132,10 @@ def corruption_plan(
 
 
 # ---------------------------------------------------------------------- running them
-def _draw(seed: int, name: str, severity: int, batch: int) -> int:
-    """The corruption seed of one batch (in [0, 2**32))."""
+def _draw(seed: int, name: str, batch: int) -> int:
+    """The corruption seed of one batch at every severity (in [0, 2**32))."""
     code = zlib.crc32(name.encode())
-    return (((seed * 1_000_003 + code) * 8 + severity) * 1_000_033 + batch) % 2**32
+    return ((seed * 1_000_003 + code) * 1_000_033 + batch) % 2**32
 
 
 def _salt(name: str, severity: int) -> int:
@@ -167,7 +170,7 @@ def _accuracies(
         for name, severity in plan:
             hits = [0] * len(runners)
             for start, xb, yb in lead.batches():
-                seed = _draw(lead.seed, name, severity, start // lead.batch_size)
+                seed = _draw(lead.seed, name, start // lead.batch_size)
                 xc = _corrupted(corrupt_fn, xb, name, severity, seed)  # (B, C, H, W)
                 for k, runner in enumerate(runners):
                     hits[k] += int((runner.predict(xc, _salt(name, severity), start) == yb).sum())

@@ -1,5 +1,10 @@
 //! Noise: Gaussian, shot (Poisson) and impulse (salt and pepper), drawn independently for
 //! every value of every channel.
+//!
+//! With one seed, every severity of a noise reads the same 32-bit words (common random
+//! numbers): the Gaussian scales the same normals, shot noise takes the same quantile of each
+//! severity's Poisson, and impulse noise replaces nested sets of values. A value's noise grows
+//! with the severity rather than being drawn anew.
 
 use std::cell::RefCell;
 
@@ -53,97 +58,136 @@ pub fn gaussian<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
 /// 500).
 const MAX_TABLE_RATE: f64 = 700.0;
 
-/// `Poisson(lambda) / c` as an alias table (Walker; Vose's construction): cell `i` of `n`
-/// holds `(threshold, [i / c, alias_i / c])`, and a uniform `u` picks cell `floor(u * n)` and,
-/// by its fractional part against the threshold, one of the two values. The probabilities
-/// are the Poisson pmf up to where the tail is below 1e-18, in `f64`.
-struct PoissonTable {
-    cells: Vec<(f64, [f32; 2])>,
-}
-
-impl PoissonTable {
-    /// `lambda` in `[0, MAX_TABLE_RATE]` (`exp(-lambda)` must not underflow).
-    fn new(lambda: f64, c: f64) -> Self {
-        let mut pmf = Vec::new();
-        let (mut p, mut k) = ((-lambda).exp(), 0.0f64);
-        loop {
-            pmf.push(p);
-            k += 1.0;
-            p *= lambda / k;
-            if k > lambda && p < 1e-18 {
-                break;
-            }
+/// The Poisson(`lambda`) pmf in `f64`, up to where the tail is below 1e-18.
+fn poisson_pmf(lambda: f64) -> Vec<f64> {
+    let mut pmf = Vec::new();
+    let (mut p, mut k) = ((-lambda).exp(), 0.0f64);
+    loop {
+        pmf.push(p);
+        k += 1.0;
+        p *= lambda / k;
+        if k > lambda && p < 1e-18 {
+            break;
         }
-        let n = pmf.len();
-        let total: f64 = pmf.iter().sum();
-        let mut scaled: Vec<f64> = pmf.iter().map(|p| p / total * n as f64).collect();
-        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
-            (0..n).partition(|&i| scaled[i] < 1.0);
-        let mut threshold = vec![1.0f64; n];
-        let mut alias: Vec<usize> = (0..n).collect();
-        while let (Some(&lo), Some(&hi)) = (small.last(), large.last()) {
-            small.pop();
-            threshold[lo] = scaled[lo];
-            alias[lo] = hi;
-            scaled[hi] += scaled[lo] - 1.0;
-            if scaled[hi] < 1.0 {
-                large.pop();
-                small.push(hi);
-            }
-        }
-        let value = |k: usize| (k as f64 / c) as f32;
-        let cells = (0..n)
-            .map(|i| (threshold[i], [value(i), value(alias[i])]))
-            .collect();
-        PoissonTable { cells }
-    }
-
-    #[inline]
-    fn sample<R: Rng>(&self, rng: &mut R) -> f32 {
-        let x = rng.random::<f64>() * self.cells.len() as f64;
-        let i = (x as usize).min(self.cells.len() - 1);
-        let (threshold, values) = self.cells[i];
-        values[usize::from(x - (i as f64) >= threshold)] // no branch to mispredict
-    }
-}
-
-/// The probability of each value of the table for `lambda`, added up over its cells.
-#[cfg(test)]
-pub fn poisson_table_pmf(lambda: f64) -> Vec<f64> {
-    let table = PoissonTable::new(lambda, 1.0);
-    let n = table.cells.len() as f64;
-    let mut pmf = vec![0f64; table.cells.len()];
-    for &(threshold, [own, alias]) in &table.cells {
-        pmf[own as usize] += threshold.min(1.0) / n;
-        pmf[alias as usize] += (1.0 - threshold).max(0.0) / n;
     }
     pmf
 }
 
-/// The tables of the 256 intensities at one photon count `c`, kept per thread (a loader's
-/// worker meets the same `c` on every image).
-#[derive(Default)]
-struct ShotTables {
-    c_bits: u64,
-    levels: Vec<PoissonTable>,
+/// One photon count of a table: the words that draw it end at `last_word`; its value `k / c`.
+#[derive(Clone, Copy)]
+struct Count {
+    last_word: u32,
+    value: f32,
+}
+
+/// The inverse CDFs of `Poisson(x * c)` for the 256 8-bit intensities `x` at one photon count
+/// `c`, kept per thread (a loader's worker meets the same `c` on every image).
+///
+/// A 32-bit word `u` draws the count `k` with `C(k - 1) <= u < C(k)`, where `C(k)` is the CDF
+/// times 2^32, rounded (so each probability is within 2^-32 of the pmf's). A guide table
+/// (Chen & Asau 1974) of at least twice as many entries as counts gives, from the top bits of
+/// `u`, the first count the word can draw: most words need one comparison.
+pub(super) struct ShotTables {
+    c: f64,
+    /// Per intensity: where its guide starts and the shift from a word to its guide entry.
+    guides: [(u32, u32); 256],
+    /// For each range of words, the index in `counts` of the first count it can draw.
+    guide: Vec<u32>,
+    counts: Vec<Count>,
+}
+
+impl ShotTables {
+    pub(super) fn new(c: f64) -> Self {
+        let mut tables = ShotTables {
+            c,
+            guides: [(0, 0); 256],
+            guide: Vec::new(),
+            counts: Vec::new(),
+        };
+        for (level, &x) in U8_TO_F32.iter().enumerate() {
+            tables.push_level(level, &poisson_pmf(f64::from(x) * c));
+        }
+        tables
+    }
+
+    /// The counts of one intensity that at least one word draws, and its guide.
+    fn push_level(&mut self, level: usize, pmf: &[f64]) {
+        const WORDS: u64 = 1 << 32;
+        let total: f64 = pmf.iter().sum();
+        let (mut below, mut ends) = (0.0, Vec::new()); // C(k) of the counts kept
+        for (k, p) in pmf.iter().enumerate() {
+            below += p / total;
+            let end = match (below.min(1.0) * WORDS as f64).round() as u64 {
+                _ if k == pmf.len() - 1 => WORDS,
+                end => end,
+            };
+            if end > ends.last().copied().unwrap_or(0) {
+                ends.push(end);
+                self.counts.push(Count {
+                    last_word: (end - 1) as u32,
+                    value: (k as f64 / self.c) as f32,
+                });
+            }
+            if end == WORDS {
+                break;
+            }
+        }
+        let first = self.counts.len() - ends.len();
+        let bits = (2 * ends.len()).next_power_of_two().trailing_zeros(); // at least 1
+        self.guides[level] = (self.guide.len() as u32, 32 - bits);
+        let mut k = 0;
+        for j in 0u64..1 << bits {
+            let start = j << (32 - bits); // the range's first word
+            while ends[k] <= start {
+                k += 1; // stops at the last count, which ends at 2^32
+            }
+            self.guide.push((first + k) as u32);
+        }
+    }
+
+    /// The value intensity `level` draws from the word `u`.
+    #[inline(always)]
+    pub(super) fn sample(&self, level: u16, u: u32) -> f32 {
+        let (start, shift) = self.guides[usize::from(level) & 255];
+        let mut i = self.guide[start as usize + (u >> shift) as usize] as usize;
+        i += usize::from(u > self.counts[i].last_word); // no branch: most words stop here
+        while u > self.counts[i].last_word {
+            i += 1; // a level's last count ends at u32::MAX
+        }
+        self.counts[i].value
+    }
+
+    /// `block[i]`: a draw for `level[i]` from `words[i]`.
+    fn draw(&self, level: &[u16], words: &[u32], block: &mut [f32]) {
+        for ((v, &l), &u) in block.iter_mut().zip(level).zip(words) {
+            *v = self.sample(l, u);
+        }
+    }
 }
 
 thread_local! {
-    static SHOT_TABLES: RefCell<ShotTables> = RefCell::default();
+    static SHOT_TABLES: RefCell<Option<ShotTables>> = const { RefCell::new(None) };
 }
 
-/// The 8-bit intensity `v` is exactly, if any.
-#[inline]
-fn level(v: f32) -> Option<usize> {
-    if !(0.0..=1.0).contains(&v) {
-        return None;
+/// Not an 8-bit intensity (see `levels`).
+const NO_LEVEL: u16 = 256;
+
+/// `out[i]`: the 8-bit intensity `block[i]` is exactly, or `NO_LEVEL` (NaN and values out of
+/// [0, 1] included); true if all are intensities. Written to vectorise: `k / 255` in `f32` is
+/// the loader's `U8_TO_F32[k]`.
+fn levels(block: &[f32], out: &mut [u16]) -> bool {
+    let mut all = true;
+    for (o, &v) in out.iter_mut().zip(block) {
+        let k = (v.clamp(0.0, 1.0) * 255.0 + 0.5) as i32; // NaN casts to 0
+        let exact = k as f32 / 255.0 == v;
+        *o = if exact { k as u16 } else { NO_LEVEL };
+        all &= exact;
     }
-    let k = (v * 255.0 + 0.5) as usize; // rounds: v >= 0
-    (U8_TO_F32[k] == v).then_some(k)
+    all
 }
 
-/// `Poisson(x * c) / c`. Values at an 8-bit intensity (every value of a `u8` image) draw from
-/// that intensity's table; others from `rand_distr`'s Poisson.
+/// `Poisson(x * c) / c`. Values at an 8-bit intensity (every value of a `u8` image) invert
+/// that intensity's CDF at one 32-bit word each; others draw from `rand_distr`'s Poisson.
 pub fn shot<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
     let c = t.pick(&SHOT, s);
     let exact = |v: f32, rng: &mut R| {
@@ -156,21 +200,26 @@ pub fn shot<R: Rng>(img: &mut Planes, t: Table, s: u8, rng: &mut R) {
         img.data.iter_mut().for_each(|v| *v = exact(*v, rng));
         return;
     }
+    let lanes = Lanes::from_rng(rng);
     SHOT_TABLES.with(|cell| {
-        let mut tables = cell.borrow_mut();
-        if tables.c_bits != c.to_bits() || tables.levels.is_empty() {
-            tables.c_bits = c.to_bits();
-            tables.levels = U8_TO_F32
-                .iter()
-                .map(|&v| PoissonTable::new(f64::from(v) * c, c))
-                .collect();
-        }
-        for v in &mut img.data {
-            *v = match level(*v) {
-                Some(l) => tables.levels[l].sample(rng),
-                None => exact(*v, rng),
-            };
-        }
+        let mut cached = cell.borrow_mut();
+        let tables = match &mut *cached {
+            Some(tables) if tables.c == c => tables,
+            other => other.insert(ShotTables::new(c)),
+        };
+        let mut level = [0u16; BLOCK];
+        with_words(img, lanes, |block, words| {
+            let level = &mut level[..block.len()];
+            if levels(block, level) {
+                return tables.draw(level, words, block);
+            }
+            for ((v, &l), &u) in block.iter_mut().zip(level.iter()).zip(words) {
+                *v = match l {
+                    NO_LEVEL => exact(*v, rng),
+                    l => tables.sample(l, u),
+                };
+            }
+        });
     });
 }
 

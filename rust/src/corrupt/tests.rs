@@ -204,19 +204,54 @@ fn filters_equal_a_direct_correlation_bit_for_bit() {
     }
 }
 
+/// The words of one intensity's table, taken as a black box: each draws a count, in order, and
+/// the share of the 2^32 words that draw each count is within 2^-32 of the Poisson pmf.
 #[test]
-fn shot_noise_tables_hold_the_poisson_pmf() {
-    use super::noise::poisson_table_pmf;
-    for &lambda in &[0.0, 0.3, 5.0, 11.99, 12.0, 60.0, 500.0] {
-        let pmf = poisson_table_pmf(lambda);
-        let total: f64 = pmf.iter().sum();
-        assert!((total - 1.0).abs() < 1e-12, "{lambda}: {total}");
-        let mut p = (-lambda).exp();
-        for (k, &q) in pmf.iter().enumerate() {
-            assert!((q - p).abs() < 1e-13, "lambda {lambda}, k {k}: {q} vs {p}");
-            p *= lambda / (k + 1) as f64;
+fn shot_noise_tables_invert_the_poisson_cdf() {
+    use super::noise::ShotTables;
+    use crate::augment::U8_TO_F32;
+    const WORDS: u64 = 1 << 32;
+    let mut rng = Pcg64Mcg::new(7);
+    for c in [3.0, 12.0, 60.0, 500.0] {
+        let tables = ShotTables::new(c);
+        for level in 0..=255u16 {
+            let draw = |u: u64| (f64::from(tables.sample(level, u as u32)) * c).round() as u64;
+            // `ends[k]`: the first word that draws more than `k` photons (by bisection)
+            let first_above = |k: u64| {
+                let (mut lo, mut hi) = (0, WORDS);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if draw(mid) > k {
+                        hi = mid
+                    } else {
+                        lo = mid + 1
+                    }
+                }
+                lo
+            };
+            let lambda = f64::from(U8_TO_F32[usize::from(level)]) * c;
+            let (mut ends, mut log_p, mut seen, mut distance) = (vec![], -lambda, 0.0, 0.0);
+            while ends.last() != Some(&WORDS) {
+                let (k, start) = (ends.len() as u64, ends.last().copied().unwrap_or(0));
+                let end = first_above(k);
+                let p = log_p.exp(); // ln pmf by sums of logs
+                distance += ((end - start) as f64 / WORDS as f64 - p).abs();
+                seen += p;
+                log_p += lambda.ln() - ((k + 1) as f64).ln();
+                ends.push(end);
+            }
+            distance += (1.0 - seen).max(0.0); // counts no word draws
+            let bound = ends.len() as f64 / WORDS as f64 + 1e-12;
+            assert!(
+                distance < bound,
+                "c {c}, level {level}: {distance} vs {bound}"
+            );
+            for _ in 0..2000 {
+                let u = u64::from(rng.random::<u32>());
+                let k = ends.partition_point(|&e| e <= u) as u64;
+                assert_eq!(draw(u), k, "c {c}, level {level}, word {u}");
+            }
         }
-        assert!(p < 1e-17, "lambda {lambda}: tail {p} left out");
     }
 }
 
