@@ -100,7 +100,10 @@ fn upsample(plane: &[u8], stride: usize, (ch, cw): (usize, usize)) -> Vec<u8> {
         }
         return out;
     }
-    let mut sums = vec![0i32; stride];
+    // Per output row: the column sums `3 near + far`, then the even outputs (sums x-1 and x,
+    // +8) and the odd ones (sums x and x+1, +7), the edges repeating the end sum; each loop
+    // plain enough to vectorise, the last one interleaving them.
+    let (mut sums, mut even, mut odd) = (vec![0i16; cw], vec![0u8; cw], vec![0u8; cw]);
     for (y, row) in out.chunks_exact_mut(ow).enumerate() {
         let near = y / 2;
         let far = if y % 2 == 0 {
@@ -108,22 +111,21 @@ fn upsample(plane: &[u8], stride: usize, (ch, cw): (usize, usize)) -> Vec<u8> {
         } else {
             (near + 1).min(ch - 1)
         };
-        let (a, b) = (
-            &plane[near * stride..][..stride],
-            &plane[far * stride..][..stride],
-        );
+        let (a, b) = (&plane[near * stride..][..cw], &plane[far * stride..][..cw]);
         for (s, (&p, &q)) in sums.iter_mut().zip(a.iter().zip(b)) {
-            *s = 3 * i32::from(p) + i32::from(q);
+            *s = 3 * i16::from(p) + i16::from(q);
         }
-        // Output 2x reads sums x-1 and x (+8), output 2x+1 sums x and x+1 (+7); the edges
-        // repeat the end sum.
-        let s = &sums[..cw];
-        row[0] = ((4 * s[0] + 8) >> 4) as u8;
-        row[ow - 1] = ((4 * s[cw - 1] + 7) >> 4) as u8;
-        let pairs = row[1..ow - 1].chunks_exact_mut(2);
-        for (pair, (&left, &right)) in pairs.zip(s[..cw - 1].iter().zip(&s[1..])) {
-            pair[0] = ((3 * left + right + 7) >> 4) as u8;
-            pair[1] = ((3 * right + left + 8) >> 4) as u8;
+        even[0] = ((4 * sums[0] + 8) >> 4) as u8;
+        for (e, (&left, &right)) in even[1..].iter_mut().zip(sums.iter().zip(&sums[1..])) {
+            *e = ((3 * right + left + 8) >> 4) as u8;
+        }
+        for (o, (&left, &right)) in odd.iter_mut().zip(sums.iter().zip(&sums[1..])) {
+            *o = ((3 * left + right + 7) >> 4) as u8;
+        }
+        odd[cw - 1] = ((4 * sums[cw - 1] + 7) >> 4) as u8;
+        for (pair, (&e, &o)) in row.chunks_exact_mut(2).zip(even.iter().zip(&odd)) {
+            pair[0] = e;
+            pair[1] = o;
         }
     }
     out
