@@ -178,6 +178,13 @@ def _mark_record(out_dir: Path, step: int) -> None:
     pytest.fail(f"no log record of step {step}, the checkpoint's step")
 
 
+def _kill_steps(rng: random.Random) -> list[int]:
+    """The step after which each kill comes: one at random in 3..7, 8..12 and 13..17, so that
+    at least 7 of the 24 steps are left after the last kill (a child that finished before it
+    was killed would test no resume), on a fast machine as on a slow one."""
+    return [rng.randint(3 + 5 * k, 2 + 5 * (k + 1)) for k in range(KILLS)]
+
+
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_tensors(path)[0]
 
@@ -193,14 +200,14 @@ def test_sigkill_and_resume_gives_bitwise_identical_weights(tmp_path):
     try:
         reference = zygote.run(reference_dir)
         children.append(reference)
-        for k in range(KILLS):
+        for k, target in enumerate(_kill_steps(rng)):
             pid = zygote.run(killed_dir)
             children.append(pid)
-            _wait_for_training(pid, killed_dir, _last_train_step(killed_dir))
+            _wait_for_training(pid, killed_dir, max(_last_train_step(killed_dir), target - 1))
             if k == 1 and _kill_inside_checkpoint_write(pid, killed_dir):
                 mid_write += 1
             else:
-                time.sleep(rng.uniform(0.0, 0.4))
+                time.sleep(rng.uniform(0.0, 0.03))  # somewhere in the next step or two
                 os.kill(pid, signal.SIGKILL)
             status = zygote.wait(pid)
             assert status == -signal.SIGKILL, (
